@@ -98,9 +98,15 @@ def _raise_on_bad_shapes(A: torch.Tensor, M: torch.Tensor | None, B: torch.Tenso
         raise ValueError(problem)
 
 
+def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 when any input is float64, else float32 (half precision is never used for the products)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def _delta_fp32(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``B · A`` in float32 for Linear ([out, r] @ [r, in]) or Conv2d ([out, r, 1, 1] with [r, in, kh, kw])."""
-    A32, B32 = A.float(), B.float().flatten(1)
+    """``B · A`` in float32 (or 64) for Linear ([out, r] @ [r, in]) or Conv2d ([out, r, 1, 1], [r, in, kh, kw])."""
+    dtype = _work_dtype(A, B)
+    A32, B32 = A.to(dtype), B.to(dtype).flatten(1)
     if A.ndim == 2:
         return B32 @ A32
     return torch.einsum("or,rikl->oikl", B32, A32)
@@ -115,7 +121,8 @@ def lora_delta_weight(A: torch.Tensor, B: torch.Tensor, scale: float = 1.0) -> t
 def delta_weight(A: torch.Tensor, M: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
     """Return the MoSLoRA weight delta ``scale · B · M · A`` (computed in float32, returned in A's dtype)."""
     _raise_on_bad_shapes(A, M, B)
-    BM = (B.float().flatten(1) @ M.float()).reshape(B.shape)
+    dtype = _work_dtype(A, M, B)
+    BM = (B.to(dtype).flatten(1) @ M.to(dtype)).reshape(B.shape)
     return (_delta_fp32(A, BM) * scale).to(A.dtype)
 
 
@@ -124,5 +131,6 @@ def fold_mixer(M: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
     r = M.shape[0]
     if tuple(M.shape) != (r, r) or B.shape[1] != r:
         raise ValueError(f"cannot fold mixer {tuple(M.shape)} into lora_B {tuple(B.shape)}")
-    folded = (B.float().flatten(1) @ M.float()) * scale
+    dtype = _work_dtype(M, B)
+    folded = (B.to(dtype).flatten(1) @ M.to(dtype)) * scale
     return folded.reshape(B.shape).to(B.dtype)

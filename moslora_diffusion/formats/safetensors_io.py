@@ -51,14 +51,15 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, dict
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
-        if head[:1] == b"\x80" or head[:2] == b"PK":
-            raise MoSLoraFormatError(
-                f"{path}: looks like a pickle/zip (torch.save) checkpoint; refusing to open it"
-            )
+        looks_pickled = head[:1] == b"\x80" or head[:2] == b"PK"
         if len(head) < 8:
             raise MoSLoraFormatError(f"{path}: truncated file ({size} bytes), not a safetensors file")
         (header_len,) = struct.unpack("<Q", head)
         if header_len <= 0 or header_len > min(_MAX_HEADER_BYTES, size - 8):
+            if looks_pickled:
+                raise MoSLoraFormatError(
+                    f"{path}: looks like a pickle/zip (torch.save) checkpoint; refusing to open it"
+                )
             raise MoSLoraFormatError(
                 f"{path}: not a valid safetensors file (header length {header_len} for a {size}-byte file; "
                 "truncated or corrupt)"
