@@ -83,7 +83,9 @@ def _read_unet_config(value: str) -> dict:
     raise MoSLoraError(f"{value}: no UNet config.json found there")
 
 
-@subcommand("export", "fold a MoSLoRA file into an exact plain LoRA (diffusers or kohya naming)", _export_args)
+@subcommand(
+    "export", "fold a MoSLoRA file into an exact plain LoRA (diffusers or kohya naming)", _export_args
+)
 def run_export(args: argparse.Namespace) -> int:
     from .formats import export_adapter
 
@@ -106,7 +108,9 @@ def _inspect_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-@subcommand("inspect", "describe an adapter file: format, base model, ranks, sizes, training metadata", _inspect_args)
+@subcommand(
+    "inspect", "describe an adapter file: format, base model, ranks, sizes, training metadata", _inspect_args
+)
 def run_inspect(args: argparse.Namespace) -> int:
     from .formats.inspect import describe_adapter_file, format_description
 

@@ -23,14 +23,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def rng():
     return torch.Generator().manual_seed(1234)
 
+
 PROMPT = "a red square"
 
 
 def _make_tiny(arch: str):
-    try:
-        from moslora_diffusion.tiny import make_tiny_pipeline
-    except ImportError:
-        from _tiny_fallback import make_tiny_pipeline
+    from moslora_diffusion.tiny import make_tiny_pipeline
+
     return make_tiny_pipeline(arch, seed=0)
 
 
@@ -72,7 +71,7 @@ def sdxl_pipe(tiny_dirs):
 
 def generate(pipe, seed: int = 0, **kwargs) -> np.ndarray:
     """Two-step deterministic generation at the tiny size, as a float numpy array."""
-    size = 64 if hasattr(pipe, "text_encoder_2") else 32
+    size = 32
     out = pipe(
         PROMPT,
         num_inference_steps=2,
@@ -103,12 +102,14 @@ def default_targets(pipe) -> dict[str, list[str]]:
     return targets
 
 
-def random_adapter(pipe, rank: int = 4, alpha: float = 8.0, seed: int = 0, use_rslora: bool = False, **cfg):
-    """A MoSLoraFile with random A, M and non-zero B for ``default_targets(pipe)``."""
+def random_adapter(
+    pipe, rank: int = 4, alpha: float = 8.0, seed: int = 0, use_rslora: bool = False, components=None, **cfg
+):
+    """A MoSLoraFile with random A, M and non-zero B for ``default_targets(pipe)`` (optionally some components)."""
     from moslora_diffusion.formats import ComponentConfig, MoSLoraFile
 
     g = torch.Generator().manual_seed(seed)
-    targets = default_targets(pipe)
+    targets = {c: p for c, p in default_targets(pipe).items() if components is None or c in components}
     state_dicts: dict[str, dict[str, torch.Tensor]] = {}
     configs = {}
     for comp, paths in targets.items():
@@ -145,8 +146,8 @@ def random_adapter(pipe, rank: int = 4, alpha: float = 8.0, seed: int = 0, use_r
     return MoSLoraFile.from_state_dicts(state_dicts, configs, base_model=base, training={"steps": 1})
 
 
-def merge_by_hand(pipe, adapter) -> None:
-    """Add s·B·M·A to each adapted weight in place: the reference every loading path must match."""
+def merge_by_hand(pipe, adapter, factor: float = 1.0) -> None:
+    """Add factor·s·B·M·A to each adapted weight in place: the reference every loading path must match."""
     from moslora_diffusion.formats import path_variants
 
     with torch.no_grad():
@@ -161,4 +162,4 @@ def merge_by_hand(pipe, adapter) -> None:
                 delta = BM @ mod.A.double()
             else:  # conv: sum over rank of B[:, k] (x) A[k]
                 delta = sum(BM[:, k, 0, 0][:, None, None, None] * mod.A.double()[k][None] for k in range(r))
-            weight += (mod.scale * delta).to(weight.dtype)
+            weight += (factor * mod.scale * delta).to(weight.dtype)

@@ -50,7 +50,9 @@ def _describe_moslora(path: Path, size: int) -> dict[str, Any]:
     }
 
 
-def _describe_plain(path: Path, size: int, metadata: dict[str, str], infos: dict[str, dict]) -> dict[str, Any]:
+def _describe_plain(
+    path: Path, size: int, metadata: dict[str, str], infos: dict[str, dict]
+) -> dict[str, Any]:
     keys = list(infos)
     if keys and all(k.startswith(_KOHYA_PREFIXES) for k in keys):
         kind = "kohya LoRA"

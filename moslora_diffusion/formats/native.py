@@ -215,6 +215,10 @@ class MoSLoraFile:
             cfg = configs[component]
             if isinstance(cfg, ComponentConfig):
                 parsed[component] = cfg
+            elif hasattr(cfg, "component_dict"):  # MoSLoraConfig
+                parsed[component] = ComponentConfig.from_dict(
+                    cfg.component_dict(), f"config of '{component}'"
+                )
             elif isinstance(cfg, Mapping):
                 parsed[component] = ComponentConfig.from_dict(cfg, f"config of '{component}'")
             else:
