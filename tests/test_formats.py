@@ -372,3 +372,22 @@ def test_validator_catches_bad_content(tmp_path, mutate, message):
     with pytest.raises(MoSLoraFormatError, match=message) as info:
         load_moslora_file(path)
     assert str(path) in str(info.value)
+
+
+def test_kohya_export_with_mixed_ranks_uses_one_alpha():
+    adapter = _small_adapter(rank_pattern={"conv1": 4})
+    adapter.config["unet"].rank_pattern = {}
+    # rebuild with a rank-2 conv module so that ranks differ (4, 4, 2)
+    g = torch.Generator().manual_seed(1)
+    adapter.tensors[f"unet.{UNET_CONV}.lora_A.weight"] = torch.randn(2, 32, 3, 3, generator=g)
+    adapter.tensors[f"unet.{UNET_CONV}.lora_mixer.weight"] = torch.randn(2, 2, generator=g)
+    adapter.tensors[f"unet.{UNET_CONV}.lora_B.weight"] = torch.randn(32, 2, 1, 1, generator=g)
+    adapter.config["unet"].rank_pattern = {"conv1": 2}
+    adapter.validate()
+    k = to_kohya_state_dict(adapter)
+    assert {v.item() for key, v in k.items() if key.endswith(".alpha")} == {4.0}
+    for mod in adapter.modules():
+        name = kohya_module_name("sd1", mod.component, mod.module_path)
+        down, up = k[f"{name}.lora_down.weight"], k[f"{name}.lora_up.weight"]
+        got = lora_delta_weight(down, up, k[f"{name}.alpha"].item() / down.shape[0])
+        torch.testing.assert_close(got, delta_weight(mod.A, mod.M, mod.B, mod.scale))

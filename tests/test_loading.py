@@ -22,8 +22,8 @@ from moslora_diffusion.formats import export_adapter, load_moslora_file
 ATOL = 2e-4  # images are in [0, 1]; float32 LoRA vs merged weights differ by ~1e-6
 
 
-def _close(a: np.ndarray, b: np.ndarray, atol: float = ATOL) -> None:
-    assert np.abs(a - b).max() <= atol, f"max abs diff {np.abs(a - b).max():.2e} > {atol}"
+def _close(a: np.ndarray, b: np.ndarray, atol: float = ATOL, what: str = "") -> None:
+    assert np.abs(a - b).max() <= atol, f"{what} max abs diff {np.abs(a - b).max():.2e} > {atol}"
 
 
 def _differs(a: np.ndarray, b: np.ndarray, at_least: float = 1e-2) -> None:
@@ -300,3 +300,69 @@ def test_mismatch_message_names_file_key_and_both_shapes(tiny_dirs, saved):
     assert str(src.path) in msg and "attn2.to_k.lora_A.weight" in msg
     assert "(4, 64)" in msg and "(4, 32)" in msg  # the file's shape and the pipeline's
     assert pipe.get_list_adapters() == {}
+
+
+# ------------------------------------------------------------------------------ patterns, real layer
+
+
+def test_rank_and_alpha_patterns_survive_native_and_exports(tiny_dirs, tmp_path):
+    """Mixed ranks / alphas: the exports keep scale 1 per module (alpha = r) in stock diffusers too."""
+    pipe = load_tiny(tiny_dirs, "sd1")
+    adapter = random_adapter(
+        pipe,
+        rank=4,
+        alpha=4.0,
+        seed=5,
+        rank_pattern={"attn1.to_q": 2, "conv1": 6},
+        alpha_pattern={"to_v": 12.0},
+    )
+    ranks = {m.module_path: m.A.shape[0] for m in adapter.modules()}
+    assert {2, 4, 6} <= set(ranks.values())
+    ref = _reference(pipe, adapter)
+    path = adapter.save(tmp_path / "p.safetensors")
+    for loader, src in (
+        ("load_moslora_weights", path),
+        ("load_lora_weights", export_adapter(path, tmp_path / "d.safetensors", "diffusers")),
+        ("load_lora_weights", export_adapter(path, tmp_path / "k.safetensors", "kohya")),
+    ):
+        fresh = load_tiny(tiny_dirs, "sd1")
+        getattr(fresh, loader)(str(src))
+        _close(generate(fresh), ref, what=str(src))
+
+
+def test_file_from_real_moslora_layers_matches_injected_model(tiny_dirs, tmp_path):
+    """Train-side path: inject MoSLoRA layers, save their state dicts natively, load into a fresh pipeline."""
+    from moslora_diffusion import MoSLoraConfig, add_moslora_adapter, moslora_state_dict
+    from moslora_diffusion.formats import save_moslora_file
+
+    pipe = load_tiny(tiny_dirs, "sd1")
+    configs = {
+        "unet": MoSLoraConfig(
+            r=4,
+            lora_alpha=4,
+            target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1"],
+            rank_pattern={"to_k": 2},
+        ),
+        "text_encoder": MoSLoraConfig(
+            r=4, lora_alpha=8, use_rslora=True, mixer_init="orthogonal", target_modules=["q_proj", "v_proj"]
+        ),
+    }
+    g = torch.Generator().manual_seed(11)
+    for comp, cfg in configs.items():
+        model = getattr(pipe, comp)
+        add_moslora_adapter(model, cfg, adapter_name="trained")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name or "lora_mixer" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    injected = generate(pipe)
+    path = save_moslora_file(
+        tmp_path / "trained.safetensors",
+        {c: moslora_state_dict(getattr(pipe, c), "trained") for c in configs},
+        configs,
+        base_model={"architecture": "sd1"},
+    )
+    fresh = load_tiny(tiny_dirs, "sd1")
+    _differs(injected, generate(fresh))
+    fresh.load_moslora_weights(path)
+    _close(generate(fresh), injected)

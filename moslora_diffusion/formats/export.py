@@ -3,13 +3,15 @@
 - ``diffusers``: PEFT-style keys ``unet.<path>.lora_A.weight`` / ``.lora_B.weight`` (text encoders with
   ``text_model.``), which stock ``pipe.load_lora_weights(file_or_dir)`` reads.
 - ``kohya``: kohya-ss names (``lora_unet_…``, ``lora_te_…`` or ``lora_te1_…``/``lora_te2_…``, SGM
-  block names for the SDXL UNet) with ``.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``.
+  block names for the SDXL UNet) with ``.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``. One
+  alpha (the common rank) for all modules; see :func:`kohya_alpha`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ __all__ = [
     "DIFFUSERS_WEIGHTS_NAME",
     "KOHYA_WEIGHTS_NAME",
     "folded_modules",
+    "kohya_alpha",
     "detect_architecture",
     "to_diffusers_state_dict",
     "to_kohya_state_dict",
@@ -95,16 +98,29 @@ def to_diffusers_state_dict(
     return out
 
 
+def kohya_alpha(adapter: MoSLoraFile) -> float:
+    """The single ``.alpha`` written for every module of a kohya export: the most common rank.
+
+    With one alpha for all modules the scale ``alpha / r`` is 1 wherever ``r`` is the common rank; the
+    few modules of another rank get ``lora_up`` multiplied by ``r / alpha`` instead. A uniform alpha
+    matters because diffusers 0.42 builds unusable ``alpha_pattern`` keys from per-module kohya alphas
+    (``...processor.to_q_lora.down.weight``), silently giving those modules the wrong scale.
+    """
+    ranks = Counter(int(m.A.shape[0]) for m in adapter.modules())
+    return float(max(sorted(ranks), key=lambda r: ranks[r]))
+
+
 def to_kohya_state_dict(
     adapter: MoSLoraFile,
     architecture: str | None = None,
     unet_config: Mapping[str, Any] | None = None,
     dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Folded adapter with kohya-ss names; ``.alpha`` = rank so that the scale is exactly 1."""
+    """Folded adapter with kohya-ss names; ``alpha / r · lora_up · lora_down`` equals ``s · B · M · A``."""
     arch = detect_architecture(adapter, architecture)
     if unet_config is None:
         unet_config = (adapter.base_model or {}).get("unet_config")
+    alpha = kohya_alpha(adapter)
     out: dict[str, torch.Tensor] = {}
     for component, path, A, B in folded_modules(adapter):
         try:
@@ -115,9 +131,12 @@ def to_kohya_state_dict(
             ) from None
         if f"{name}.lora_down.weight" in out:
             raise MoSLoraFormatError(f"{adapter.path or '<adapter>'}: two modules map to kohya name '{name}'")
+        r = A.shape[0]
+        if r != alpha:
+            B = (B.to(torch.float64) * (r / alpha)).to(B.dtype)
         out[f"{name}.lora_down.weight"] = _cast(A, dtype)
         out[f"{name}.lora_up.weight"] = _cast(B, dtype)
-        out[f"{name}.alpha"] = torch.tensor(float(A.shape[0]), dtype=torch.float32)
+        out[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     return out
 
 
@@ -127,11 +146,11 @@ def _kohya_metadata(adapter: MoSLoraFile, arch: str) -> dict[str, str]:
         "format": "pt",
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(ranks[-1]),
-        "ss_network_alpha": str(ranks[-1]),
+        "ss_network_alpha": f"{kohya_alpha(adapter):g}",
         "ss_base_model_version": _KOHYA_BASE_VERSION[arch],
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": _MODELSPEC_ARCH[arch],
-        "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer folded into lora_up, alpha = rank)",
+        "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer and scale folded into lora_up)",
     }
     if adapter.training:
         meta["moslora_training"] = json.dumps(adapter.training, sort_keys=True, default=str)
