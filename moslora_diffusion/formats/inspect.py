@@ -15,6 +15,7 @@ from .safetensors_io import read_header
 __all__ = ["describe_adapter_file", "format_description"]
 
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_HEADER_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def _numel(shape: list[int]) -> int:
@@ -79,8 +80,10 @@ def _describe_plain(
         entry["ranks"][infos[key]["shape"][0]] += 1
     for entry in components.values():
         entry["ranks"] = {str(r): n for r, n in sorted(entry["ranks"].items())}
+    order = ["unet", "text_encoder", "text_encoder_2"]
+    components = dict(sorted(components.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
     has_mixer = any("lora_mixer" in k for k in keys)
-    training = {k: v for k, v in metadata.items() if k.startswith(("ss_", "modelspec.", "moslora_"))}
+    training = {k: v for k, v in sorted(metadata.items()) if k.startswith(("ss_", "modelspec.", "moslora_"))}
     return {
         "file": str(path),
         "file_size": size,
@@ -90,7 +93,7 @@ def _describe_plain(
         "components": components,
         "modules": len(downs),
         "parameters": sum(_numel(info["shape"]) for info in infos.values()),
-        "dtypes": dict(Counter(info["dtype"] for info in infos.values())),
+        "dtypes": dict(Counter(_HEADER_DTYPES.get(info["dtype"], info["dtype"]) for info in infos.values())),
         "training": training or None,
     }
 
