@@ -38,7 +38,7 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """Tiny SD1 and SDXL pipelines saved with save_pretrained (so stock from_pretrained works)."""
     root = tmp_path_factory.mktemp("tiny")
     out = {}
-    for arch in ("sd1", "sdxl"):
+    for arch in ("sd1", "sd2", "sdxl"):
         pipe = _make_tiny(arch)
         pipe.save_pretrained(root / arch)
         out[arch] = root / arch
@@ -57,16 +57,6 @@ def load_tiny(tiny_dirs, arch: str):
         pipe.set_progress_bar_config(disable=True)
         _cache[arch] = pipe
     return copy.deepcopy(_cache[arch])
-
-
-@pytest.fixture
-def sd1_pipe(tiny_dirs):
-    return load_tiny(tiny_dirs, "sd1")
-
-
-@pytest.fixture
-def sdxl_pipe(tiny_dirs):
-    return load_tiny(tiny_dirs, "sdxl")
 
 
 def generate(pipe, seed: int = 0, **kwargs) -> np.ndarray:
@@ -137,12 +127,9 @@ def random_adapter(
             sd[f"{path}.lora_B.weight"] = torch.randn(b_shape, generator=g) * 0.3 / r**0.5
         state_dicts[comp] = sd
         configs[comp] = config
-    arch = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"
-    base = {"architecture": arch, "name": "tiny-test"}
-    if arch == "sdxl":
-        base["unet_config"] = {
-            k: pipe.unet.config[k] for k in ("layers_per_block", "down_block_types", "up_block_types")
-        }
+    from moslora_diffusion.formats import base_model_info
+
+    base = base_model_info(pipe, "tiny-test")
     return MoSLoraFile.from_state_dicts(state_dicts, configs, base_model=base, training={"steps": 1})
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import generate, load_tiny, merge_by_hand, random_adapter
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import moslora_diffusion  # noqa: F401  (installs pipe.load_moslora_weights)
 from moslora_diffusion.errors import AdapterMismatchError, MoSLoraFormatError
@@ -366,3 +366,18 @@ def test_file_from_real_moslora_layers_matches_injected_model(tiny_dirs, tmp_pat
     _differs(injected, generate(fresh))
     fresh.load_moslora_weights(path)
     _close(generate(fresh), injected)
+
+
+def test_sd2_native_and_kohya(tiny_dirs, tmp_path):
+    pipe = load_tiny(tiny_dirs, "sd2")
+    adapter = random_adapter(pipe, seed=2)
+    assert adapter.architecture == "sd2"
+    ref = _reference(pipe, adapter)
+    _differs(ref, generate(pipe))
+    path = adapter.save(tmp_path / "sd2.safetensors")
+    kohya = export_adapter(path, tmp_path / "k.safetensors", "kohya")
+    assert any(k.startswith("lora_te_text_model_") for k in load_file(kohya))
+    for loader, src in (("load_moslora_weights", path), ("load_lora_weights", kohya)):
+        fresh = load_tiny(tiny_dirs, "sd2")
+        getattr(fresh, loader)(str(src))
+        _close(generate(fresh), ref, what=loader)

@@ -41,6 +41,7 @@ __all__ = [
     "save_moslora_file",
     "load_moslora_file",
     "resolve_weights_path",
+    "base_model_info",
     "is_moslora_metadata",
 ]
 
@@ -393,6 +394,42 @@ class MoSLoraFile:
         result = cls(tensors, config, base_model, training, source)
         result.validate()
         return result
+
+
+def base_model_info(
+    pipe: Any, name_or_path: str | None = None, hash: str | None = None, architecture: str | None = None
+) -> dict[str, Any]:
+    """The ``base_model`` metadata for a pipeline: architecture, name/path, hash and the UNet block layout.
+
+    The architecture is ``sdxl`` when the pipeline has ``text_encoder_2``, ``sd2`` when its UNet uses
+    linear projections (SD 2.x), else ``sd1``; pass ``architecture`` to override. The layout
+    (``unet_config``) lets the kohya export name SDXL blocks correctly for non-standard UNets.
+    """
+    if architecture is None:
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            architecture = "sdxl"
+        elif getattr(pipe.unet.config, "use_linear_projection", False):
+            architecture = "sd2"
+        else:
+            architecture = "sd1"
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    info: dict[str, Any] = {"architecture": architecture}
+    if name_or_path is None:
+        name_or_path = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None)
+    if name_or_path:
+        info["name"] = str(name_or_path)
+    if hash:
+        info["hash"] = hash
+    cfg = pipe.unet.config
+    info["unet_config"] = {
+        "layers_per_block": cfg.layers_per_block
+        if isinstance(cfg.layers_per_block, int)
+        else list(cfg.layers_per_block),
+        "down_block_types": list(cfg.down_block_types),
+        "up_block_types": list(cfg.up_block_types),
+    }
+    return info
 
 
 def resolve_weights_path(path: str | os.PathLike, weight_name: str | None = None) -> Path:
