@@ -8,16 +8,29 @@
 Run with no model / data flags to train on the bundled toy world. `--help` lists every flag.
 """
 
+import logging
+import os
 import sys
+from pathlib import Path
 
-from moslora_diffusion.training import TrainConfigError, parse_args, run_training
+try:
+    import moslora_diffusion  # noqa: F401
+except ImportError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from moslora_diffusion.training import NonFiniteLossError, TrainConfigError, parse_args, run_training
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if main_process else logging.WARNING,
+    )
     try:
         run_training(cfg)
-    except TrainConfigError as exc:
+    except (TrainConfigError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
