@@ -13,6 +13,7 @@ half-written `checkpoint-<step>`. The fingerprint lets a run refuse to resume an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -187,6 +188,15 @@ def trainable_state(models: Mapping[str, torch.nn.Module]) -> dict[str, torch.Te
     }
 
 
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names and bytes of a state dict (sorted by name)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def load_trainable_state(
     models: Mapping[str, torch.nn.Module], state: Mapping[str, torch.Tensor], source: str
 ) -> None:
@@ -233,11 +243,14 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     meta, tensors = capture_rng(noise_generator)
+    adapter = trainable_state(models)
+    # Each process records a digest of its adapter: equal digests show the processes stayed in sync.
+    meta["adapter_sha256"] = state_digest(adapter)
     (tmp / f"rng-{rank}.json").write_text(json.dumps(meta))
     save_file(tensors, str(tmp / f"rng-{rank}.safetensors"))
     barrier()
     if is_main:
-        save_file(trainable_state(models), str(tmp / ADAPTER_NAME))
+        save_file(adapter, str(tmp / ADAPTER_NAME))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / STATE_NAME).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
