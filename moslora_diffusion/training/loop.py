@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -193,7 +194,12 @@ def _make_accelerator(cfg: TrainConfig) -> Any:
     project = ProjectConfiguration(
         project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / cfg.logging_dir)
     )
+    # `accelerate launch --multi_gpu` on a machine without GPUs starts N processes (torchrun) but
+    # accelerate only joins them into one gloo group when told to use the CPU.
+    no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
+        cpu=no_gpu and multi_process,
         mixed_precision=cfg.mixed_precision,
         log_with="tensorboard" if cfg.report_to == "tensorboard" else None,
         project_config=project,
