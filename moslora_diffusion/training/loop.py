@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import data, losses, models, outputs, prior, validation
 from .args import TrainConfig, validate_config
-from .errors import NonFiniteLossError
+from .errors import NonFiniteLossError, TrainConfigError
 from .events import TrainEvent, TrainResult
 from .model_card import render_model_card, write_model_card
 
@@ -243,6 +243,24 @@ def _make_optimizer(cfg: TrainConfig, comps: models.Components, num_processes: i
     return torch.optim.AdamW(groups, betas=betas, weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
 
 
+def _check_distributed_support(cfg: TrainConfig, accelerator: Any) -> None:
+    """DeepSpeed takes one model per engine and does its own accumulation: say so instead of failing deep inside."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    if cfg.train_text_encoder:
+        raise TrainConfigError(
+            "--train_text_encoder is not supported under DeepSpeed; use DDP (multi_gpu_ddp.yaml)"
+        )
+    if cfg.gradient_accumulation_steps != 1:
+        raise TrainConfigError(
+            "under DeepSpeed set gradient_accumulation_steps in the DeepSpeed config, not the flag"
+        )
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+
+
 def _load_sources(cfg: TrainConfig) -> tuple[list[_Source], list[_Source]]:
     images = data.check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
     instances = [_Source(data.load_image(p), c) for p, c in zip(images.paths, images.captions)]
@@ -364,6 +382,7 @@ def _train(cfg, accelerator, callback, should_stop, started) -> TrainResult:
         power=cfg.lr_power,
     )
     trained = comps.adapted_models()
+    _check_distributed_support(cfg, accelerator)
     wrapped = accelerator.prepare(*trained.values(), optimizer)
     wrapped_models, optimizer = dict(zip(trained, wrapped[:-1])), wrapped[-1]
     text_encoders = [wrapped_models.get(k, m) for k, m in comps.text_components().items()]
