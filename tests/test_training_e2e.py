@@ -118,7 +118,9 @@ def fused_deltas_match(pipe, expected: dict[tuple[str, str], torch.Tensor], atol
     return checked
 
 
-def load_in_stock_diffusers(model: Path, out: Path, modules: dict[tuple[str, str], torch.Tensor]):
+def load_in_stock_diffusers(
+    model: Path, out: Path, modules: dict[tuple[str, str], torch.Tensor], weight_name: str | None = None
+):
     """Load the output folder with stock `load_lora_weights`, fuse, and compare weight deltas."""
     from diffusers import DiffusionPipeline
 
@@ -126,7 +128,7 @@ def load_in_stock_diffusers(model: Path, out: Path, modules: dict[tuple[str, str
     pipe._moslora_test_base = {
         key: getattr(pipe, key[0]).get_submodule(key[1]).weight.detach().clone() for key in modules
     }
-    pipe.load_lora_weights(str(out))  # reads pytorch_lora_weights.safetensors
+    pipe.load_lora_weights(str(out), weight_name=weight_name)  # default: pytorch_lora_weights.safetensors
     pipe.fuse_lora(components=sorted({c for c, _ in modules}))
     assert fused_deltas_match(pipe, modules) == len(modules)
     return pipe
@@ -157,6 +159,7 @@ def sd1_run(tiny_sd1, subject, tmp_path_factory):
         "2",
         "--report_to",
         "tensorboard",
+        "--export_kohya",
         callback=events.append,
     )
     return result, events, out
@@ -197,7 +200,7 @@ def test_sd1_native_file_has_mixers_and_trained_b(sd1_run):
     config = json.loads(meta["moslora_config"])
     assert set(config) == {"unet"} and config["unet"]["r"] == 4 and config["unet"]["mixer_init"] == "kaiming"
     base = json.loads(meta["base_model"])
-    assert base["architecture"] == "sd1" and base["name_or_path"].endswith("sd1")
+    assert base["architecture"] == "sd1" and base["name"].endswith("sd1")
     training = json.loads(meta["training"])
     assert training["instance_prompt"] == "a sks blob" and training["steps_done"] == 3
     mods = list(native_modules(tensors, meta))
@@ -226,6 +229,25 @@ def test_sd1_loads_in_stock_diffusers(sd1_run, tiny_sd1):
     load_in_stock_diffusers(tiny_sd1, out, expected)
 
 
+def test_sd1_kohya_export_and_native_loader(sd1_run, tiny_sd1):
+    from diffusers import StableDiffusionPipeline
+
+    from moslora_diffusion.formats import load_moslora_file
+
+    _, _, out = sd1_run
+    tensors, meta = read_native(out / "moslora_weights.safetensors")
+    expected = {(c, p): s * B @ M @ A for c, p, A, M, B, s in native_modules(tensors, meta)}
+    kohya = read_tensors(out / "lora_kohya.safetensors")
+    assert all(k.startswith("lora_unet_") for k in kohya) and any(k.endswith(".alpha") for k in kohya)
+    load_in_stock_diffusers(tiny_sd1, out, expected, weight_name="lora_kohya.safetensors")
+    assert load_moslora_file(out).num_modules == len(expected)
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd1))
+    pipe._moslora_test_base = {k: pipe.unet.get_submodule(k[1]).weight.detach().clone() for k in expected}
+    pipe.load_moslora_weights(str(out))
+    pipe.fuse_lora(components=["unet"])
+    assert fused_deltas_match(pipe, expected) == len(expected)
+
+
 def test_sd1_refuses_to_resume_with_another_model_or_config(sd1_run, tiny_sd1, tiny_sdxl, subject):
     _, _, out = sd1_run
     argv = ["--instance_data_dir", str(subject), "--instance_prompt", "x", "--output_dir", str(out)]
@@ -235,6 +257,49 @@ def test_sd1_refuses_to_resume_with_another_model_or_config(sd1_run, tiny_sd1, t
     with pytest.raises(TrainConfigError, match=r"different adapter.*rank"):
         validate_config(parse_args(["--pretrained_model_name_or_path", str(tiny_sd1), *argv, "--rank", "8"]))
     validate_config(parse_args(["--pretrained_model_name_or_path", str(tiny_sd1), *argv]))
+
+
+def test_sd2_v_prediction_bf16_gradient_checkpointing(tmp_path, subject):
+    model = save_tiny_pipeline("sd2", tmp_path / "sd2")
+    result = train(
+        model,
+        tmp_path / "out",
+        subject,
+        "--max_train_steps",
+        "2",
+        "--mixed_precision",
+        "bf16",
+        "--gradient_checkpointing",
+        "--train_text_encoder",
+        "--snr_gamma",
+        "5",
+        "--noise_offset",
+        "0.05",
+    )
+    tensors, meta = read_native(result.weights_path)
+    base = json.loads(meta["base_model"])
+    assert base["architecture"] == "sd2" and base["prediction_type"] == "v_prediction"
+    assert all(t.dtype == torch.float32 for t in tensors.values())  # adapters trained in fp32
+    assert result.final_loss is not None and result.final_loss == result.final_loss
+
+
+def test_toyworld_defaults_fill_missing_model_and_data(tmp_path, tiny_sd1, subject, monkeypatch):
+    from types import SimpleNamespace
+
+    from moslora_diffusion.training import toyworld_hook
+
+    (subject / "subject.json").write_text(
+        json.dumps({"instance_prompt": "a zq blob", "class_prompt": "a blob"})
+    )
+    try:
+        fake = SimpleNamespace(base_model_path=lambda: tiny_sd1, subject_path=lambda: subject)
+        monkeypatch.setattr(toyworld_hook, "_toyworld", lambda: fake)
+        cfg = parse_args(["--output_dir", str(tmp_path / "out"), "--resolution", "32"])
+        validate_config(cfg)
+        assert cfg.pretrained_model_name_or_path == str(tiny_sd1) and cfg.instance_data_dir == str(subject)
+        assert (cfg.instance_prompt, cfg.class_prompt) == ("a zq blob", "a blob")
+    finally:
+        (subject / "subject.json").unlink()
 
 
 # ----------------------------------------------------------------------------- plain LoRA, captions

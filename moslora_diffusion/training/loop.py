@@ -289,20 +289,24 @@ def _training_metadata(cfg: TrainConfig, steps: int, final_loss: float | None, s
 
 
 def _base_model_metadata(cfg: TrainConfig, comps: models.Components) -> dict[str, Any]:
-    unet_cfg = (
-        dict(comps.unet.config) if not hasattr(comps.unet, "module") else dict(comps.unet.module.config)
+    """The native file's `base_model`: architecture, name, UNet layout (formats.base_model_info) and more."""
+    from types import SimpleNamespace
+
+    from ..formats import base_model_info
+
+    unet = getattr(comps.unet, "module", comps.unet)
+    info = base_model_info(
+        SimpleNamespace(unet=unet), name_or_path=cfg.pretrained_model_name_or_path, architecture=comps.arch
     )
-    fp = ckpt.base_model_fingerprint(cfg)
-    return {
-        "architecture": comps.arch,
-        "name_or_path": cfg.pretrained_model_name_or_path,
+    fingerprint = ckpt.base_model_fingerprint(cfg)
+    extra = {
         "revision": cfg.revision,
         "variant": cfg.variant,
         "vae": cfg.pretrained_vae_model_name_or_path,
         "prediction_type": comps.prediction_type,
-        "resolved_path": fp["name_or_path"],
-        "unet_config": {k: unet_cfg[k] for k in outputs.UNET_LAYOUT_KEYS if k in unet_cfg},
+        "resolved_path": fingerprint["name_or_path"],
     }
+    return {**info, **{k: v for k, v in extra.items() if v is not None}}
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -15,16 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-try:
-    from .. import formats as fmt
-except ImportError:  # the formats branch is not merged yet
-    from . import _formats_stub as fmt
+from .. import formats as fmt
 
 logger = logging.getLogger(__name__)
 
 LOSS_CURVE_NAME = "loss_curve.png"
-# UNet config keys the kohya export needs to name SDXL blocks (kept in the native file's base_model).
-UNET_LAYOUT_KEYS = ("layers_per_block", "down_block_types", "up_block_types", "transformer_layers_per_block")
 
 
 def adapter_state_dicts(
