@@ -56,7 +56,19 @@ def apply_defaults(cfg: TrainConfig) -> None:
         if folder.is_dir():
             cfg.instance_data_dir = str(folder)
             logger.info("no --instance_data_dir: using the toy-world subject %s", folder)
-            info = subject_info(folder)
-            for key in _SUBJECT_KEYS:
-                if getattr(cfg, key) is None and isinstance(info.get(key), str):
-                    setattr(cfg, key, info[key])
+            _apply_subject_info(cfg, subject_info(folder))
+
+
+def _apply_subject_info(cfg: TrainConfig, info: dict[str, Any]) -> None:
+    """Prompts from the subject JSON, plus its optional `train_defaults` for flags still at their default."""
+    import dataclasses
+
+    for key in _SUBJECT_KEYS:
+        if getattr(cfg, key) is None and isinstance(info.get(key), str):
+            setattr(cfg, key, info[key])
+    if cfg.validation_prompt is None and cfg.instance_prompt:
+        cfg.validation_prompt = cfg.instance_prompt  # toy runs are quick: show what was learnt
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for key, value in (info.get("train_defaults") or {}).items():
+        if key in defaults and getattr(cfg, key) == defaults[key]:
+            setattr(cfg, key, value)
