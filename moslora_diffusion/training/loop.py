@@ -348,6 +348,7 @@ def _train(cfg, accelerator, callback, should_stop, started) -> TrainResult:
         logger.info("no checkpoint in %s yet: starting a new run", cfg.output_dir)
     resume_state = ckpt.read_state(resume_path) if resume_path else None
     seed = _shared_seed(cfg, accelerator, resume_state)
+    _check_distributed_support(cfg, accelerator)
 
     from accelerate.utils import set_seed
 
@@ -386,7 +387,6 @@ def _train(cfg, accelerator, callback, should_stop, started) -> TrainResult:
         power=cfg.lr_power,
     )
     trained = comps.adapted_models()
-    _check_distributed_support(cfg, accelerator)
     wrapped = accelerator.prepare(*trained.values(), optimizer)
     wrapped_models, optimizer = dict(zip(trained, wrapped[:-1])), wrapped[-1]
     text_encoders = [wrapped_models.get(k, m) for k, m in comps.text_components().items()]
@@ -395,17 +395,17 @@ def _train(cfg, accelerator, callback, should_stop, started) -> TrainResult:
     )
     torch.manual_seed(seed + 1000 * accelerator.process_index)  # dropout differs per process, as in DDP
     run = _Run(
-        cfg,
-        accelerator,
-        comps,
-        resolution,
-        seed,
-        instances,
-        classes,
-        order,
-        noise_generator,
-        wrapped_models["unet"],
-        text_encoders,
+        cfg=cfg,
+        accelerator=accelerator,
+        comps=comps,
+        resolution=resolution,
+        seed=seed,
+        instances=instances,
+        classes=classes,
+        order=order,
+        noise_generator=noise_generator,
+        unet=wrapped_models["unet"],
+        text_encoders=text_encoders,
     )
 
     global_step = 0
