@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from safetensors.torch import load_file
 
 from moslora_diffusion.tiny import save_tiny_pipeline
@@ -27,10 +28,11 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_process_cpu_run(tmp_path):
-    from test_training_e2e import make_subject
-
     model = save_tiny_pipeline("sd1", tmp_path / "sd1")
-    inst = make_subject(tmp_path / "inst", n=3)
+    inst = tmp_path / "inst"
+    inst.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (60 * i, 200, 90)).save(inst / f"subject{i}.png")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
