@@ -204,3 +204,13 @@ def test_resume_from_missing_path(cfg, tmp_path):
     cfg.resume_from_checkpoint = str(tmp_path / "checkpoint-99")
     with pytest.raises(TrainConfigError, match="not a checkpoint folder"):
         validate_config(cfg)
+
+
+def test_checkpoints_total_limit_keeps_newest(tmp_path):
+    for step in (1, 2, 10, 3):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-final-notes").mkdir()
+    deleted = ckpt.prune_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in deleted) == ["checkpoint-1", "checkpoint-2"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-10"]
+    assert (tmp_path / "checkpoint-final-notes").is_dir()
