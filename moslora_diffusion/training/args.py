@@ -115,7 +115,6 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
     seed: int | None = _f(None, "Random seed (a run resumed with the same seed repeats exactly).")
-    dataloader_num_workers: int = _f(0, "Worker processes for image loading.")
     # --- checkpoints
     checkpointing_steps: int = _f(500, "Write a checkpoint every N steps (0 = only at the end).")
     checkpoints_total_limit: int | None = _f(None, "Keep at most this many checkpoints.")
