@@ -286,7 +286,5 @@ def run_cli(args: Any) -> int:
             f"mean ± 95% CI over seeds. Run time {result['seconds'] / 60:.1f} min.\n\n{table}\n\n"
             f"![eval-toyworld](images/eval_toyworld.png)\n"
         )
-        _append_docs(
-            repo_docs / "benchmarks.md", "Toy-world DreamBooth yardstick (eval-toyworld)", command, body
-        )
+        append_section("Toy-world DreamBooth yardstick (eval-toyworld)", body, command=command)
     return 0
