@@ -273,7 +273,7 @@ def run_cli(args: Any) -> int:
         f"\n{len(result['runs'])} adapters trained and scored in {result['seconds'] / 60:.1f} min; plot: {plot_path}"
     )
     if not getattr(args, "no_docs", False) and not args.quick:
-        from ..reporting import DOCS
+        from ..reporting import DOCS, append_section
 
         image = DOCS.parent / "images" / "eval_toyworld.png"
         image.parent.mkdir(parents=True, exist_ok=True)
