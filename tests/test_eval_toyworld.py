@@ -18,7 +18,7 @@ def _truth_images(prompt_sets, subject_everywhere=False):
         ims = []
         for _, exp, _ in items:
             if fam == "subject" or subject_everywhere:
-                ims.append(render_subject(rng, exp[2]))
+                ims.append(render_subject(rng, exp[2] if exp[2] not in ("red", "yellow") else "blue"))
             else:
                 ims.append(
                     render(Scene(shape=exp[0], color=exp[1], background=exp[2], size=18, cx=16, cy=16))
