@@ -34,3 +34,15 @@ def write_plain_lora(arch: str, path: Path, seed: int = 0, rank: int = 4, text_e
     path.parent.mkdir(parents=True, exist_ok=True)
     cls.save_lora_weights(str(path.parent), weight_name=path.name, **kwargs)
     return path
+
+
+def make_tiny_setup(root: Path) -> dict[str, Path]:
+    """A tiny SD1 base model folder plus an adapters folder with an SD1 LoRA and an SDXL one."""
+    from moslora_diffusion.tiny import save_tiny_pipeline
+
+    base = save_tiny_pipeline("sd1", root / "base")
+    adapters = root / "adapters"
+    write_plain_lora("sd1", adapters / "plain.safetensors", seed=0)
+    write_plain_lora("sd1", adapters / "other.safetensors", seed=1)
+    write_plain_lora("sdxl", adapters / "xl_only.safetensors", seed=2)
+    return {"base": base, "adapters": adapters, "outputs": root / "outputs", "root": root}

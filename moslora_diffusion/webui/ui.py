@@ -196,7 +196,11 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                             for i in range(MAX_ADAPTER_SLOTS):
                                 with gr.Row(equal_height=True):
                                     enable = gr.Checkbox(
-                                        value=False, label=f"Slot {i + 1}", scale=0, min_width=90
+                                        value=False,
+                                        label=f"Slot {i + 1}",
+                                        scale=0,
+                                        min_width=90,
+                                        elem_id=f"enable-{i + 1}",
                                     )
                                     name = gr.Dropdown(
                                         choices,
@@ -209,7 +213,7 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                                     strength = gr.Slider(
                                         *STRENGTH_RANGE, value=1.0, step=0.05, label="Strength", scale=2
                                     )
-                                info = gr.Markdown("")
+                                info = gr.Markdown("", elem_id=f"adapter-info-{i + 1}")
                                 name.change(show_info, name, info, api_visibility="private", queue=False)
                                 name.change(
                                     lambda v: gr.update(value=bool(v)),

@@ -1,0 +1,187 @@
+"""The scripting API: gradio_client against a live server on a free loopback port with a tiny base model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moslora_diffusion.webui.pngmeta import parse_parameters, read_parameters
+from tests.webui_support import free_port, make_tiny_setup
+
+gradio_client = pytest.importorskip("gradio_client")
+
+COMMON = {"prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "scheduler": "DDIM"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from moslora_diffusion.webui.server import build_parser, create_app, launch
+
+    setup = make_tiny_setup(tmp_path_factory.mktemp("webui"))
+    port = free_port()
+    argv = ["--base-model", str(setup["base"]), "--adapters-dir", str(setup["adapters"])]
+    argv += ["--output-dir", str(setup["outputs"]), "--port", str(port), "--no-train"]
+    args = build_parser().parse_args(argv)
+    demo, engine, _ = create_app(args)
+    launch(demo, args, engine, prevent_thread_lock=True)
+    client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield {"client": client, "engine": engine, "port": port, **setup}
+    demo.close()
+
+
+def _generate(client, **kwargs):
+    files = client.predict(**{**COMMON, **kwargs}, api_name="/generate")
+    assert isinstance(files, list) and files
+    return files
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def _outward_ip() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent; this only picks the outward interface
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_server_binds_loopback_only(server):
+    import socket
+
+    from moslora_diffusion.webui.server import build_parser
+
+    defaults = build_parser().parse_args([])
+    assert defaults.host == "127.0.0.1" and defaults.share is False and defaults.auth is None
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", server["port"])) == 0
+    ip = _outward_ip()
+    if ip is not None:  # the same port on the machine's network address is closed
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((ip, server["port"])) != 0
+
+
+def test_generate_with_and_without_adapter(server):
+    client = server["client"]
+    none_a = _generate(client, seed=11)[0]
+    none_b = _generate(client, seed=11)[0]
+    with_adapter = _generate(client, seed=11, adapter="plain.safetensors", adapter_scale=1.0)[0]
+    scale_zero = _generate(client, seed=11, adapter="plain.safetensors", adapter_scale=0.0)[0]
+    other_seed = _generate(client, seed=12)[0]
+    base = _pixels(none_a)
+    assert base.shape == (32, 32, 3)
+    assert np.array_equal(base, _pixels(none_b)), "same seed + settings must give the same image"
+    assert np.array_equal(base, _pixels(scale_zero)), "adapter_scale 0 must give the no-adapter image"
+    assert np.abs(base - _pixels(with_adapter)).mean() > 2.0, "the adapter must change the image"
+    assert np.abs(base - _pixels(other_seed)).mean() > 2.0
+    # after an adapter was used, the plain image is still the base image
+    assert np.array_equal(base, _pixels(_generate(client, seed=11)[0]))
+
+
+def test_png_parameters_chunk(server):
+    files = _generate(
+        server["client"],
+        seed=77,
+        negative_prompt="blurry, dark",
+        guidance_scale=4.5,
+        adapter="plain.safetensors",
+        adapter_scale=0.7,
+        num_images=2,
+    )
+    assert len(files) == 2
+    for path, seed in zip(files, (77, 78)):
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+        params = parse_parameters(read_parameters(path))
+        assert params["Prompt"] == "a red circle"
+        assert params["Negative prompt"] == "blurry, dark"
+        assert params["Steps"] == "2" and params["Sampler"] == "DDIM" and params["CFG scale"] == "4.5"
+        assert params["Seed"] == str(seed) and params["Size"] == "32x32"
+        assert params["Model"] == "base"
+        assert params["Adapters"] == "plain.safetensors: 0.7"
+    # the second image is exactly what its own seed gives alone
+    alone = _generate(server["client"], seed=78, negative_prompt="blurry, dark", guidance_scale=4.5,
+                      adapter="plain.safetensors", adapter_scale=0.7)[0]  # fmt: skip
+    assert np.array_equal(_pixels(alone), _pixels(files[1]))
+
+
+def test_defaults_fill_missing_arguments(server):
+    files = server["client"].predict(prompt="a blue square", api_name="/generate")
+    params = parse_parameters(read_parameters(files[0]))
+    d = server["engine"].defaults
+    assert params["Steps"] == str(d["steps"]) and params["Size"] == f"{d['width']}x{d['height']}"
+    assert "Adapters" not in params and 0 <= int(params["Seed"]) < 2**32
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../plain.safetensors", "../../etc/passwd", "sub/plain.safetensors", "..\\plain.safetensors", "/tmp/x.safetensors"],
+)
+def test_traversal_names_refused(server, name):
+    with pytest.raises(Exception, match="refused") as info:
+        _generate(server["client"], seed=1, adapter=name)
+    assert "Traceback" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps must be between"),
+        ({"steps": 10_000}, "steps must be between"),
+        ({"steps": 2.5}, "whole number"),
+        ({"width": 33}, "multiple of 8"),
+        ({"height": 100_000}, "height must be between"),
+        ({"guidance_scale": 1e9}, "CFG scale"),
+        ({"seed": -5}, "seed must be between"),
+        ({"num_images": 100}, "number of images"),
+        ({"adapter": "plain.safetensors", "adapter_scale": 5}, "strength"),
+        ({"scheduler": "nonsense"}, "unknown scheduler"),
+        ({"prompt": ""}, "prompt is empty"),
+    ],
+)
+def test_bad_numbers_refused(server, kwargs, message):
+    with pytest.raises(Exception, match=message):
+        _generate(server["client"], **kwargs)
+
+
+def test_other_architecture_adapter_refused_with_message(server):
+    with pytest.raises(Exception, match="does not fit the loaded base model") as info:
+        _generate(server["client"], seed=1, adapter="xl_only.safetensors")
+    assert "Traceback" not in str(info.value)
+    # the server still works afterwards
+    assert _generate(server["client"], seed=1)
+
+
+def test_unknown_adapter_refused(server):
+    with pytest.raises(Exception, match="no adapter named"):
+        _generate(server["client"], seed=1, adapter="nope.safetensors")
+
+
+def test_compare_grid(server):
+    from moslora_diffusion.webui.compare import compare
+    from moslora_diffusion.webui.engine import GenerationRequest
+
+    engine = server["engine"]
+    req = GenerationRequest(prompt="a red circle", steps=2, width=32, height=32, scheduler="DDIM")
+    result = compare(engine, req, "plain.safetensors", [0.0, 0.5, 1.0], [11, 12])
+    assert result.strengths == [0.0, 0.5, 1.0] and result.seeds == [11, 12]
+    params = parse_parameters(read_parameters(result.path))
+    assert params["Adapter"] == "plain.safetensors" and params["Strengths"] == "0 0.5 1"
+    grid = np.asarray(Image.open(result.path).convert("RGB"), dtype=np.int16)
+    # cell (seed 11, no adapter) equals the plain /generate image, upscaled 4x
+    plain = _pixels(_generate(server["client"], seed=11, guidance_scale=engine.defaults["guidance_scale"])[0])
+    up = plain.repeat(4, axis=0).repeat(4, axis=1)
+    hits = [
+        (y, x)
+        for y in range(grid.shape[0] - 127)
+        for x in range(grid.shape[1] - 127)
+        if grid[y, x].tolist() == up[0, 0].tolist() and np.array_equal(grid[y : y + 128, x : x + 128], up)
+    ]
+    assert hits, "the baseline cell must be the no-adapter image"

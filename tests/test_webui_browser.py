@@ -1,0 +1,102 @@
+"""A real browser against the launcher: Debian's chromium driven by Playwright types a prompt, clicks
+Generate, waits for the image and saves a screenshot under test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.webui_support import free_port, make_tiny_setup
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
+
+
+def _wait_for_port(proc: subprocess.Popen, port: int, timeout: float = 180.0) -> None:
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited early with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"the app did not open port {port} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    setup = make_tiny_setup(tmp_path_factory.mktemp("browser"))
+    port = free_port()
+    log = open(setup["root"] / "app.log", "w")  # noqa: SIM115 - closed below
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
+    cmd = [sys.executable, str(ROOT / "app" / "app.py"), "--base-model", str(setup["base"])]
+    cmd += ["--adapters-dir", str(setup["adapters"]), "--output-dir", str(setup["outputs"]), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=setup["root"])
+    try:
+        _wait_for_port(proc, port)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_browser_generates_an_image(app_url):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url, wait_until="load", timeout=60_000)
+            page.locator("#prompt textarea").wait_for(state="visible", timeout=60_000)
+            page.locator("#prompt textarea").fill("a red circle on a blue background")
+            # pick the adapter in slot 1 through the UI, as a user would
+            page.locator("#adapter-1 input").fill("plain.safetensors")
+            page.keyboard.press("Enter")
+            page.locator("#adapter-info-1").get_by_text("LoRA (diffusers/PEFT)").wait_for(timeout=30_000)
+            page.locator("#enable-1 input[type=checkbox]").wait_for(timeout=10_000)
+            assert page.locator("#enable-1 input[type=checkbox]").is_checked()
+            page.locator("#generate-btn").click()
+            image = page.locator("#gallery img").first
+            image.wait_for(state="visible", timeout=120_000)
+            src = image.get_attribute("src") or ""
+            assert src.endswith(".png") or "png" in src, src
+            params = page.get_by_label("Parameters (PNG 'parameters' chunk)")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('Steps:'))",
+                timeout=30_000,
+            )
+            text = params.input_value()
+            assert text.startswith("a red circle on a blue background") and "Seed:" in text
+            assert "plain.safetensors: 1" in text
+            page.screenshot(path=str(ARTIFACTS / "webui_generate.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "webui_generate.png").stat().st_size > 10_000
