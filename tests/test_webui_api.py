@@ -122,7 +122,13 @@ def test_defaults_fill_missing_arguments(server):
 
 @pytest.mark.parametrize(
     "name",
-    ["../plain.safetensors", "../../etc/passwd", "sub/plain.safetensors", "..\\plain.safetensors", "/tmp/x.safetensors"],
+    [
+        "../plain.safetensors",
+        "../../etc/passwd",
+        "sub/plain.safetensors",
+        "..\\plain.safetensors",
+        "/tmp/x.safetensors",
+    ],
 )
 def test_traversal_names_refused(server, name):
     with pytest.raises(Exception, match="refused") as info:

@@ -4,9 +4,7 @@ and the training job driven by a stand-in training backend."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,8 +21,7 @@ from moslora_diffusion.webui.compare import labelled_grid, parse_seeds, parse_st
 from moslora_diffusion.webui.engine import GenerationRequest, Limits, validate_request
 from moslora_diffusion.webui.jobs import JobBusy, TrainingJobs, TrainRequest, UploadLimits, decode_uploads
 from moslora_diffusion.webui.pngmeta import format_parameters, parse_parameters, read_parameters, save_png
-from tests.webui_support import make_tiny_setup, write_plain_lora
-
+from tests.webui_support import FakeTraining, make_tiny_setup, write_plain_lora
 
 # ---- PNG infotext ---------------------------------------------------------------------------------------
 
@@ -91,7 +88,14 @@ def test_symlink_leading_out_of_the_folder_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("sd1", "sd1"), ("sdxl", "sdxl"), ("sdxl_base_v1-0", "sdxl"), ("sd_v1", "sd1"), ("sd_v2", "sd2"), (None, None)],
+    [
+        ("sd1", "sd1"),
+        ("sdxl", "sdxl"),
+        ("sdxl_base_v1-0", "sdxl"),
+        ("sd_v1", "sd1"),
+        ("sd_v2", "sd2"),
+        (None, None),
+    ],
 )
 def test_architecture_spellings(value, expected):
     assert normalize_architecture(value) == expected
@@ -204,48 +208,6 @@ def test_uploads_decoded_and_limited(tmp_path):
 # ---- training job with a stand-in backend ---------------------------------------------------------------
 
 
-class FakeTraining:
-    """Stands in for moslora_diffusion.training: emits events, honours should_stop, writes a LoRA file."""
-
-    def __init__(self, lora_source: Path, step_delay: float = 0.0, gate: threading.Event | None = None):
-        self.lora_source = lora_source
-        self.step_delay = step_delay
-        self.gate = gate
-        self.configs = []
-
-    def TrainConfig(self, **kwargs):  # noqa: N802 - mirrors the dataclass name
-        return SimpleNamespace(**kwargs)
-
-    def validate_config(self, cfg):
-        if not Path(cfg.instance_data_dir).is_dir():
-            raise ValueError("--instance_data_dir missing")
-
-    def run_training(self, cfg, callback=None, should_stop=None):
-        self.configs.append(cfg)
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        done = 0
-        for step in range(1, cfg.max_train_steps + 1):
-            if self.gate is not None:
-                self.gate.wait(5)
-            if should_stop():
-                break
-            time.sleep(self.step_delay)
-            done = step
-            callback(SimpleNamespace(kind="step", step=step, max_steps=cfg.max_train_steps, loss=1.0 / step,
-                                     lr=cfg.learning_rate, images=None, message=None))  # fmt: skip
-            if step % cfg.validation_steps == 0:
-                callback(SimpleNamespace(kind="validation", step=step, max_steps=cfg.max_train_steps, loss=None,
-                                         lr=None, images=[Image.new("RGB", (32, 32), "green")], message=None))  # fmt: skip
-        cancelled = done < cfg.max_train_steps
-        weights = None
-        if done and not cancelled:
-            weights = out / "pytorch_lora_weights.safetensors"
-            weights.write_bytes(self.lora_source.read_bytes())
-        return SimpleNamespace(output_dir=out, weights_path=weights, steps_done=done, cancelled=cancelled,
-                               final_loss=1.0 / max(done, 1))  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def lora_file(tmp_path_factory):
     return write_plain_lora("sd1", tmp_path_factory.mktemp("lora") / "src.safetensors")
@@ -267,7 +229,9 @@ def test_training_job_reports_progress_and_installs_adapter(tmp_path, lora_file)
     assert (adapters / "toy.safetensors").read_bytes() == lora_file.read_bytes()
     cfg = backend.configs[0]
     assert cfg.with_prior_preservation and cfg.class_prompt == "a photo of a toy"
-    assert cfg.max_train_steps == 8 and cfg.rank == 4 and cfg.adapter == "moslora" and cfg.validation_steps == 2
+    assert (
+        cfg.max_train_steps == 8 and cfg.rank == 4 and cfg.adapter == "moslora" and cfg.validation_steps == 2
+    )
     # the name is now taken
     with pytest.raises(ValueError, match="already exists"):
         jobs.start(req)
@@ -275,7 +239,9 @@ def test_training_job_reports_progress_and_installs_adapter(tmp_path, lora_file)
 
 def test_training_job_one_at_a_time_and_cancel(tmp_path, lora_file):
     gate = threading.Event()
-    jobs = TrainingJobs("base", tmp_path / "adapters", tmp_path / "work", backend=FakeTraining(lora_file, gate=gate))
+    jobs = TrainingJobs(
+        "base", tmp_path / "adapters", tmp_path / "work", backend=FakeTraining(lora_file, gate=gate)
+    )
     images = _images(tmp_path / "in", 3)
     jobs.start(TrainRequest(images=images, instance_prompt="sks", adapter_name="a", steps=1000))
     with pytest.raises(JobBusy):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from PIL import Image
 
 
 def free_port() -> int:
@@ -46,3 +50,45 @@ def make_tiny_setup(root: Path) -> dict[str, Path]:
     write_plain_lora("sd1", adapters / "other.safetensors", seed=1)
     write_plain_lora("sdxl", adapters / "xl_only.safetensors", seed=2)
     return {"base": base, "adapters": adapters, "outputs": root / "outputs", "root": root}
+
+
+class FakeTraining:
+    """Stands in for moslora_diffusion.training: emits events, honours should_stop, writes a LoRA file."""
+
+    def __init__(self, lora_source: Path, step_delay: float = 0.0, gate: threading.Event | None = None):
+        self.lora_source = lora_source
+        self.step_delay = step_delay
+        self.gate = gate
+        self.configs = []
+
+    def TrainConfig(self, **kwargs):  # noqa: N802 - mirrors the dataclass name
+        return SimpleNamespace(**kwargs)
+
+    def validate_config(self, cfg):
+        if not Path(cfg.instance_data_dir).is_dir():
+            raise ValueError("--instance_data_dir missing")
+
+    def run_training(self, cfg, callback=None, should_stop=None):
+        self.configs.append(cfg)
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        done = 0
+        for step in range(1, cfg.max_train_steps + 1):
+            if self.gate is not None:
+                self.gate.wait(5)
+            if should_stop():
+                break
+            time.sleep(self.step_delay)
+            done = step
+            callback(SimpleNamespace(kind="step", step=step, max_steps=cfg.max_train_steps, loss=1.0 / step,
+                                     lr=cfg.learning_rate, images=None, message=None))  # fmt: skip
+            if step % cfg.validation_steps == 0:
+                callback(SimpleNamespace(kind="validation", step=step, max_steps=cfg.max_train_steps, loss=None,
+                                         lr=None, images=[Image.new("RGB", (32, 32), "green")], message=None))  # fmt: skip
+        cancelled = done < cfg.max_train_steps
+        weights = None
+        if done and not cancelled:
+            weights = out / "pytorch_lora_weights.safetensors"
+            weights.write_bytes(self.lora_source.read_bytes())
+        return SimpleNamespace(output_dir=out, weights_path=weights, steps_done=done, cancelled=cancelled,
+                               final_loss=1.0 / max(done, 1))  # fmt: skip

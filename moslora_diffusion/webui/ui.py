@@ -59,6 +59,13 @@ def _progress_html(done: int, total: int, text: str) -> str:
     )
 
 
+def _enlarge(image: Any, side: int = 256) -> Any:
+    """Pixel-exact enlargement of small previews (toy models draw 32 px images)."""
+    w, h = image.size
+    k = side // max(w, h)
+    return image.resize((w * k, h * k), 0) if k > 1 else image  # 0 = nearest neighbour
+
+
 def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoSLoRA diffusion") -> gr.Blocks:
     """Build the Blocks app for ``engine`` (and the Train tab when ``jobs`` is given)."""
     lim = engine.limits
@@ -224,8 +231,10 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                                 )
                                 slot_widgets.append((enable, name, strength))
                             refresh_btn = gr.Button("Refresh adapter list", size="sm")
-                        generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                     with gr.Column(scale=2):
+                        generate_btn = gr.Button(
+                            "Generate", variant="primary", size="lg", elem_id="generate-btn"
+                        )
                         gallery = gr.Gallery(
                             label="Images",
                             format="png",
@@ -274,13 +283,20 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                                 file_count="multiple",
                                 file_types=["image"],
                                 type="filepath",
+                                elem_id="train-images",
                             )
-                            t_prompt = gr.Textbox(label="Instance prompt", placeholder="a photo of sks toy")
+                            t_prompt = gr.Textbox(
+                                label="Instance prompt",
+                                placeholder="a photo of sks toy",
+                                elem_id="train-prompt",
+                            )
                             t_class = gr.Textbox(
                                 label="Class prompt (optional: turns on prior preservation)",
                                 placeholder="a photo of a toy",
                             )
-                            t_name = gr.Textbox(label="Adapter name", value="my-adapter")
+                            t_name = gr.Textbox(
+                                label="Adapter name", value="my-adapter", elem_id="train-name"
+                            )
                             with gr.Row():
                                 t_steps = gr.Number(
                                     value=200,
@@ -306,14 +322,20 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                                     value=20, precision=0, label="Class images", minimum=1, maximum=500
                                 )
                             with gr.Row():
-                                t_start = gr.Button("Start training", variant="primary", interactive=ok)
-                                t_cancel = gr.Button("Cancel", variant="stop")
+                                t_start = gr.Button(
+                                    "Start training", variant="primary", interactive=ok, elem_id="train-start"
+                                )
+                                t_cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
                         with gr.Column():
                             t_progress = gr.HTML(_progress_html(0, 0, "idle"))
-                            t_message = gr.Markdown("")
+                            t_message = gr.Markdown("", elem_id="train-message")
                             t_loss = gr.LinePlot(x="step", y="loss", title="Training loss", height=220)
                             t_preview = gr.Image(
-                                label="Latest preview", type="pil", format="png", interactive=False
+                                label="Latest preview",
+                                type="pil",
+                                format="png",
+                                interactive=False,
+                                elem_id="train-preview",
                             )
                     train_widgets = (t_progress, t_message, t_loss, t_preview)
         seen_finished = gr.State(0)
@@ -396,8 +418,18 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                 text += f", loss {st.losses[-1][1]:.4f}"
             import pandas as pd
 
-            loss_df = pd.DataFrame(st.losses or [], columns=["step", "loss"])
-            outs = [_progress_html(st.step, st.max_steps, text), html.escape(st.message), loss_df, st.preview]
+            loss_df = pd.DataFrame(
+                {
+                    "step": pd.Series([s for s, _ in st.losses], dtype="int64"),
+                    "loss": pd.Series([v for _, v in st.losses], dtype="float64"),
+                }
+            )
+            outs = [
+                _progress_html(st.step, st.max_steps, text),
+                html.escape(st.message),
+                loss_df,
+                _enlarge(st.preview) if st.preview is not None else gr.skip(),
+            ]
             if st.finished != seen:
                 choices = adapter_choices()
                 drops = [gr.update(choices=choices, value=v if v in choices else None) for v in values]
