@@ -94,6 +94,8 @@ def test_browser_generates_an_image(app_url):
             page.locator("#adapter-info-1").get_by_text("LoRA (diffusers/PEFT)").wait_for(timeout=30_000)
             page.locator("#enable-1 input[type=checkbox]").wait_for(timeout=10_000)
             assert page.locator("#enable-1 input[type=checkbox]").is_checked()
+            page.locator("#steps input[type=number]").fill("4")
+            page.locator("#steps input[type=number]").press("Enter")
             page.locator("#generate-btn").click()
             image = page.locator("#gallery img").first
             image.wait_for(state="visible", timeout=120_000)
@@ -105,11 +107,23 @@ def test_browser_generates_an_image(app_url):
                 timeout=30_000,
             )
             text = params.input_value()
-            assert text.startswith("a red circle on a blue background") and "Seed:" in text
+            assert (
+                text.startswith("a red circle on a blue background")
+                and "Seed:" in text
+                and "Steps: 4," in text
+            )
             assert "plain.safetensors: 1" in text
             page.screenshot(path=str(ARTIFACTS / "webui_generate.png"), full_page=True)
             if os.environ.get("WEBUI_SCREENSHOT_TO"):  # refresh docs/images/webui_generate.png
                 page.screenshot(path=os.environ["WEBUI_SCREENSHOT_TO"], full_page=True)
+            # Compare tab: baseline + strengths 0.5, 1 for seeds 1, 2 in one labelled grid
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-prompt textarea").fill("a red circle on a blue background")
+            page.locator("#compare-adapter input").fill("plain.safetensors")
+            page.keyboard.press("Enter")
+            page.locator("#compare-btn").click()
+            page.locator("#compare-grid img").wait_for(state="visible", timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "webui_compare.png"), full_page=True)
         finally:
             browser.close()
     assert (ARTIFACTS / "webui_generate.png").stat().st_size > 10_000

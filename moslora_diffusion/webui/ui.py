@@ -181,7 +181,9 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                         prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
                         negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative-prompt")
                         with gr.Row():
-                            steps = gr.Slider(1, lim.max_steps, value=d["steps"], step=1, label="Steps")
+                            steps = gr.Slider(
+                                1, lim.max_steps, value=d["steps"], step=1, label="Steps", elem_id="steps"
+                            )
                             cfg = gr.Slider(
                                 0, lim.max_guidance, value=d["guidance_scale"], step=0.5, label="CFG scale"
                             )
@@ -255,15 +257,27 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                 )
                 with gr.Row():
                     with gr.Column():
-                        c_prompt = gr.Textbox(label="Prompt", lines=2)
+                        c_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="compare-prompt")
                         c_negative = gr.Textbox(label="Negative prompt")
-                        c_adapter = gr.Dropdown(choices, value=None, label="Adapter", allow_custom_value=True)
+                        c_adapter = gr.Dropdown(
+                            choices,
+                            value=None,
+                            label="Adapter",
+                            allow_custom_value=True,
+                            elem_id="compare-adapter",
+                        )
                         c_info = gr.Markdown("")
                         c_strengths = gr.Textbox(value="0.5, 1.0", label="Strengths (comma separated, -2..2)")
                         c_seeds = gr.Textbox(value="1, 2", label="Seeds (comma separated)")
-                        compare_btn = gr.Button("Render grid", variant="primary")
+                        compare_btn = gr.Button("Render grid", variant="primary", elem_id="compare-btn")
                     with gr.Column():
-                        grid = gr.Image(label="Grid", type="filepath", format="png", interactive=False)
+                        grid = gr.Image(
+                            label="Grid",
+                            type="filepath",
+                            format="png",
+                            interactive=False,
+                            elem_id="compare-grid",
+                        )
                         grid_file = gr.File(label="Download grid PNG", interactive=False)
                         grid_params = gr.Textbox(label="Parameters", lines=3, interactive=False)
                 c_adapter.change(show_info, c_adapter, c_info, api_visibility="private", queue=False)
