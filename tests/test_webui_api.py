@@ -191,3 +191,92 @@ def test_compare_grid(server):
         if grid[y, x].tolist() == up[0, 0].tolist() and np.array_equal(grid[y : y + 128, x : x + 128], up)
     ]
     assert hits, "the baseline cell must be the no-adapter image"
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(tmp_path_factory):
+    """A server whose queue holds one waiting request."""
+    from moslora_diffusion.webui.engine import Engine, Limits
+    from moslora_diffusion.webui.ui import build_ui
+
+    setup = make_tiny_setup(tmp_path_factory.mktemp("queue"))
+    engine = Engine.from_pretrained(
+        setup["base"], setup["adapters"], setup["outputs"], limits=Limits(busy_timeout_s=60)
+    )
+    demo = build_ui(engine, None)
+    demo.queue(max_size=1, default_concurrency_limit=1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False), engine
+    demo.close()
+
+
+def _wait_for(predicate, timeout=30.0):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError("condition not reached")
+
+
+def test_full_queue_answers_clearly_and_one_generation_at_a_time(small_queue_server):
+    from gradio_client.utils import Status
+
+    client, engine = small_queue_server
+    engine.lock.acquire()  # the device is busy: the first request holds the worker, waiting for the lock
+    try:
+        first = client.submit(**COMMON, seed=1, api_name="/generate")
+        _wait_for(lambda: first.status().code == Status.PROCESSING)
+        second = client.submit(**COMMON, seed=2, api_name="/generate")
+        _wait_for(lambda: second.status().code in (Status.IN_QUEUE, Status.QUEUE_FULL))
+        assert second.status().code == Status.IN_QUEUE  # waits: one generation at a time
+        third = client.submit(**COMMON, seed=3, api_name="/generate")
+        with pytest.raises(Exception, match="[Qq]ueue is full"):
+            third.result(timeout=30)
+    finally:
+        engine.lock.release()
+    assert first.result(timeout=60) and second.result(timeout=60)
+
+
+def test_busy_device_answers_with_a_message(small_queue_server):
+    from moslora_diffusion.webui.engine import Limits
+
+    client, engine = small_queue_server
+    old = engine.limits
+    engine.limits = Limits(busy_timeout_s=0.5)
+    engine.lock.acquire()
+    try:
+        with pytest.raises(Exception, match="busy with another request"):
+            client.predict(**COMMON, seed=1, api_name="/generate")
+    finally:
+        engine.lock.release()
+        engine.limits = old
+
+
+def test_auth_required_when_asked(tmp_path):
+    import argparse
+
+    from moslora_diffusion.webui.server import build_parser, create_app, launch
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--auth", "nopassword"])
+    setup = make_tiny_setup(tmp_path)
+    port = free_port()
+    args = build_parser().parse_args(
+        ["--base-model", str(setup["base"]), "--adapters-dir", str(setup["adapters"]), "--output-dir",
+         str(setup["outputs"]), "--port", str(port), "--auth", "alice:s3cret", "--no-train"]
+    )  # fmt: skip
+    assert isinstance(args, argparse.Namespace) and args.auth == ("alice", "s3cret")
+    demo, engine, _ = create_app(args)
+    launch(demo, args, engine, prevent_thread_lock=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises different types per version
+            gradio_client.Client(url, verbose=False).predict(**COMMON, seed=1, api_name="/generate")
+        client = gradio_client.Client(url, auth=("alice", "s3cret"), verbose=False)
+        assert client.predict(**COMMON, seed=1, api_name="/generate")
+    finally:
+        demo.close()
