@@ -280,3 +280,11 @@ def test_auth_required_when_asked(tmp_path):
         assert client.predict(**COMMON, seed=1, api_name="/generate")
     finally:
         demo.close()
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "UniPC"])
+def test_every_scheduler_generates_reproducibly(server, scheduler):
+    a = _generate(server["client"], seed=5, steps=3, scheduler=scheduler)[0]
+    b = _generate(server["client"], seed=5, steps=3, scheduler=scheduler)[0]
+    assert np.array_equal(_pixels(a), _pixels(b))
+    assert parse_parameters(read_parameters(a))["Sampler"] == scheduler

@@ -60,7 +60,6 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
     ),
     "UniPC": ("UniPCMultistepScheduler", {}),
-    "PNDM": ("PNDMScheduler", {}),
 }
 
 
