@@ -32,12 +32,12 @@ def append_section(title: str, body: str, device: str = "cpu", docs: Path = DOCS
     """Append a dated section with the exact command and machine to docs/benchmarks.md."""
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (
-        f"\n## {title}\n\n- Command: `{command}`\n- Machine: {machine_description(device)}\n- Date: {date}\n\n{body}\n"
-    )
+    text = f"\n## {title}\n\n- Command: `{command}`\n- Machine: {machine_description(device)}\n- Date: {date}\n\n{body}\n"
     docs.parent.mkdir(parents=True, exist_ok=True)
     if not docs.exists():
-        docs.write_text("# Benchmarks\n\nEach section is appended by a script under `benchmarks/`; newest last.\n")
+        docs.write_text(
+            "# Benchmarks\n\nEach section is appended by a script under `benchmarks/`; newest last.\n"
+        )
     with docs.open("a") as f:
         f.write(text)
     print(f"appended to {docs}")

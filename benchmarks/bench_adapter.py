@@ -70,7 +70,9 @@ def make_step(unet, batch, device):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(device_type=device.split(":")[0], dtype=x.dtype, enabled=x.dtype != torch.float32):
+        with torch.autocast(
+            device_type=device.split(":")[0], dtype=x.dtype, enabled=x.dtype != torch.float32
+        ):
             out = unet(x, t, ctx).sample
         loss = torch.nn.functional.mse_loss(out.float(), target.float())
         loss.backward()
@@ -138,7 +140,10 @@ def main() -> None:
     for i in range(args.steps):
         for c in configs:
             times[c].append(steps[c]())
-        print(f"round {i + 1}/{args.steps}: " + ", ".join(f"{k}-r{r} {times[(k, r)][-1]:.2f}s" for k, r in configs))
+        print(
+            f"round {i + 1}/{args.steps}: "
+            + ", ".join(f"{k}-r{r} {times[(k, r)][-1]:.2f}s" for k, r in configs)
+        )
     del steps
     rows = []
     for r in ranks:
@@ -195,7 +200,9 @@ def main() -> None:
             if i >= args.warmup:
                 inf[m].append(dt)
     base_med = statistics.median(inf["base"])
-    inf_rows = [[m, f"{statistics.median(inf[m]):.3f}", f"{statistics.median(inf[m]) / base_med:.3f}"] for m in modes]
+    inf_rows = [
+        [m, f"{statistics.median(inf[m]):.3f}", f"{statistics.median(inf[m]) / base_med:.3f}"] for m in modes
+    ]
     inf_table = markdown_table(["UNet forward", "median s", "ratio to base"], inf_rows)
     print(inf_table)
 

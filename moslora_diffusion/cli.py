@@ -1,0 +1,145 @@
+"""The ``moslora-diffusion`` command line.
+
+Each subcommand is a function registered with :func:`subcommand`, which also names a function adding
+its arguments. To add one::
+
+    def _my_args(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("path")
+
+    @subcommand("mycmd", "one-line help", _my_args)
+    def run_mycmd(args: argparse.Namespace) -> int:
+        ...
+        return 0
+
+Known errors (bad files, mismatched adapters, bad arguments) print ``error: ...`` and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MoSLoraError
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def subcommand(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register the decorated ``run(args) -> exit code`` function as subcommand ``name``."""
+
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        if name in SUBCOMMANDS:
+            raise ValueError(f"subcommand {name!r} is registered twice")
+        SUBCOMMANDS[name] = Subcommand(name, help, add_arguments, run)
+        return run
+
+    return register
+
+
+# ------------------------------------------------------------------------------------------- export
+def _export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="native MoSLoRA file, or a directory holding moslora_weights.safetensors")
+    parser.add_argument("--format", required=True, choices=("diffusers", "kohya"), help="export format")
+    parser.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        help="output .safetensors file, or a directory (pytorch_lora_weights.safetensors / lora_kohya.safetensors)",
+    )
+    parser.add_argument(
+        "--architecture",
+        choices=("sd1", "sd2", "sdxl"),
+        help="base model family, when the file's base_model metadata does not say (kohya naming depends on it)",
+    )
+    parser.add_argument(
+        "--unet-config",
+        help="SDXL only: the base model's UNet config.json (or model folder) for the SGM block layout; "
+        "default: the file's base_model metadata, else the SDXL 1.0 layout",
+    )
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="cast the exported tensors")
+
+
+def _read_unet_config(value: str) -> dict:
+    path = Path(value)
+    for candidate in (path, path / "config.json", path / "unet" / "config.json"):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except json.JSONDecodeError as exc:
+                raise MoSLoraError(f"{candidate}: not a valid JSON UNet config ({exc})") from None
+    raise MoSLoraError(f"{value}: no UNet config.json found there")
+
+
+@subcommand(
+    "export", "fold a MoSLoRA file into an exact plain LoRA (diffusers or kohya naming)", _export_args
+)
+def run_export(args: argparse.Namespace) -> int:
+    from .formats import export_adapter
+
+    unet_config = _read_unet_config(args.unet_config) if args.unet_config else None
+    out = export_adapter(
+        args.src,
+        args.output,
+        args.format,
+        architecture=args.architecture,
+        unet_config=unet_config,
+        dtype=args.dtype,
+    )
+    print(f"wrote {args.format} LoRA to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ inspect
+def _inspect_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="adapter file (native MoSLoRA, diffusers/PEFT LoRA or kohya LoRA)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+@subcommand(
+    "inspect", "describe an adapter file: format, base model, ranks, sizes, training metadata", _inspect_args
+)
+def run_inspect(args: argparse.Namespace) -> int:
+    from .formats.inspect import describe_adapter_file, format_description
+
+    info = describe_adapter_file(args.file)
+    print(json.dumps(info, indent=2, default=str) if args.json else format_description(info))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moslora-diffusion", description="MoSLoRA adapters for Stable Diffusion (SD 1.x/2.x, SDXL)."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in SUBCOMMANDS.values():
+        sub = subparsers.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(sub)
+        sub.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (MoSLoraError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

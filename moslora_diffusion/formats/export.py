@@ -1,0 +1,202 @@
+"""Exact exports of a MoSLoRA adapter as a plain rank-r LoRA (mixer and scale folded into B, alpha = r).
+
+- ``diffusers``: PEFT-style keys ``unet.<path>.lora_A.weight`` / ``.lora_B.weight`` (text encoders with
+  ``text_model.``), which stock ``pipe.load_lora_weights(file_or_dir)`` reads.
+- ``kohya``: kohya-ss names (``lora_unet_…``, ``lora_te_…`` or ``lora_te1_…``/``lora_te2_…``, SGM
+  block names for the SDXL UNet) with ``.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``. One
+  alpha (the common rank) for all modules; see :func:`kohya_alpha`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import MoSLoraFormatError
+from ..functional import fold_mixer
+from .naming import is_text_encoder, kohya_module_name, with_text_model
+from .native import ARCHITECTURES, FORMAT_VERSION, MoSLoraFile, load_moslora_file
+from .safetensors_io import write_safetensors_atomic
+
+EXPORT_FORMATS = ("diffusers", "kohya")
+DIFFUSERS_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+KOHYA_WEIGHTS_NAME = "lora_kohya.safetensors"
+
+_KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+_MODELSPEC_ARCH = {
+    "sd1": "stable-diffusion-v1/lora",
+    "sd2": "stable-diffusion-v2-768-v/lora",
+    "sdxl": "stable-diffusion-xl-v1-base/lora",
+}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "DIFFUSERS_WEIGHTS_NAME",
+    "KOHYA_WEIGHTS_NAME",
+    "folded_modules",
+    "kohya_alpha",
+    "detect_architecture",
+    "to_diffusers_state_dict",
+    "to_kohya_state_dict",
+    "export_adapter",
+]
+
+
+def folded_modules(adapter: MoSLoraFile) -> Iterator[tuple[str, str, torch.Tensor, torch.Tensor]]:
+    """Yield (component, module_path, A, B') with ``B' = s · B · M``: a plain LoRA with alpha = r."""
+    for mod in adapter.modules():
+        yield mod.component, mod.module_path, mod.A, fold_mixer(mod.M, mod.B, mod.scale)
+
+
+def detect_architecture(adapter: MoSLoraFile, architecture: str | None = None) -> str:
+    """Return the base architecture: the argument, else ``base_model``, else inferred from the modules."""
+    arch = architecture or adapter.architecture
+    if arch is None:
+        if "text_encoder_2" in adapter.config:
+            arch = "sdxl"
+        else:
+            widths = {
+                m.A.shape[1]
+                for m in adapter.modules()
+                if m.component == "unet" and m.module_path.endswith(("attn2.to_k", "attn2.to_v"))
+            }
+            if widths == {2048}:
+                arch = "sdxl"
+            elif widths == {1024}:
+                arch = "sd2"
+            elif widths == {768} or "text_encoder" in adapter.config:
+                arch = "sd1"
+    if arch not in ARCHITECTURES:
+        raise MoSLoraFormatError(
+            f"{adapter.path or '<adapter>'}: cannot tell the base architecture ({arch!r}); "
+            f"pass one of {ARCHITECTURES} (CLI: --architecture)"
+        )
+    return arch
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(dtype) if dtype is not None else t
+
+
+def to_diffusers_state_dict(
+    adapter: MoSLoraFile, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Folded adapter with diffusers/PEFT keys; text-encoder paths carry ``text_model.``."""
+    out: dict[str, torch.Tensor] = {}
+    for component, path, A, B in folded_modules(adapter):
+        if is_text_encoder(component):
+            path = with_text_model(path)
+        out[f"{component}.{path}.lora_A.weight"] = _cast(A, dtype)
+        out[f"{component}.{path}.lora_B.weight"] = _cast(B, dtype)
+    return out
+
+
+def kohya_alpha(adapter: MoSLoraFile) -> float:
+    """The single ``.alpha`` written for every module of a kohya export: the most common rank.
+
+    With one alpha for all modules the scale ``alpha / r`` is 1 wherever ``r`` is the common rank; the
+    few modules of another rank get ``lora_up`` multiplied by ``r / alpha`` instead. A uniform alpha
+    matters because diffusers 0.42 builds unusable ``alpha_pattern`` keys from per-module kohya alphas
+    (``...processor.to_q_lora.down.weight``), silently giving those modules the wrong scale.
+    """
+    ranks = Counter(int(m.A.shape[0]) for m in adapter.modules())
+    return float(max(sorted(ranks), key=lambda r: ranks[r]))
+
+
+def to_kohya_state_dict(
+    adapter: MoSLoraFile,
+    architecture: str | None = None,
+    unet_config: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """Folded adapter with kohya-ss names; ``alpha / r · lora_up · lora_down`` equals ``s · B · M · A``."""
+    arch = detect_architecture(adapter, architecture)
+    if unet_config is None:
+        unet_config = (adapter.base_model or {}).get("unet_config")
+    alpha = kohya_alpha(adapter)
+    out: dict[str, torch.Tensor] = {}
+    for component, path, A, B in folded_modules(adapter):
+        try:
+            name = kohya_module_name(arch, component, path, unet_config)
+        except ValueError as exc:
+            raise MoSLoraFormatError(
+                f"{adapter.path or '<adapter>'}: module '{component}.{path}': {exc}"
+            ) from None
+        if f"{name}.lora_down.weight" in out:
+            raise MoSLoraFormatError(f"{adapter.path or '<adapter>'}: two modules map to kohya name '{name}'")
+        r = A.shape[0]
+        if r != alpha:
+            B = (B.to(torch.float64) * (r / alpha)).to(B.dtype)
+        out[f"{name}.lora_down.weight"] = _cast(A, dtype)
+        out[f"{name}.lora_up.weight"] = _cast(B, dtype)
+        out[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+    return out
+
+
+def _kohya_metadata(adapter: MoSLoraFile, arch: str) -> dict[str, str]:
+    ranks = sorted({int(m.A.shape[0]) for m in adapter.modules()})
+    meta = {
+        "format": "pt",
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(ranks[-1]),
+        "ss_network_alpha": f"{kohya_alpha(adapter):g}",
+        "ss_base_model_version": _KOHYA_BASE_VERSION[arch],
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": _MODELSPEC_ARCH[arch],
+        "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer and scale folded into lora_up)",
+    }
+    if adapter.training:
+        meta["moslora_training"] = json.dumps(adapter.training, sort_keys=True, default=str)
+    return meta
+
+
+def _target_file(dst: str | os.PathLike, default_name: str) -> Path:
+    p = Path(dst)
+    if p.suffix == ".safetensors":
+        return p
+    if p.suffix and not p.is_dir():
+        raise MoSLoraFormatError(f"{dst}: exports are written as .safetensors (or into a directory)")
+    return p / default_name
+
+
+def export_adapter(
+    src: str | os.PathLike | MoSLoraFile,
+    dst: str | os.PathLike,
+    format: str,
+    *,
+    architecture: str | None = None,
+    unet_config: Mapping[str, Any] | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Path:
+    """Export a native MoSLoRA file as an exact plain LoRA file and return the written path.
+
+    ``dst`` is a ``.safetensors`` file or a directory (then ``pytorch_lora_weights.safetensors`` for
+    ``diffusers``, ``lora_kohya.safetensors`` for ``kohya``). ``architecture`` and ``unet_config``
+    (SDXL block layout) override what the file's ``base_model`` says; ``dtype`` is fp32/fp16/bf16.
+    """
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {EXPORT_FORMATS}")
+    adapter = src if isinstance(src, MoSLoraFile) else load_moslora_file(src)
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {tuple(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    if format == "diffusers":
+        tensors = to_diffusers_state_dict(adapter, dtype)
+        meta = {
+            "format": "pt",
+            "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer folded into lora_B)",
+        }
+        return write_safetensors_atomic(_target_file(dst, DIFFUSERS_WEIGHTS_NAME), tensors, meta)
+    arch = detect_architecture(adapter, architecture)
+    tensors = to_kohya_state_dict(adapter, arch, unet_config, dtype)
+    return write_safetensors_atomic(
+        _target_file(dst, KOHYA_WEIGHTS_NAME), tensors, _kohya_metadata(adapter, arch)
+    )

@@ -1,0 +1,111 @@
+"""Careful safetensors input/output: refuse pickles, diagnose truncated files, write atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import MoSLoraFormatError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_MAX_HEADER_BYTES = 100_000_000
+
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "check_not_pickle",
+    "read_header",
+    "read_safetensors",
+    "write_safetensors_atomic",
+]
+
+
+def check_not_pickle(path: str | os.PathLike) -> None:
+    """Raise when ``path`` names a pickle-based checkpoint; such files are never opened."""
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        raise MoSLoraFormatError(
+            f"{path}: refusing to load a pickle-based checkpoint ({Path(path).suffix}); unpickling can run "
+            "arbitrary code. Convert it to .safetensors with a trusted tool first."
+        )
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, dict]]:
+    """Return ``(metadata, tensor_infos)`` from a safetensors header without loading any tensor.
+
+    ``tensor_infos`` maps each tensor name to its ``{"dtype", "shape", "data_offsets"}`` entry.
+    Raises :class:`MoSLoraFormatError` for a missing, pickled, truncated or corrupt file.
+    """
+    path = Path(path)
+    check_not_pickle(path)
+    if not path.exists():
+        raise MoSLoraFormatError(f"{path}: no such file")
+    if path.is_dir():
+        raise MoSLoraFormatError(f"{path}: is a directory, expected a .safetensors file")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        looks_pickled = head[:1] == b"\x80" or head[:2] == b"PK"
+        if len(head) < 8:
+            raise MoSLoraFormatError(f"{path}: truncated file ({size} bytes), not a safetensors file")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len <= 0 or header_len > min(_MAX_HEADER_BYTES, size - 8):
+            if looks_pickled:
+                raise MoSLoraFormatError(
+                    f"{path}: looks like a pickle/zip (torch.save) checkpoint; refusing to open it"
+                )
+            raise MoSLoraFormatError(
+                f"{path}: not a valid safetensors file (header length {header_len} for a {size}-byte file; "
+                "truncated or corrupt)"
+            )
+        raw = fh.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MoSLoraFormatError(f"{path}: corrupt safetensors header ({exc})") from None
+    if not isinstance(header, dict):
+        raise MoSLoraFormatError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - header_len
+    for name, info in header.items():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not offsets or len(offsets) != 2 or offsets[1] > data_len:
+            raise MoSLoraFormatError(
+                f"{path}: tensor '{name}' lies beyond the end of the file (truncated or corrupt)"
+            )
+    return dict(metadata), header
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load all tensors and the metadata of a safetensors file (CPU), with clear errors for bad files."""
+    metadata, _ = read_header(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise MoSLoraFormatError(f"{path}: cannot read safetensors data ({exc})") from None
+    return tensors, metadata
+
+
+def write_safetensors_atomic(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prepared = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(prepared, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
