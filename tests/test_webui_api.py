@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from moslora_diffusion.webui.pngmeta import parse_parameters, read_parameters
-from tests.webui_support import free_port, make_tiny_setup
+from tests.webui_support import free_port, make_tiny_setup, write_native_moslora
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -19,6 +19,13 @@ def server(tmp_path_factory):
     from moslora_diffusion.webui.server import build_parser, create_app, launch
 
     setup = make_tiny_setup(tmp_path_factory.mktemp("webui"))
+    native, reference = write_native_moslora(setup["base"], setup["adapters"] / "native.safetensors", seed=3)
+    write_native_moslora(
+        setup["base"], setup["adapters"] / "native_xl_tag.safetensors", seed=4, architecture="sdxl"
+    )
+    from moslora_diffusion.formats import export_adapter
+
+    export_adapter(native, setup["adapters"] / "native_kohya.safetensors", "kohya")
     port = free_port()
     argv = ["--base-model", str(setup["base"]), "--adapters-dir", str(setup["adapters"])]
     argv += ["--output-dir", str(setup["outputs"]), "--port", str(port), "--no-train"]
@@ -26,7 +33,7 @@ def server(tmp_path_factory):
     demo, engine, _ = create_app(args)
     launch(demo, args, engine, prevent_thread_lock=True)
     client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
-    yield {"client": client, "engine": engine, "port": port, **setup}
+    yield {"client": client, "engine": engine, "port": port, "reference": reference, **setup}
     demo.close()
 
 
@@ -288,3 +295,38 @@ def test_every_scheduler_generates_reproducibly(server, scheduler):
     b = _generate(server["client"], seed=5, steps=3, scheduler=scheduler)[0]
     assert np.array_equal(_pixels(a), _pixels(b))
     assert parse_parameters(read_parameters(a))["Sampler"] == scheduler
+
+
+def test_native_moslora_adapter_matches_unfolded_layers(server):
+    """A native file (mixer folded on load) gives the image of the model with the MoSLoRA layers injected;
+    its kohya export gives the same image; strength 0 gives the base image."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    client, engine = server["client"], server["engine"]
+    info = engine.adapter_info("native.safetensors")
+    assert info["format"].startswith("MoSLoRA") and info["architecture"] == "sd1"
+    assert info["rank"] == [2, 4] and info["prompt"] == "a photo of sks blob" and info["steps"] == 123
+    assert info["components"] == ["text_encoder", "unet"]
+    kwargs = {**COMMON, "seed": 21, "steps": 3, "guidance_scale": 5.0}
+    native = _pixels(_generate(client, **kwargs, adapter="native.safetensors")[0])
+    kohya = _pixels(_generate(client, **kwargs, adapter="native_kohya.safetensors")[0])
+    base = _pixels(_generate(client, **kwargs)[0])
+    zero = _pixels(_generate(client, **kwargs, adapter="native.safetensors", adapter_scale=0)[0])
+    ref_pipe = server["reference"]
+    ref_pipe.scheduler = DDIMScheduler.from_config(engine._base_scheduler_config)
+    with torch.inference_mode():
+        ref = ref_pipe(
+            "a red circle", num_inference_steps=3, guidance_scale=5.0, width=32, height=32,
+            generator=torch.Generator().manual_seed(21),
+        ).images[0]  # fmt: skip
+    ref = np.asarray(ref, dtype=np.int16)
+    assert np.abs(base - ref).mean() > 2.0, "the adapter must matter for this check to mean anything"
+    assert np.abs(native - ref).max() <= 2
+    assert np.abs(kohya - ref).max() <= 2
+    assert np.array_equal(zero, base)
+
+
+def test_adapter_tagged_for_another_architecture_refused(server):
+    with pytest.raises(Exception, match="was made for sdxl, but the loaded base model is sd1"):
+        _generate(server["client"], seed=1, adapter="native_xl_tag.safetensors")

@@ -92,3 +92,41 @@ class FakeTraining:
             weights.write_bytes(self.lora_source.read_bytes())
         return SimpleNamespace(output_dir=out, weights_path=weights, steps_done=done, cancelled=cancelled,
                                final_loss=1.0 / max(done, 1))  # fmt: skip
+
+
+def write_native_moslora(base_dir: Path, path: Path, seed: int = 0, architecture: str = "sd1"):
+    """A native MoSLoRA file (UNet + text encoder, random mixers) for the pipeline saved in `base_dir`.
+
+    Returns (path, pipe): `pipe` is a fresh copy of the base with the same MoSLoRA layers injected
+    (unfolded), the reference the folded, loaded adapter must reproduce.
+    """
+    from diffusers import DiffusionPipeline
+
+    from moslora_diffusion import MoSLoraConfig, add_moslora_adapter, moslora_state_dict
+    from moslora_diffusion.formats import save_moslora_file
+
+    pipe = DiffusionPipeline.from_pretrained(str(base_dir))
+    pipe.set_progress_bar_config(disable=True)
+    configs = {
+        "unet": MoSLoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
+        "text_encoder": MoSLoraConfig(
+            r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]
+        ),
+    }
+    gen = torch.Generator().manual_seed(seed)
+    for component, config in configs.items():
+        model = getattr(pipe, component)
+        add_moslora_adapter(model, config, adapter_name="trained")
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name or "lora_mixer" in name:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_moslora_file(
+        path,
+        {c: moslora_state_dict(getattr(pipe, c), "trained") for c in configs},
+        configs,
+        base_model={"architecture": architecture},
+        training={"instance_prompt": "a photo of sks blob", "max_train_steps": 123},
+    )
+    return path, pipe
