@@ -289,3 +289,30 @@ def test_adapter_for_other_architecture_refused_before_loading(tmp_path):
     with pytest.raises(AdapterMismatch):
         engine.generate(req)
     assert engine.pipe.get_list_adapters() == {}  # nothing half-loaded
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+
+
+def test_command_line_defaults_and_missing_base_model(monkeypatch, tmp_path):
+    from moslora_diffusion.webui import server
+
+    args = server.build_parser().parse_args([])
+    assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 7860, False, None)
+    assert args.adapters_dir == "adapters" and args.base_model is None
+    monkeypatch.setattr(server, "default_base_model", lambda: None)
+    with pytest.raises(SystemExit, match="no --base-model given"):
+        server.create_app(server.build_parser().parse_args(["--adapters-dir", str(tmp_path / "a")]))
+
+
+def test_launcher_help_runs():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, str(root / "app" / "app.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    for flag in ("--base-model", "--adapters-dir", "--host", "--port", "--auth", "--share"):
+        assert flag in out.stdout
