@@ -54,11 +54,14 @@ def app_url(tmp_path_factory):
     port = free_port()
     log = open(setup["root"] / "app.log", "w")  # noqa: SIM115 - closed below
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
-    base = os.environ.get("WEBUI_BASE_MODEL") or str(setup["base"])  # e.g. the toy-world model for docs
+    # WEBUI_BASE_MODEL / WEBUI_ADAPTERS_DIR (holding plain.safetensors for that model) refresh the docs
+    # screenshot with a real model, e.g. the toy-world base and an adapter trained on it
+    base = os.environ.get("WEBUI_BASE_MODEL") or str(setup["base"])
+    adapters = os.environ.get("WEBUI_ADAPTERS_DIR") or str(setup["adapters"])
     cmd = [sys.executable, str(ROOT / "app" / "app.py"), "--base-model", base]
     cmd += [
         "--adapters-dir",
-        str(setup["adapters"]),
+        adapters,
         "--output-dir",
         str(setup["outputs"]),
         "--port",
