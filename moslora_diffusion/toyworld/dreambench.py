@@ -1,0 +1,290 @@
+"""A DreamBench-style yardstick in the toy world: how well did a DreamBooth adapter learn the subject?
+
+For each method (MoSLoRA at rank r, LoRA at rank r, LoRA at rank 2r) and each seed, one adapter is trained
+on the bundled example subject through the training library, then scored with the attribute reader and the
+subject detector:
+
+- subject fidelity: images for "a sks circle on a {bg} background" that show the subject;
+- prompt fidelity: of those prompts, images whose background has the requested colour;
+- prior preservation: images for class prompts ("a {colour} circle on a {bg} background") that draw the
+  class with the requested attributes and not the subject;
+- base drift: all-three-attributes accuracy on ordinary vocabulary prompts (held-out combinations of other
+  shapes) with the adapter loaded; the base model's own accuracy is the reference row.
+
+Every number is a mean over seeds with a t-based 95% confidence interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .data import HELD_OUT_COMBOS
+from .render import COLORS, caption
+from .subject import CLASS_PROMPT, INSTANCE_PROMPT, SUBJECT_BOTTOM, SUBJECT_SHAPE, SUBJECT_TOP
+
+METRICS = ("subject_fidelity", "prompt_fidelity", "prior_preservation", "base_drift_accuracy")
+METRIC_LABELS = {
+    "subject_fidelity": "subject fidelity",
+    "prompt_fidelity": "prompt fidelity",
+    "prior_preservation": "prior preservation",
+    "base_drift_accuracy": "ordinary prompts (all 3 right)",
+}
+# Backgrounds on which the subject (red over yellow) stays visible.
+SUBJECT_BACKGROUNDS = tuple(c for c in COLORS if c not in (SUBJECT_TOP, SUBJECT_BOTTOM))
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """What `eval-toyworld` runs. `quick` shrinks everything for tests."""
+
+    rank: int = 4
+    seeds: int = 5
+    max_train_steps: int | None = None  # None: the subject's own training defaults
+    images_per_prompt: int = 4
+    output_dir: str | None = None
+    quick: bool = False
+    extra_train_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def methods(self) -> list[tuple[str, str, int]]:
+        return [
+            (f"MoSLoRA r={self.rank}", "moslora", self.rank),
+            (f"LoRA r={self.rank}", "lora", self.rank),
+            (f"LoRA r={2 * self.rank}", "lora", 2 * self.rank),
+        ]
+
+    @classmethod
+    def quick_config(cls, **kw: Any) -> BenchConfig:
+        base = dict(seeds=2, max_train_steps=4, images_per_prompt=1, quick=True)
+        base.update(kw)
+        return cls(**base)
+
+
+def _prompt_sets(
+    images_per_prompt: int, quick: bool
+) -> dict[str, list[tuple[str, tuple[str, str, str] | None, int]]]:
+    """(prompt, expected (shape, colour, background) or None, sampling seed) for each metric family."""
+    backgrounds = SUBJECT_BACKGROUNDS[:2] if quick else SUBJECT_BACKGROUNDS
+    subject = [
+        (f"{INSTANCE_PROMPT} on a {bg} background", (SUBJECT_SHAPE, "", bg), 1000 + k)
+        for bg in backgrounds
+        for k in range(images_per_prompt)
+    ]
+    palette = list(COLORS)
+    class_items = []
+    for i, colour in enumerate(palette[: 2 if quick else None]):
+        bg = palette[(i + 2) % len(palette)]  # every colour once as object, on a different background
+        for k in range(images_per_prompt):
+            class_items.append(
+                (caption(SUBJECT_SHAPE, colour, bg), (SUBJECT_SHAPE, colour, bg), 2000 + 10 * i + k)
+            )
+    ordinary_combos = [c for c in HELD_OUT_COMBOS if c[0] != SUBJECT_SHAPE][: 2 if quick else None]
+    ordinary = [
+        (caption(*c), c, 3000 + 10 * i + k)
+        for i, c in enumerate(ordinary_combos)
+        for k in range(images_per_prompt)
+    ]
+    return {"subject": subject, "class": class_items, "ordinary": ordinary}
+
+
+def score_images(family_images: dict[str, list], prompt_sets: dict[str, list]) -> dict[str, float]:
+    """The four metrics from generated images (lists aligned with `prompt_sets`)."""
+    from .reader import read_attributes
+    from .subject import detect_subject
+
+    subj = prompt_sets["subject"]
+    subject_hits = [detect_subject(im) for im in family_images["subject"]]
+    bg_hits = [
+        read_attributes(im).background == exp[2] for im, (_, exp, _) in zip(family_images["subject"], subj)
+    ]
+    prior_hits = []
+    for im, (_, exp, _) in zip(family_images["class"], prompt_sets["class"]):
+        r = read_attributes(im)
+        prior_hits.append(r.matches(*exp) and not detect_subject(im))
+    ordinary_hits = [
+        read_attributes(im).matches(*exp)
+        for im, (_, exp, _) in zip(family_images["ordinary"], prompt_sets["ordinary"])
+    ]
+
+    def mean(x: Sequence[bool]) -> float:
+        return sum(x) / len(x) if x else float("nan")
+
+    return {
+        "subject_fidelity": mean(subject_hits),
+        "prompt_fidelity": mean(bg_hits),
+        "prior_preservation": mean(prior_hits),
+        "base_drift_accuracy": mean(ordinary_hits),
+    }
+
+
+def _generate_families(pipe, prompt_sets: dict[str, list]) -> dict[str, list]:
+    from .evaluate import generate
+
+    order = [(fam, item) for fam, items in prompt_sets.items() for item in items]
+    images = generate(pipe, [p for _, (p, _, _) in order], [s for _, (_, _, s) in order])
+    out: dict[str, list] = {fam: [] for fam in prompt_sets}
+    for (fam, _), im in zip(order, images):
+        out[fam].append(im)
+    return out
+
+
+def train_adapter(adapter: str, rank: int, seed: int, output_dir: Path, cfg: BenchConfig) -> Path:
+    """Train one DreamBooth adapter on the bundled subject; return its weights file."""
+    from ..training import parse_args, run_training
+
+    args = ["--adapter", adapter, "--rank", str(rank), "--seed", str(seed), "--output_dir", str(output_dir)]
+    args += ["--checkpointing_steps", "0", "--validation_steps", "0"]
+    if cfg.max_train_steps is not None:
+        args += ["--max_train_steps", str(cfg.max_train_steps)]
+    for key, value in cfg.extra_train_args.items():
+        args += [f"--{key}"] + ([] if value is True else [str(value)])
+    train_cfg = parse_args(args)
+    train_cfg.validation_prompt = None
+    result = run_training(train_cfg)
+    if result.weights_path is None:
+        raise RuntimeError(f"training {adapter} r={rank} seed={seed} produced no weights")
+    return Path(result.weights_path)
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and score every method x seed; return per-run scores and summaries."""
+    from .evaluate import load_pipeline
+
+    started = time.time()
+    prompt_sets = _prompt_sets(cfg.images_per_prompt, cfg.quick)
+    work = Path(cfg.output_dir) if cfg.output_dir else Path(tempfile.mkdtemp(prefix="eval-toyworld-"))
+    work.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline()
+    base_scores = score_images(_generate_families(pipe, prompt_sets), prompt_sets)
+    log(f"base model: {json.dumps({k: round(v, 3) for k, v in base_scores.items()})}")
+    runs: list[dict[str, Any]] = []
+    for label, adapter, rank in cfg.methods():
+        for seed in range(cfg.seeds):
+            t0 = time.time()
+            weights = train_adapter(adapter, rank, seed, work / f"{adapter}_r{rank}_s{seed}", cfg)
+            name = pipe.load_moslora_weights(str(weights), adapter_name=f"{adapter}_r{rank}_s{seed}")
+            try:
+                scores = score_images(_generate_families(pipe, prompt_sets), prompt_sets)
+            finally:
+                pipe.delete_adapters(name)
+            runs.append({"method": label, "adapter": adapter, "rank": rank, "seed": seed, **scores})
+            log(
+                f"{label} seed {seed}: {json.dumps({k: round(scores[k], 3) for k in METRICS})} ({time.time() - t0:.0f}s)"
+            )
+    return {
+        "base": base_scores,
+        "runs": runs,
+        "methods": [m[0] for m in cfg.methods()],
+        "seconds": time.time() - started,
+        "config": dataclasses.asdict(cfg),
+        "n_images": {k: len(v) for k, v in prompt_sets.items()},
+    }
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """Markdown table: mean ± 95% CI (percent) per method and metric, plus the base model row."""
+    from ..stats import format_mean_ci
+
+    head = "| method | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 1)]
+    base = result["base"]
+    lines.append("| base model (no adapter) | " + " | ".join(f"{100 * base[m]:.1f}" for m in METRICS) + " |")
+    for method in result["methods"]:
+        runs = [r for r in result["runs"] if r["method"] == method]
+        lines.append(
+            f"| {method} | " + " | ".join(format_mean_ci([r[m] for r in runs]) for m in METRICS) + " |"
+        )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str | Path) -> Path:
+    """Bar chart of the metrics per method with 95% CI error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..stats import mean_ci95
+
+    methods = result["methods"]
+    x = np.arange(len(METRICS))
+    width = 0.8 / (len(methods) + 1)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.bar(
+        x - 0.4 + width / 2,
+        [100 * result["base"][m] for m in METRICS],
+        width,
+        label="base model",
+        color="0.7",
+    )
+    for i, method in enumerate(methods):
+        runs = [r for r in result["runs"] if r["method"] == method]
+        stats = [mean_ci95([r[m] for r in runs]) for m in METRICS]
+        means = [100 * s[0] for s in stats]
+        errs = [0 if np.isnan(s[1]) else 100 * s[1] for s in stats]
+        ax.bar(x - 0.4 + width * (i + 1.5), means, width, yerr=errs, capsize=3, label=method)
+    ax.set_xticks(x, [METRIC_LABELS[m] for m in METRICS])
+    ax.set_ylabel("% of images")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"Toy-world DreamBooth yardstick ({result['config']['seeds']} seeds, mean ± 95% CI)")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["BenchConfig", "run_bench", "score_images", "summary_table", "plot", "CLASS_PROMPT"]
+
+
+def run_cli(args: Any) -> int:
+    """`moslora-diffusion eval-toyworld`: run, print the table, write results.json, the plot and the docs section."""
+    import shlex
+    import sys
+
+    cfg = (
+        BenchConfig.quick_config(output_dir=args.output_dir)
+        if args.quick
+        else BenchConfig(
+            rank=args.rank,
+            seeds=args.seeds,
+            max_train_steps=args.max_train_steps,
+            images_per_prompt=args.images_per_prompt,
+            output_dir=args.output_dir,
+        )
+    )
+    if cfg.seeds < 2:
+        raise ValueError("--seeds must be at least 2 for a confidence interval")
+    result = run_bench(cfg)
+    out = Path(cfg.output_dir)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    table = summary_table(result)
+    plot_path = plot(result, out / "eval_toyworld.png")
+    print(table)
+    print(
+        f"\n{len(result['runs'])} adapters trained and scored in {result['seconds'] / 60:.1f} min; plot: {plot_path}"
+    )
+    if not getattr(args, "no_docs", False) and not args.quick:
+        from ..reporting import DOCS, append_section
+
+        image = DOCS.parent / "images" / "eval_toyworld.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        plot(result, image)
+        command = "moslora-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        n = result["n_images"]
+        body = (
+            f"Each method trained on the bundled subject over {cfg.seeds} seeds; per adapter {n['subject']} subject, "
+            f"{n['class']} class and {n['ordinary']} ordinary images (DDIM 25 steps, CFG 5). Percent of images, "
+            f"mean ± 95% CI over seeds. Run time {result['seconds'] / 60:.1f} min.\n\n{table}\n\n"
+            f"![eval-toyworld](images/eval_toyworld.png)\n"
+        )
+        append_section("Toy-world DreamBooth yardstick (eval-toyworld)", body, command=command)
+    return 0

@@ -1,0 +1,295 @@
+"""Training settings: the `TrainConfig` dataclass, its command line (diffusers' flag names) and checks.
+
+Every field of `TrainConfig` is one `--flag` of `train_scripts/train_dreambooth_moslora.py`; booleans
+are switches. `validate_config` does every check that needs no model, so bad input fails in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TrainConfigError
+
+ADAPTERS = ("moslora", "lora")
+MIXER_INITS = ("kaiming", "orthogonal")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+REPORT_TO = ("none", "tensorboard")
+# Optional optimizer packages: (module to import, pip name).
+OPTIMIZER_PACKAGES = {"adamw8bit": ("bitsandbytes", "bitsandbytes"), "prodigy": ("prodigyopt", "prodigyopt")}
+
+
+def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a DreamBooth run. Field names are the command-line flags (without `--`)."""
+
+    # --- model
+    pretrained_model_name_or_path: str | None = _f(
+        None, "Base model: a local diffusers folder or a hub id. Default: the bundled toy-world model."
+    )
+    revision: str | None = _f(None, "Hub revision of the base model.")
+    variant: str | None = _f(None, "Weight variant of the base model files, e.g. fp16.")
+    pretrained_vae_model_name_or_path: str | None = _f(
+        None, "A different VAE (e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16)."
+    )
+    # --- data
+    instance_data_dir: str | None = _f(
+        None, "Folder of subject images (png/jpg/webp). Default: the bundled toy-world subject."
+    )
+    instance_prompt: str | None = _f(
+        None, "Prompt for the subject images, e.g. 'a photo of sks dog'. Captions beside images override it."
+    )
+    resolution: int | None = _f(
+        None, "Training resolution (multiple of 8). Default: the UNet's native size (SD1 512, SDXL 1024)."
+    )
+    center_crop: bool = _f(False, "Crop the centre instead of a random crop.")
+    random_flip: bool = _f(False, "Flip images horizontally at random.")
+    repeats: int = _f(1, "How often each instance image appears per epoch.")
+    # --- prior preservation
+    with_prior_preservation: bool = _f(False, "Add the prior-preservation loss on class images.")
+    class_data_dir: str | None = _f(None, "Folder of class images; missing ones are generated there.")
+    class_prompt: str | None = _f(None, "Prompt of the class images, e.g. 'a photo of a dog'.")
+    num_class_images: int = _f(100, "How many class images to use (generated if fewer exist).")
+    prior_loss_weight: float = _f(1.0, "Weight of the prior-preservation loss.")
+    sample_batch_size: int = _f(4, "Batch size when generating class images.")
+    class_inference_steps: int = _f(25, "Sampling steps when generating class images.")
+    # --- adapter
+    adapter: str = _f("moslora", "Adapter type: moslora (with mixer) or lora (plain PEFT LoRA).", ADAPTERS)
+    rank: int = _f(4, "Adapter rank r.")
+    lora_alpha: float | None = _f(None, "Adapter alpha (scale alpha/r). Default: equal to --rank.")
+    lora_dropout: float = _f(0.0, "Dropout on the adapter input.")
+    mixer_init: str = _f("kaiming", "Initialisation of the MoSLoRA mixer.", MIXER_INITS)
+    use_rslora: bool = _f(False, "Rank-stabilised scale alpha/sqrt(r).")
+    unet_targets: str = _f("attn", "UNet modules to adapt: attn, attn-mlp, all, or comma-separated names.")
+    train_text_encoder: bool = _f(False, "Also adapt the text encoder(s) (both on SDXL).")
+    text_encoder_targets: str = _f("attn", "Text-encoder modules to adapt: attn, attn-mlp, all or names.")
+    text_encoder_lr: float | None = _f(
+        None, "Learning rate of the text-encoder adapters. Default: --learning_rate."
+    )
+    # --- optimisation
+    learning_rate: float = _f(1e-4, "Learning rate.")
+    scale_lr: bool = _f(False, "Multiply the learning rate by batch size x accumulation x processes.")
+    lr_scheduler: str = _f("constant", "Learning-rate schedule.", LR_SCHEDULERS)
+    lr_warmup_steps: int = _f(0, "Warm-up steps of the schedule.")
+    lr_num_cycles: int = _f(1, "Cycles of cosine_with_restarts.")
+    lr_power: float = _f(1.0, "Power of the polynomial schedule.")
+    train_batch_size: int = _f(1, "Batch size per process.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    max_train_steps: int | None = _f(None, "Optimizer steps; overrides --num_train_epochs.")
+    num_train_epochs: int = _f(1, "Epochs, used when --max_train_steps is not given.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
+    optimizer: str = _f(
+        "adamw", "Optimizer (adamw8bit needs bitsandbytes, prodigy needs prodigyopt).", OPTIMIZERS
+    )
+    adam_beta1: float = _f(0.9, "Adam beta1.")
+    adam_beta2: float = _f(0.999, "Adam beta2.")
+    adam_weight_decay: float = _f(1e-4, "Weight decay.")
+    adam_epsilon: float = _f(1e-8, "Adam epsilon.")
+    snr_gamma: float | None = _f(None, "Min-SNR loss weighting gamma (5.0 is common); off by default.")
+    noise_offset: float = _f(0.0, "Noise offset (0.05-0.1 helps very dark/bright images).")
+    mixed_precision: str = _f(
+        "no", "Precision of the frozen base model; adapter weights stay fp32.", MIXED_PRECISIONS
+    )
+    gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
+    seed: int | None = _f(None, "Random seed (a run resumed with the same seed repeats exactly).")
+    # --- checkpoints
+    checkpointing_steps: int = _f(500, "Write a checkpoint every N steps (0 = only at the end).")
+    checkpoints_total_limit: int | None = _f(None, "Keep at most this many checkpoints.")
+    resume_from_checkpoint: str | None = _f(None, "'latest' or a checkpoint folder to resume from.")
+    # --- validation
+    validation_prompt: str | None = _f(None, "Prompt for sample images during training.")
+    num_validation_images: int = _f(4, "Sample images per validation.")
+    validation_steps: int = _f(100, "Validate every N steps (and at the end).")
+    validation_inference_steps: int = _f(25, "Sampling steps of validation images.")
+    validation_guidance_scale: float = _f(5.0, "Guidance scale of validation images.")
+    # --- output
+    output_dir: str = _f("moslora-dreambooth", "Where weights, checkpoints, samples and the model card go.")
+    export_kohya: bool = _f(False, "Also write a kohya-format file (A1111 / ComfyUI).")
+    report_to: str = _f("none", "Logger for loss and images.", REPORT_TO)
+    logging_dir: str = _f("logs", "TensorBoard folder, relative to --output_dir.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = args[0]
+    return hint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="DreamBooth fine-tuning of Stable Diffusion 1.x/2.x and SDXL with MoSLoRA (or LoRA) adapters."
+    )
+    for f in dataclasses.fields(TrainConfig):
+        kind = _field_type(f)
+        flag = "--" + f.name
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            parser.add_argument(
+                flag,
+                type=kind,
+                default=f.default,
+                choices=f.metadata.get("choices"),
+                help=f.metadata["help"],
+            )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse command-line flags (default: sys.argv[1:]) into a `TrainConfig`; no checks beyond types."""
+    ns = build_parser().parse_args(argv)
+    return TrainConfig(**vars(ns))
+
+
+def _looks_local(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") != 1
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise TrainConfigError(f"--{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check every setting and input file that can be checked without loading a model.
+
+    Fills in the toy-world defaults when no model / data is given. Raises `TrainConfigError` with the
+    offending flag, file or value. Unreadable images are reported as warnings and skipped; no image
+    left is an error.
+    """
+    from . import data, toyworld_hook
+
+    toyworld_hook.apply_defaults(cfg)
+    for name, choices in (
+        ("adapter", ADAPTERS),
+        ("mixer_init", MIXER_INITS),
+        ("optimizer", OPTIMIZERS),
+        ("mixed_precision", MIXED_PRECISIONS),
+        ("lr_scheduler", LR_SCHEDULERS),
+        ("report_to", REPORT_TO),
+    ):
+        _check_choice(name, getattr(cfg, name), choices)
+
+    # model
+    if not cfg.pretrained_model_name_or_path:
+        raise TrainConfigError(
+            "--pretrained_model_name_or_path is required (no bundled toy-world model found)"
+        )
+    for flag in ("pretrained_model_name_or_path", "pretrained_vae_model_name_or_path"):
+        name = getattr(cfg, flag)
+        if name and _looks_local(name):
+            p = Path(name).expanduser()
+            if not p.exists():
+                raise TrainConfigError(f"--{flag}: {name} does not exist")
+            if flag == "pretrained_model_name_or_path" and not (p / "model_index.json").is_file():
+                raise TrainConfigError(
+                    f"--{flag}: {name} has no model_index.json (not a diffusers pipeline folder)"
+                )
+
+    # numbers
+    if cfg.resolution is not None and (cfg.resolution <= 0 or cfg.resolution % 8):
+        raise TrainConfigError(f"--resolution must be a positive multiple of 8; got {cfg.resolution}")
+    if cfg.rank <= 0:
+        raise TrainConfigError(f"--rank must be a positive integer; got {cfg.rank}")
+    if cfg.lora_alpha is not None and cfg.lora_alpha <= 0:
+        raise TrainConfigError(f"--lora_alpha must be positive; got {cfg.lora_alpha}")
+    if not 0.0 <= cfg.lora_dropout < 1.0:
+        raise TrainConfigError(f"--lora_dropout must be in [0, 1); got {cfg.lora_dropout}")
+    positive = (
+        "train_batch_size",
+        "gradient_accumulation_steps",
+        "repeats",
+        "num_train_epochs",
+        "sample_batch_size",
+    )
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise TrainConfigError(f"--{name} must be at least 1; got {getattr(cfg, name)}")
+    if cfg.max_train_steps is not None and cfg.max_train_steps <= 0:
+        raise TrainConfigError(f"--max_train_steps must be at least 1; got {cfg.max_train_steps}")
+    if cfg.learning_rate <= 0 or (cfg.text_encoder_lr is not None and cfg.text_encoder_lr <= 0):
+        raise TrainConfigError("--learning_rate and --text_encoder_lr must be positive")
+    for name in (
+        "lr_warmup_steps",
+        "checkpointing_steps",
+        "noise_offset",
+        "max_grad_norm",
+        "prior_loss_weight",
+    ):
+        if getattr(cfg, name) < 0:
+            raise TrainConfigError(f"--{name} must not be negative; got {getattr(cfg, name)}")
+    if cfg.checkpoints_total_limit is not None and cfg.checkpoints_total_limit < 1:
+        raise TrainConfigError(
+            f"--checkpoints_total_limit must be at least 1; got {cfg.checkpoints_total_limit}"
+        )
+    if cfg.snr_gamma is not None and cfg.snr_gamma <= 0:
+        raise TrainConfigError(f"--snr_gamma must be positive; got {cfg.snr_gamma}")
+    if cfg.validation_prompt and (cfg.num_validation_images < 1 or cfg.validation_steps < 1):
+        raise TrainConfigError("--num_validation_images and --validation_steps must be at least 1")
+
+    # adapter targets
+    from ..targets import resolve_targets
+
+    try:
+        resolve_targets(cfg.unet_targets, "unet")
+        if cfg.train_text_encoder:
+            resolve_targets(cfg.text_encoder_targets, "text_encoder")
+    except ValueError as exc:
+        raise TrainConfigError(f"--unet_targets / --text_encoder_targets: {exc}") from None
+
+    # optional packages
+    if cfg.optimizer in OPTIMIZER_PACKAGES:
+        module, pip_name = OPTIMIZER_PACKAGES[cfg.optimizer]
+        if importlib.util.find_spec(module) is None:
+            raise TrainConfigError(
+                f"--optimizer {cfg.optimizer} needs the package '{pip_name}': pip install {pip_name}"
+            )
+    if cfg.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise TrainConfigError(
+            "--report_to tensorboard needs the package 'tensorboard': pip install tensorboard"
+        )
+
+    # data
+    data.check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
+    if cfg.with_prior_preservation:
+        if not cfg.class_prompt:
+            raise TrainConfigError("--with_prior_preservation needs --class_prompt")
+        if not cfg.class_data_dir:
+            raise TrainConfigError("--with_prior_preservation needs --class_data_dir")
+        if Path(cfg.class_data_dir).exists() and not Path(cfg.class_data_dir).is_dir():
+            raise TrainConfigError(f"--class_data_dir: {cfg.class_data_dir} is not a folder")
+        if cfg.num_class_images < 1:
+            raise TrainConfigError(f"--num_class_images must be at least 1; got {cfg.num_class_images}")
+
+    # output dir / resuming
+    from .checkpoint import check_output_dir
+
+    check_output_dir(cfg)

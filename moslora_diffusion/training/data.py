@@ -1,0 +1,209 @@
+"""DreamBooth data: finding and reading images, captions, preprocessing and the sample order.
+
+Captions: `--instance_prompt` for every image, replaced by a `.txt` file beside an image, replaced in turn
+by a `metadata.jsonl` line (`{"file_name": ..., "text": ...}`) in the instance folder.
+The sample order is a pure function of (seed, position), so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+
+from .errors import TrainConfigError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+METADATA_NAME = "metadata.jsonl"
+
+
+@dataclass
+class ImageSet:
+    """Readable images of a folder with their captions, plus what was skipped and why."""
+
+    paths: list[Path]
+    captions: list[str | None]
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Image files (by extension) directly inside `folder`, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB: EXIF orientation applied, transparency composited on white, grey expanded."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        im.load()
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB")
+
+
+def _read_metadata(folder: Path) -> dict[str, str]:
+    path = folder / METADATA_NAME
+    if not path.is_file():
+        return {}
+    captions: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, text = row["file_name"], row["text"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise TrainConfigError(
+                f"{path}, line {n}: expected a JSON object with 'file_name' and 'text' ({exc})"
+            ) from None
+        if not isinstance(text, str) or not isinstance(name, str):
+            raise TrainConfigError(f"{path}, line {n}: 'file_name' and 'text' must be strings")
+        captions[Path(name).name] = text.strip()
+    return captions
+
+
+def scan_images(folder: str | Path, default_caption: str | None = None) -> ImageSet:
+    """Read every image of `folder` once; unreadable files are listed in `.unreadable`, not raised."""
+    folder = Path(folder)
+    metadata = _read_metadata(folder)
+    paths, captions, unreadable = [], [], []
+    for path in list_image_files(folder):
+        try:
+            load_image(path)
+        except Exception as exc:  # PIL raises many types for broken files
+            unreadable.append((path, f"{type(exc).__name__}: {exc}"))
+            continue
+        caption = metadata.get(path.name)
+        if caption is None and path.with_suffix(".txt").is_file():
+            caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip() or None
+        paths.append(path)
+        captions.append(caption if caption is not None else default_caption)
+    return ImageSet(paths, captions, unreadable)
+
+
+def check_instance_data(folder: str | None, instance_prompt: str | None) -> ImageSet:
+    """The instance images with captions; raises `TrainConfigError` when nothing usable is there."""
+    if not folder:
+        raise TrainConfigError("--instance_data_dir is required (no bundled toy-world subject found)")
+    p = Path(folder)
+    if not p.exists():
+        raise TrainConfigError(f"--instance_data_dir: {folder} does not exist")
+    if not p.is_dir():
+        raise TrainConfigError(f"--instance_data_dir: {folder} is not a folder")
+    if not list_image_files(p):
+        raise TrainConfigError(
+            f"--instance_data_dir: {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    images = scan_images(p, instance_prompt)
+    if images.unreadable:
+        listing = "; ".join(f"{path.name} ({why})" for path, why in images.unreadable)
+        if not images.paths:
+            raise TrainConfigError(f"--instance_data_dir: no readable images in {folder}: {listing}")
+        logger.warning("skipping %d unreadable image(s) in %s: %s", len(images.unreadable), folder, listing)
+    missing = [path.name for path, cap in zip(images.paths, images.captions) if not cap]
+    if missing:
+        raise TrainConfigError(
+            f"--instance_prompt is required: no caption for {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
+    return images
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+@dataclass
+class Example:
+    """One preprocessed training image."""
+
+    pixels: torch.Tensor  # [3, H, W] in [-1, 1]
+    caption: str
+    original_size: tuple[int, int]  # (height, width) before resizing, for SDXL's time ids
+    crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
+
+
+def augmentation_generator(seed: int, position: int, salt: int = 0) -> torch.Generator:
+    """A generator that depends only on (seed, stream position): same crops/flips after a resume."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + position * 7919 + salt) % (2**63 - 1))
+
+
+def crop_is_random(size: tuple[int, int], resolution: int, center_crop: bool) -> bool:
+    """Whether cropping an image of `size` (w, h) to a square can vary between epochs."""
+    if center_crop:
+        return False
+    w, h = size
+    return w != h
+
+
+def preprocess(
+    image: Image.Image,
+    caption: str,
+    resolution: int,
+    center_crop: bool,
+    random_flip: bool,
+    generator: torch.Generator | None,
+) -> Example:
+    """Resize the short side to `resolution`, crop a square (centre or random), maybe flip, normalise."""
+    w, h = image.size
+    scale = resolution / min(w, h)
+    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    if center_crop or generator is None:
+        top, left = (new_h - resolution) // 2, (new_w - resolution) // 2
+    else:
+        top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
+        left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    if random_flip and generator is not None and float(torch.rand((), generator=generator)) < 0.5:
+        image = ImageOps.mirror(image)
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    pixels = data.view(resolution, resolution, 3).permute(2, 0, 1).float() / 127.5 - 1.0
+    return Example(pixels, caption, (h, w), (top, left))
+
+
+# ----------------------------------------------------------------------------- sample order
+
+
+@dataclass
+class SampleOrder:
+    """The infinite stream of dataset indices: one seeded permutation per epoch, concatenated.
+
+    Micro-batch `u` (counted over the whole run) takes stream positions [u*G, (u+1)*G) with
+    G = batch size x processes; process `rank` takes its `batch_size` slice of those.
+    """
+
+    num_examples: int
+    batch_size: int
+    num_processes: int
+    seed: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.num_processes
+
+    def epoch_permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + 104729 * (epoch + 1))
+        return torch.randperm(self.num_examples, generator=g).tolist()
+
+    def positions(self, micro_batch: int, rank: int) -> list[int]:
+        start = micro_batch * self.global_batch + rank * self.batch_size
+        return list(range(start, start + self.batch_size))
+
+    def index_at(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_examples)
+        return self.epoch_permutation(epoch)[offset]
+
+    def micro_batches_per_epoch(self) -> int:
+        return math.ceil(self.num_examples / self.global_batch)

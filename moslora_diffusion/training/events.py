@@ -1,0 +1,45 @@
+"""What `run_training` reports while it runs (`TrainEvent`) and what it returns (`TrainResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+EventKind = Literal["step", "validation", "checkpoint", "done"]
+
+
+@dataclass
+class TrainEvent:
+    """One progress report, passed to `run_training(callback=...)` on the main process.
+
+    kind: "step" after every optimizer step, "validation" with the sample images, "checkpoint" after a
+    checkpoint is written (message = its path), "done" once at the end (message = the summary line).
+    """
+
+    kind: EventKind
+    step: int
+    max_steps: int
+    loss: float | None = None
+    lr: float | None = None
+    images: list[Image.Image] | None = None
+    message: str | None = None
+
+
+@dataclass
+class TrainResult:
+    """The outcome of `run_training`.
+
+    weights_path: the native `moslora_weights.safetensors` (or, for `--adapter lora`, the diffusers
+    `pytorch_lora_weights.safetensors`); None when no step was done.
+    """
+
+    output_dir: Path
+    weights_path: Path | None
+    steps_done: int
+    cancelled: bool
+    final_loss: float | None
+    files: dict[str, Path] = field(default_factory=dict)

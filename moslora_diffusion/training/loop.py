@@ -1,0 +1,595 @@
+"""The DreamBooth training loop: `run_training(cfg)`.
+
+Reads like the algorithm; the pieces live in the sibling modules:
+
+    check inputs -> load models -> add adapters -> (generate class images) -> cache latents / prompts
+    -> for each step: noise latents, predict, loss (+ prior loss), backward, step
+       (checkpoints, validation, cancel)  -> write adapter files, loss curve, model card
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from . import data, losses, models, outputs, prior, validation
+from .args import TrainConfig, validate_config
+from .errors import NonFiniteLossError, TrainConfigError
+from .events import TrainEvent, TrainResult
+from .model_card import render_model_card, write_model_card
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class _Source:
+    """One training image (instance or class) in memory, with its caption."""
+
+    image: Image.Image
+    caption: str
+
+
+@dataclass
+class _Run:
+    """Everything the step function needs; built once by `run_training`."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    comps: models.Components
+    resolution: int
+    seed: int
+    instances: list[_Source]
+    classes: list[_Source]
+    order: data.SampleOrder
+    noise_generator: torch.Generator
+    unet: torch.nn.Module  # possibly DDP-wrapped
+    text_encoders: list[torch.nn.Module]  # wrapped where trained
+    latent_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, data.Example]] | None = None
+    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def _example(run: _Run, kind: str, index: int, position: int) -> data.Example:
+    src = (run.instances if kind == "instance" else run.classes)[index]
+    cfg = run.cfg
+    gen = data.augmentation_generator(run.seed, position, salt=0 if kind == "instance" else 1)
+    return data.preprocess(src.image, src.caption, run.resolution, cfg.center_crop, cfg.random_flip, gen)
+
+
+def _latent_stats(run: _Run, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    vae = run.comps.vae
+    with torch.no_grad():
+        dist = vae.encode(pixels.to(run.device, dtype=vae.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
+
+
+def _batch_items(run: _Run, micro_batch: int) -> list[tuple[str, int, int]]:
+    """(kind, source index, stream position) of this process's examples: instances first, then classes."""
+    positions = run.order.positions(micro_batch, run.accelerator.process_index)
+    n_inst = len(run.instances)
+    items = [("instance", run.order.index_at(p) % n_inst, p) for p in positions]
+    if run.classes:
+        items += [("class", p % len(run.classes), p) for p in positions]
+    return items
+
+
+def _latents_and_meta(
+    run: _Run, items: list[tuple[str, int, int]]
+) -> tuple[torch.Tensor, list[data.Example]]:
+    """Sampled, scaled VAE latents of the items (from the cache when there is one)."""
+    if run.latent_cache is not None:
+        entries = [run.latent_cache[(kind, idx)] for kind, idx, _ in items]
+        mean = torch.cat([e[0] for e in entries])
+        std = torch.cat([e[1] for e in entries])
+        examples = [e[2] for e in entries]
+    else:
+        examples = [_example(run, kind, idx, pos) for kind, idx, pos in items]
+        mean, std = _latent_stats(run, torch.stack([e.pixels for e in examples]))
+    eps = torch.randn(mean.shape, generator=run.noise_generator, device=run.noise_generator.device)
+    latents = mean + std * eps.to(mean)
+    vae_cfg = run.comps.vae.config
+    if getattr(vae_cfg, "shift_factor", None) is not None:
+        latents = latents - vae_cfg.shift_factor
+    return latents * vae_cfg.scaling_factor, examples
+
+
+def _conditioning(run: _Run, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if run.text_cache is not None:
+        embeds = torch.cat([run.text_cache[c][0] for c in captions])
+        pooled = [run.text_cache[c][1] for c in captions]
+        return embeds, (torch.cat(pooled) if pooled[0] is not None else None)
+    ids = models.tokenize(run.comps.tokenizers, captions)
+    return models.encode_tokens(run.comps.arch, run.text_encoders, ids)
+
+
+def _micro_batch_loss(run: _Run, micro_batch: int) -> torch.Tensor:
+    """The DreamBooth loss of one micro-batch on this process."""
+    cfg, comps = run.cfg, run.comps
+    items = _batch_items(run, micro_batch)
+    latents, examples = _latents_and_meta(run, items)
+    sched = comps.noise_scheduler
+    noise = losses.sample_noise(latents, run.noise_generator, cfg.noise_offset)
+    timesteps = losses.sample_timesteps(
+        latents.shape[0], sched.config.num_train_timesteps, run.noise_generator
+    )
+    timesteps = timesteps.to(latents.device)
+    noisy = sched.add_noise(latents, noise, timesteps)
+    embeds, pooled = _conditioning(run, [e.caption for e in examples])
+    added = None
+    if comps.is_sdxl:
+        time_ids = models.sdxl_time_ids(
+            [e.original_size for e in examples], [e.crop_top_left for e in examples], run.resolution
+        )
+        added = {"text_embeds": pooled, "time_ids": time_ids.to(run.device, dtype=pooled.dtype)}
+    pred = run.unet(
+        noisy, timesteps, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
+    )[0]
+    target = losses.prediction_target(sched, comps.prediction_type, latents, noise, timesteps)
+    per_example = losses.per_example_mse(pred, target)
+    if cfg.snr_gamma:
+        per_example = per_example * losses.min_snr_weights(
+            sched.alphas_cumprod, timesteps, cfg.snr_gamma, comps.prediction_type
+        ).to(per_example)
+    n_inst = sum(1 for kind, _, _ in items if kind == "instance")
+    loss, _ = losses.dreambooth_loss(per_example, n_inst, cfg.prior_loss_weight)
+    return loss
+
+
+# ----------------------------------------------------------------------------- caches
+
+
+def _build_caches(run: _Run) -> None:
+    cfg = run.cfg
+    augment = cfg.random_flip or any(
+        data.crop_is_random(s.image.size, run.resolution, cfg.center_crop)
+        for s in run.instances + run.classes
+    )
+    if not augment:
+        run.latent_cache = {}
+        for kind, sources in (("instance", run.instances), ("class", run.classes)):
+            for i in range(len(sources)):
+                ex = _example(run, kind, i, 0)
+                mean, std = _latent_stats(run, ex.pixels[None])
+                run.latent_cache[(kind, i)] = (mean, std, ex)
+        logger.info("cached VAE latents of %d images", len(run.latent_cache))
+    if not cfg.train_text_encoder:
+        run.text_cache = {}
+        captions = sorted({s.caption for s in run.instances + run.classes})
+        with torch.no_grad(), run.accelerator.autocast():
+            for caption in captions:
+                ids = models.tokenize(run.comps.tokenizers, [caption])
+                embeds, pooled = models.encode_tokens(run.comps.arch, run.comps.text_encoders, ids)
+                run.text_cache[caption] = (embeds, pooled)
+
+
+# ----------------------------------------------------------------------------- setup helpers
+
+
+def _make_accelerator(cfg: TrainConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    project = ProjectConfiguration(
+        project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / cfg.logging_dir)
+    )
+    # `accelerate launch --multi_gpu` on a machine without GPUs starts N processes (torchrun) but
+    # accelerate only joins them into one gloo group when told to use the CPU.
+    no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(
+        cpu=no_gpu and multi_process,
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard" if cfg.report_to == "tensorboard" else None,
+        project_config=project,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train_text_encoder)],
+    )
+
+
+def _shared_seed(cfg: TrainConfig, accelerator: Any, resume_state: dict | None) -> int:
+    if cfg.seed is not None:
+        return cfg.seed
+    if resume_state and resume_state.get("seed") is not None:
+        return int(resume_state["seed"])
+    from accelerate.utils import broadcast_object_list
+
+    chosen = [random.SystemRandom().randrange(2**31)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(chosen, from_process=0)
+    return int(chosen[0])
+
+
+def _make_optimizer(cfg: TrainConfig, comps: models.Components, num_processes: int) -> torch.optim.Optimizer:
+    factor = cfg.gradient_accumulation_steps * cfg.train_batch_size * num_processes if cfg.scale_lr else 1
+    groups = []
+    for component, model in comps.adapted_models().items():
+        params = [p for p in model.parameters() if p.requires_grad]
+        lr = cfg.learning_rate if component == "unet" else (cfg.text_encoder_lr or cfg.learning_rate)
+        groups.append({"params": params, "lr": lr * factor, "name": component})
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(
+            groups, betas=betas, weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
+        )
+    if cfg.optimizer == "prodigy":
+        import prodigyopt
+
+        if cfg.learning_rate < 0.1:
+            logger.warning("Prodigy adapts the step size itself; a --learning_rate around 1.0 is usual")
+        return prodigyopt.Prodigy(groups, betas=betas, weight_decay=cfg.adam_weight_decay)
+    return torch.optim.AdamW(groups, betas=betas, weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+
+
+def _check_distributed_support(cfg: TrainConfig, accelerator: Any) -> None:
+    """DeepSpeed takes one model per engine and does its own accumulation: say so instead of failing deep inside."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    if cfg.train_text_encoder:
+        raise TrainConfigError(
+            "--train_text_encoder is not supported under DeepSpeed; use DDP (multi_gpu_ddp.yaml)"
+        )
+    if cfg.gradient_accumulation_steps != 1:
+        raise TrainConfigError(
+            "under DeepSpeed set gradient_accumulation_steps in the DeepSpeed config, not the flag"
+        )
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+
+
+def _load_sources(cfg: TrainConfig) -> tuple[list[_Source], list[_Source]]:
+    images = data.check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
+    instances = [_Source(data.load_image(p), c) for p, c in zip(images.paths, images.captions)]
+    classes: list[_Source] = []
+    if cfg.with_prior_preservation:
+        class_set = data.scan_images(cfg.class_data_dir, cfg.class_prompt)
+        classes = [
+            _Source(data.load_image(p), cfg.class_prompt) for p in class_set.paths[: cfg.num_class_images]
+        ]
+        if not classes:
+            raise RuntimeError(f"no readable class images in {cfg.class_data_dir}")
+    return instances, classes
+
+
+def _training_metadata(cfg: TrainConfig, steps: int, final_loss: float | None, seed: int) -> dict[str, Any]:
+    keep = {
+        k: v for k, v in cfg.to_dict().items() if v is not None and k not in ("output_dir", "logging_dir")
+    }
+    return {
+        **keep,
+        "seed": seed,
+        "steps_done": steps,
+        "final_loss": final_loss,
+        "script": "train_dreambooth_moslora",
+    }
+
+
+def _base_model_metadata(cfg: TrainConfig, comps: models.Components) -> dict[str, Any]:
+    """The native file's `base_model`: architecture, name, UNet layout (formats.base_model_info) and more."""
+    from types import SimpleNamespace
+
+    from ..formats import base_model_info
+
+    unet = getattr(comps.unet, "module", comps.unet)
+    info = base_model_info(
+        SimpleNamespace(unet=unet), name_or_path=cfg.pretrained_model_name_or_path, architecture=comps.arch
+    )
+    fingerprint = ckpt.base_model_fingerprint(cfg)
+    extra = {
+        "revision": cfg.revision,
+        "variant": cfg.variant,
+        "vae": cfg.pretrained_vae_model_name_or_path,
+        "prediction_type": comps.prediction_type,
+        "resolved_path": fingerprint["name_or_path"],
+    }
+    return {**info, **{k: v for k, v in extra.items() if v is not None}}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run_training(
+    cfg: TrainConfig,
+    callback: Callable[[TrainEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train a DreamBooth adapter as `cfg` says; write weights, checkpoints, samples and a model card.
+
+    `callback(event)` receives `TrainEvent`s on the main process. `should_stop()` returning True ends
+    training after the current step, writing a checkpoint and the adapter files of what was done
+    (`TrainResult.cancelled` is then True). Raises `TrainConfigError` for bad input (before loading any
+    model) and `NonFiniteLossError` when the loss becomes NaN/inf (the last good checkpoint is kept).
+    """
+    validate_config(cfg)
+    started = time.time()
+    accelerator = _make_accelerator(cfg)
+    try:
+        return _train(cfg, accelerator, callback, should_stop, started)
+    finally:
+        accelerator.end_training()
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+def _train(cfg, accelerator, callback, should_stop, started) -> TrainResult:
+    is_main = accelerator.is_main_process
+    emit = callback if (callback is not None and is_main) else (lambda event: None)
+    out = Path(cfg.output_dir)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    resume_path = ckpt.resolve_resume_path(cfg)
+    if cfg.resume_from_checkpoint and resume_path is None:
+        logger.info("no checkpoint in %s yet: starting a new run", cfg.output_dir)
+    resume_state = ckpt.read_state(resume_path) if resume_path else None
+    seed = _shared_seed(cfg, accelerator, resume_state)
+    _check_distributed_support(cfg, accelerator)
+
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    weight_dtype = _DTYPES[cfg.mixed_precision]
+    comps = models.load_components(cfg, weight_dtype, accelerator.device)
+    resolution = cfg.resolution or comps.default_resolution()
+    models.add_adapters(cfg, comps)  # same seed on every process: identical initial adapters
+    if cfg.gradient_checkpointing:
+        comps.unet.enable_gradient_checkpointing()
+        if cfg.train_text_encoder:
+            for te in comps.text_encoders:
+                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    if cfg.with_prior_preservation and prior.missing_class_images(cfg):
+        if is_main:
+            prior.generate_class_images(cfg, comps.arch, resolution, accelerator.device, weight_dtype)
+        accelerator.wait_for_everyone()
+    instances, classes = _load_sources(cfg)
+
+    order = data.SampleOrder(
+        len(instances) * cfg.repeats, cfg.train_batch_size, accelerator.num_processes, seed
+    )
+    steps_per_epoch = math.ceil(order.micro_batches_per_epoch() / cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
+
+    optimizer = _make_optimizer(cfg, comps, accelerator.num_processes)
+    from diffusers.optimization import get_scheduler
+
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps,
+        num_training_steps=max_steps,
+        num_cycles=cfg.lr_num_cycles,
+        power=cfg.lr_power,
+    )
+    trained = comps.adapted_models()
+    wrapped = accelerator.prepare(*trained.values(), optimizer)
+    wrapped_models, optimizer = dict(zip(trained, wrapped[:-1])), wrapped[-1]
+    text_encoders = [wrapped_models.get(k, m) for k, m in comps.text_components().items()]
+    noise_generator = torch.Generator(device=accelerator.device).manual_seed(
+        seed + 7 + accelerator.process_index
+    )
+    torch.manual_seed(seed + 1000 * accelerator.process_index)  # dropout differs per process, as in DDP
+    run = _Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        comps=comps,
+        resolution=resolution,
+        seed=seed,
+        instances=instances,
+        classes=classes,
+        order=order,
+        noise_generator=noise_generator,
+        unet=wrapped_models["unet"],
+        text_encoders=text_encoders,
+    )
+
+    global_step = 0
+    last_checkpoint: Path | None = None
+    if resume_path is not None:
+        state = ckpt.load_checkpoint(
+            resume_path,
+            models=trained,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            noise_generator=noise_generator,
+            rank=accelerator.process_index,
+        )
+        global_step = int(state["step"])
+        run.losses = list(state.get("losses", []))
+        last_checkpoint = resume_path
+        logger.info("resumed from %s at step %d", resume_path, global_step)
+    _build_caches(run)
+
+    if cfg.report_to == "tensorboard":
+        hparams = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("moslora-dreambooth", config=hparams)
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "seed": seed,
+            "losses": run.losses,
+            "max_train_steps": max_steps,
+            "base_model": ckpt.base_model_fingerprint(cfg),
+            "adapter": ckpt.adapter_fingerprint(cfg),
+            "architecture": comps.arch,
+        }
+
+    def save_checkpoint(step: int) -> Path:
+        path = ckpt.save_checkpoint(
+            out,
+            step,
+            models=trained,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            state=checkpoint_state(),
+            noise_generator=noise_generator,
+            is_main=is_main,
+            rank=accelerator.process_index,
+            barrier=accelerator.wait_for_everyone,
+        )
+        if is_main:
+            ckpt.prune_checkpoints(out, cfg.checkpoints_total_limit)
+            emit(TrainEvent("checkpoint", step, max_steps, message=str(path)))
+        return path
+
+    last_grid: Path | None = None
+
+    def validate(step: int) -> None:
+        nonlocal last_grid
+        if not cfg.validation_prompt or not is_main:
+            return
+        unet = accelerator.unwrap_model(run.unet)
+        tes = [accelerator.unwrap_model(te) for te in run.text_encoders]
+        for m in (unet, *tes):
+            m.eval()
+        pipe = validation.build_pipeline(comps, unet, tes)
+        with accelerator.autocast():
+            images = validation.generate_samples(
+                pipe,
+                cfg.validation_prompt,
+                cfg.num_validation_images,
+                resolution,
+                cfg.validation_inference_steps,
+                cfg.validation_guidance_scale,
+                seed,
+                accelerator.device,
+            )
+        for m in (unet, *tes):
+            m.train()
+        last_grid = validation.save_grid(images, out, step)
+        if cfg.report_to == "tensorboard":
+            import numpy as np
+
+            writer = accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_images(
+                "validation", np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC"
+            )
+        emit(TrainEvent("validation", step, max_steps, images=images, message=str(last_grid)))
+
+    for m in wrapped_models.values():
+        m.train()
+    params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
+    bar = tqdm(total=max_steps, initial=global_step, desc="training", unit="step", disable=not is_main)
+    cancelled = False
+    accum = cfg.gradient_accumulation_steps
+    while global_step < max_steps:
+        step_loss = torch.zeros((), device=accelerator.device)
+        for micro in range(accum):
+            syncing = micro == accum - 1
+            with contextlib.ExitStack() as stack:
+                if not syncing:
+                    for m in wrapped_models.values():
+                        stack.enter_context(accelerator.no_sync(m))
+                with accelerator.autocast():
+                    loss = _micro_batch_loss(run, global_step * accum + micro)
+                accelerator.backward(loss / accum)
+            step_loss += loss.detach().float() / accum
+        mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
+        if not math.isfinite(mean_loss):
+            bar.close()
+            optimizer.zero_grad(set_to_none=True)
+            error = NonFiniteLossError(
+                global_step + 1, mean_loss, str(last_checkpoint) if last_checkpoint else None
+            )
+            emit(TrainEvent("done", global_step, max_steps, loss=mean_loss, message=str(error)))
+            raise error
+        if cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        global_step += 1
+        run.losses.append(mean_loss)
+        lr = lr_scheduler.get_last_lr()[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+        accelerator.log({"loss": mean_loss, "lr": lr}, step=global_step)
+        emit(TrainEvent("step", global_step, max_steps, loss=mean_loss, lr=lr))
+
+        stop = bool(should_stop()) if (should_stop is not None and is_main) else False
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), reduction="sum")
+            stop = bool(flag.item() > 0)
+        if (cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0) or (
+            stop and global_step < max_steps
+        ):
+            last_checkpoint = save_checkpoint(global_step)
+        if cfg.validation_prompt and global_step % cfg.validation_steps == 0 and global_step < max_steps:
+            validate(global_step)
+        if stop and global_step < max_steps:
+            cancelled = True
+            logger.info("stopped on request at step %d", global_step)
+            break
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    final_loss = run.losses[-1] if run.losses else None
+    files: dict[str, Path] = {}
+    if cfg.validation_prompt and global_step > 0:
+        validate(global_step)
+    if is_main and global_step > 0:
+        files = outputs.write_adapter_files(
+            out,
+            cfg.adapter,
+            {k: accelerator.unwrap_model(m) for k, m in wrapped_models.items()},
+            comps.adapter_configs,
+            _base_model_metadata(cfg, comps),
+            _training_metadata(cfg, global_step, final_loss, seed),
+            comps.arch,
+            cfg.export_kohya,
+            unet_config=dict(comps.unet.config),
+        )
+        curve = outputs.plot_loss_curve(run.losses, out / outputs.LOSS_CURVE_NAME)
+        if curve is not None:
+            files["loss_curve"] = curve
+        if last_grid is not None:
+            files["samples"] = last_grid
+        card = render_model_card(
+            cfg, comps.arch, _adapter_files(files), global_step, final_loss, last_grid, curve
+        )
+        files["model_card"] = write_model_card(card, out)
+    accelerator.wait_for_everyone()
+    weights = files.get("moslora") or files.get("diffusers")
+    window = run.losses[-min(len(run.losses), 10) :] if run.losses else []
+    summary = (
+        f"{'stopped' if cancelled else 'finished'}: {global_step}/{max_steps} steps in {time.time() - started:.0f}s"
+        + (
+            f", loss {final_loss:.4f} (mean of last {len(window)}: {sum(window) / len(window):.4f})"
+            if window
+            else ""
+        )
+        + (f"; adapter: {weights}" if weights else "; no adapter written")
+    )
+    if is_main:
+        tqdm.write(summary)
+    emit(TrainEvent("done", global_step, max_steps, loss=final_loss, message=summary))
+    return TrainResult(out, weights, global_step, cancelled, final_loss, files)
+
+
+def _adapter_files(files: dict[str, Path]) -> dict[str, Path]:
+    return {k: v for k, v in files.items() if k in ("moslora", "diffusers", "kohya")}

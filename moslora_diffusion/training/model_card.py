@@ -1,0 +1,125 @@
+"""The README.md model card written next to the adapter files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .args import TrainConfig
+
+_ARCH_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL"}
+
+
+def _rel(path: Path | None, root: Path) -> str | None:
+    return None if path is None else Path(os.path.relpath(path, root)).as_posix()
+
+
+def render_model_card(
+    cfg: TrainConfig,
+    arch: str,
+    files: dict[str, Path],
+    steps_done: int,
+    final_loss: float | None,
+    sample_grid: Path | None,
+    loss_curve: Path | None,
+) -> str:
+    root = Path(cfg.output_dir)
+    base = cfg.pretrained_model_name_or_path
+    method = "MoSLoRA (LoRA with a trainable r×r mixer)" if cfg.adapter == "moslora" else "LoRA"
+    prompt = cfg.validation_prompt or cfg.instance_prompt or "<your prompt>"
+    lines = [
+        "---",
+        f"base_model: {base}",
+        "library_name: diffusers",
+        "tags: [stable-diffusion, text-to-image, dreambooth, lora"
+        + (", moslora" if cfg.adapter == "moslora" else "")
+        + "]",
+        f"instance_prompt: {cfg.instance_prompt!r}" if cfg.instance_prompt else "instance_prompt: null",
+        "---",
+        "",
+        f"# DreamBooth {cfg.adapter.upper() if cfg.adapter == 'lora' else 'MoSLoRA'} adapter",
+        "",
+        f"A {method} adapter of rank {cfg.rank} for `{base}` ({_ARCH_NAMES.get(arch, arch)}), trained with "
+        f"moslora-diffusion for {steps_done} steps"
+        + (f" (final loss {final_loss:.4f})." if final_loss is not None else "."),
+        "",
+    ]
+    if sample_grid is not None:
+        lines += [f"Samples for `{cfg.validation_prompt}`:", "", f"![samples]({_rel(sample_grid, root)})", ""]
+    if loss_curve is not None:
+        lines += [f"![loss curve]({_rel(loss_curve, root)})", ""]
+    settings: list[tuple[str, Any]] = [
+        ("instance prompt", cfg.instance_prompt),
+        ("class prompt (prior preservation)", cfg.class_prompt if cfg.with_prior_preservation else None),
+        ("resolution", cfg.resolution),
+        ("adapter / rank / alpha", f"{cfg.adapter} / {cfg.rank} / {cfg.lora_alpha}"),
+        ("mixer init", cfg.mixer_init if cfg.adapter == "moslora" else None),
+        ("UNet targets", cfg.unet_targets),
+        ("text encoder targets", cfg.text_encoder_targets if cfg.train_text_encoder else None),
+        ("learning rate / schedule", f"{cfg.learning_rate} / {cfg.lr_scheduler}"),
+        ("batch size x accumulation", f"{cfg.train_batch_size} x {cfg.gradient_accumulation_steps}"),
+        ("steps", steps_done),
+        ("mixed precision", cfg.mixed_precision),
+        ("seed", cfg.seed),
+    ]
+    lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | `{v}` |" for k, v in settings if v is not None]
+    lines += ["", "## Files", ""]
+    descriptions = {
+        "moslora": "native MoSLoRA file (A, mixer, B and metadata); resume, analyse or re-export it",
+        "diffusers": "plain LoRA with the mixer folded in (B' = s·B·M); loads with stock diffusers",
+        "kohya": "kohya-ss naming for AUTOMATIC1111 / ComfyUI",
+    }
+    for kind, path in files.items():
+        lines.append(f"- `{_rel(path, root)}`: {descriptions.get(kind, kind)}")
+    lines += [
+        "",
+        "## Use with diffusers",
+        "",
+        "```python",
+        "import torch",
+        "from diffusers import DiffusionPipeline",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
+        f'pipe.load_lora_weights("{root.as_posix()}")  # pytorch_lora_weights.safetensors',
+        f'image = pipe("{prompt}").images[0]',
+        "```",
+        "",
+    ]
+    if "moslora" in files:
+        lines += [
+            "With moslora-diffusion installed, the native file loads the same way:",
+            "",
+            "```python",
+            "import moslora_diffusion  # adds pipe.load_moslora_weights",
+            "",
+            f'pipe.load_moslora_weights("{root.as_posix()}")',
+            "```",
+            "",
+        ]
+    kohya = files.get("kohya")
+    lines += ["## Use with AUTOMATIC1111 / ComfyUI", ""]
+    if kohya is not None:
+        lines.append(
+            f"Copy `{_rel(kohya, root)}` into `models/Lora` and add `<lora:{kohya.stem}:1>` to the prompt "
+            "(A1111), or load it with a LoraLoader node (ComfyUI)."
+        )
+    else:
+        lines.append(
+            "Export a kohya-format file first: `moslora-diffusion export "
+            f"{root.as_posix()} --format kohya --output lora_kohya.safetensors` (or train with `--export_kohya`), "
+            "then copy it into `models/Lora`."
+            if cfg.adapter == "moslora"
+            else "Train with `--export_kohya` to get a kohya-format file, then copy it into `models/Lora`."
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_model_card(text: str, output_dir: str | Path) -> Path:
+    path = Path(output_dir) / "README.md"
+    tmp = path.with_name(".README.md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path

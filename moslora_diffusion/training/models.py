@@ -1,0 +1,230 @@
+"""Loading the base model for training, adding the adapters, and encoding prompts the way each architecture does.
+
+SD 1.x/2.x: one CLIP text encoder, its last hidden state conditions the UNet.
+SDXL: two encoders, penultimate hidden states concatenated, pooled embedding of the second one plus
+size/crop "time ids" as extra conditioning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapters import add_moslora_adapter
+from ..config import MoSLoraConfig
+from ..targets import resolve_targets
+from .args import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
+
+
+def read_model_index(cfg: TrainConfig) -> dict[str, Any]:
+    """The base model's model_index.json (local folder, or the hub cache / hub)."""
+    path = Path(cfg.pretrained_model_name_or_path).expanduser()
+    if path.is_dir():
+        file = path / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        file = Path(
+            hf_hub_download(cfg.pretrained_model_name_or_path, "model_index.json", revision=cfg.revision)
+        )
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def read_component_config(cfg: TrainConfig, subfolder: str, name: str = "config.json") -> dict[str, Any]:
+    path = Path(cfg.pretrained_model_name_or_path).expanduser()
+    if path.is_dir():
+        file = path / subfolder / name
+    else:
+        from huggingface_hub import hf_hub_download
+
+        file = Path(
+            hf_hub_download(
+                cfg.pretrained_model_name_or_path, name, subfolder=subfolder, revision=cfg.revision
+            )
+        )
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def detect_architecture(model_index: dict[str, Any], unet_config: dict[str, Any]) -> str:
+    """'sdxl' (two text encoders), 'sd2' (1024-wide or linear-projection cross attention) or 'sd1'."""
+    if model_index.get("text_encoder_2", [None])[0] is not None or "XL" in model_index.get("_class_name", ""):
+        return "sdxl"
+    if unet_config.get("cross_attention_dim") == 1024 or unet_config.get("use_linear_projection"):
+        return "sd2"
+    return "sd1"
+
+
+@dataclass
+class Components:
+    """The loaded models. `text_encoders` / `tokenizers` have one entry (SD1/2) or two (SDXL)."""
+
+    arch: str
+    unet: nn.Module
+    vae: nn.Module
+    text_encoders: list[nn.Module]
+    tokenizers: list[Any]
+    noise_scheduler: Any  # DDPMScheduler with the base model's schedule and prediction type
+    inference_scheduler: Any  # the base model's own scheduler class, for sampling
+    adapter_configs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.arch == "sdxl"
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def default_resolution(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def text_components(self) -> dict[str, nn.Module]:
+        return dict(zip(TEXT_COMPONENTS, self.text_encoders))
+
+    def adapted_models(self) -> dict[str, nn.Module]:
+        """Component name -> model, for every model that holds a trainable adapter."""
+        models = {"unet": self.unet}
+        models.update({k: m for k, m in self.text_components().items() if k in self.adapter_configs})
+        return models
+
+
+def load_components(cfg: TrainConfig, weight_dtype: torch.dtype, device: torch.device) -> Components:
+    """Load tokenizers, text encoders, VAE, UNet and schedulers; freeze them; move to `device`."""
+    import diffusers
+    import transformers
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    name = cfg.pretrained_model_name_or_path
+    index = read_model_index(cfg)
+    hub = dict(revision=cfg.revision, torch_dtype=weight_dtype)
+    unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", variant=cfg.variant, **hub)
+    arch = detect_architecture(index, dict(unet.config))
+    text_names = ["text_encoder", "text_encoder_2"] if arch == "sdxl" else ["text_encoder"]
+    tokenizer_names = ["tokenizer", "tokenizer_2"] if arch == "sdxl" else ["tokenizer"]
+    text_encoders = []
+    for sub in text_names:
+        cls = getattr(transformers, index[sub][1])
+        text_encoders.append(cls.from_pretrained(name, subfolder=sub, variant=cfg.variant, **hub))
+    tokenizers = [
+        getattr(transformers, index[sub][1]).from_pretrained(name, subfolder=sub, revision=cfg.revision)
+        for sub in tokenizer_names
+    ]
+    if cfg.pretrained_vae_model_name_or_path:
+        vae = AutoencoderKL.from_pretrained(cfg.pretrained_vae_model_name_or_path, torch_dtype=weight_dtype)
+    else:
+        vae = AutoencoderKL.from_pretrained(name, subfolder="vae", variant=cfg.variant, **hub)
+    noise_scheduler = DDPMScheduler.from_pretrained(name, subfolder="scheduler", revision=cfg.revision)
+    inference_scheduler = getattr(diffusers, index["scheduler"][1]).from_pretrained(
+        name, subfolder="scheduler", revision=cfg.revision
+    )
+
+    for model in (unet, vae, *text_encoders):
+        model.requires_grad_(False)
+        model.eval()
+    # The SDXL VAE overflows in fp16 unless it is a fixed one: keep it in fp32 then.
+    if getattr(vae.config, "force_upcast", False) and weight_dtype == torch.float16:
+        vae.to(dtype=torch.float32)
+    for model in (unet, vae, *text_encoders):
+        model.to(device)
+    return Components(arch, unet, vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler)
+
+
+def adapter_config(cfg: TrainConfig, component: str) -> Any:
+    """The PEFT config of one component: `MoSLoraConfig` or plain `LoraConfig`."""
+    from peft import LoraConfig
+
+    spec = cfg.unet_targets if component == "unet" else cfg.text_encoder_targets
+    kwargs = dict(
+        r=cfg.rank,
+        lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else cfg.rank,
+        lora_dropout=cfg.lora_dropout,
+        use_rslora=cfg.use_rslora,
+        init_lora_weights="gaussian",
+        target_modules=resolve_targets(spec, component),
+    )
+    if cfg.adapter == "moslora":
+        return MoSLoraConfig(mixer_init=cfg.mixer_init, **kwargs)
+    return LoraConfig(**kwargs)
+
+
+def add_adapters(cfg: TrainConfig, comps: Components) -> None:
+    """Inject the adapters (UNet; text encoders with --train_text_encoder), trainable in fp32."""
+    from peft import inject_adapter_in_model
+
+    targets = {"unet": comps.unet}
+    if cfg.train_text_encoder:
+        targets.update(comps.text_components())
+    for component, model in targets.items():
+        conf = adapter_config(cfg, component)
+        if cfg.adapter == "moslora":
+            add_moslora_adapter(model, conf)
+        elif hasattr(model, "add_adapter") and type(model).__module__.startswith("diffusers"):
+            model.add_adapter(conf)
+        else:  # transformers' add_adapter needs a newer peft than exists; inject directly
+            inject_adapter_in_model(conf, model)
+        comps.adapter_configs[component] = conf
+        n_trainable = 0
+        for name, p in model.named_parameters():
+            trainable = "lora_" in name
+            p.requires_grad_(trainable)
+            if trainable:
+                p.data = p.data.float()
+                n_trainable += p.numel()
+        if n_trainable == 0:
+            raise ValueError(f"no module of the {component} matches the targets {conf.target_modules}")
+        logger.info("%s: %d trainable adapter parameters", component, n_trainable)
+
+
+def tokenize(tokenizers: list[Any], prompts: list[str]) -> list[torch.Tensor]:
+    """Token ids per tokenizer, padded to its `model_max_length`."""
+    return [
+        tok(
+            prompts,
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        for tok in tokenizers
+    ]
+
+
+def encode_tokens(
+    arch: str, text_encoders: list[nn.Module], token_ids: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(prompt embeddings, pooled embeddings or None) as the architecture's pipeline computes them."""
+    if arch != "sdxl":
+        te = text_encoders[0]
+        return te(token_ids[0].to(_device_of(te)))[0], None
+    hidden, pooled = [], None
+    for te, ids in zip(text_encoders, token_ids):
+        out = te(ids.to(_device_of(te)), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0]  # the last encoder (with projection) gives the pooled text embedding
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def sdxl_time_ids(
+    original_sizes: list[tuple[int, int]], crops: list[tuple[int, int]], resolution: int
+) -> torch.Tensor:
+    """SDXL's micro-conditioning: (original h, w, crop top, left, target h, w) per example."""
+    rows = [[*orig, *crop, resolution, resolution] for orig, crop in zip(original_sizes, crops)]
+    return torch.tensor(rows, dtype=torch.float32)

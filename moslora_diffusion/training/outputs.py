@@ -1,0 +1,102 @@
+"""The files of a finished run: native MoSLoRA file, folded diffusers file, optional kohya file, loss curve.
+
+For `--adapter lora` the adapter is written as the same plain LoRA files (diffusers, kohya); there is no
+native file since there is no mixer. Both go through one code path: a plain LoRA is a MoSLoRA adapter
+whose mixer is the identity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import formats as fmt
+
+logger = logging.getLogger(__name__)
+
+LOSS_CURVE_NAME = "loss_curve.png"
+
+
+def adapter_state_dicts(
+    models: Mapping[str, nn.Module], with_identity_mixer: bool
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Per component: `<module_path>.lora_{A,mixer,B}.weight` tensors (fp32, on CPU)."""
+    from peft import get_peft_model_state_dict
+
+    out = {}
+    for component, model in models.items():
+        sd = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        if with_identity_mixer:
+            for key in [k for k in sd if k.endswith(".lora_A.weight")]:
+                r = sd[key].shape[0]
+                sd[key.replace(".lora_A.weight", ".lora_mixer.weight")] = torch.eye(r)
+        out[component] = sd
+    return out
+
+
+def write_adapter_files(
+    output_dir: str | Path,
+    adapter: str,
+    models: Mapping[str, nn.Module],
+    configs: Mapping[str, Any],
+    base_model: dict[str, Any],
+    training: dict[str, Any],
+    architecture: str,
+    export_kohya: bool,
+    unet_config: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write the adapter files into `output_dir`; return {"moslora"|"diffusers"|"kohya": path}."""
+    out = Path(output_dir)
+    states = adapter_state_dicts(models, with_identity_mixer=adapter == "lora")
+    file = fmt.MoSLoraFile.from_state_dicts(states, dict(configs), base_model, training)
+    files: dict[str, Path] = {}
+    if adapter == "moslora":
+        files["moslora"] = Path(file.save(out))
+    meta = {"format": "pt", "trained_with": f"moslora-diffusion DreamBooth ({adapter})"}
+    files["diffusers"] = Path(
+        fmt.write_safetensors_atomic(
+            out / fmt.DIFFUSERS_WEIGHTS_NAME, fmt.to_diffusers_state_dict(file), meta
+        )
+    )
+    if export_kohya:
+        files["kohya"] = Path(
+            fmt.export_adapter(file, out, "kohya", architecture=architecture, unet_config=unet_config)
+        )
+    return files
+
+
+def plot_loss_curve(losses: list[float], path: str | Path) -> Path | None:
+    """Save a PNG of the loss per step (with a moving average); None when matplotlib is missing."""
+    if not losses:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    steps = list(range(1, len(losses) + 1))
+    window = max(1, len(losses) // 20)
+    smooth = [
+        sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+        for i in range(len(losses))
+    ]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, losses, alpha=0.35, label="loss")
+    ax.plot(steps, smooth, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,90 @@
+"""Prior preservation: make sure `--num_class_images` class images exist, generating the missing ones."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .args import TrainConfig
+from .data import list_image_files
+
+logger = logging.getLogger(__name__)
+
+
+def missing_class_images(cfg: TrainConfig) -> int:
+    folder = Path(cfg.class_data_dir)
+    have = len(list_image_files(folder)) if folder.is_dir() else 0
+    return max(0, cfg.num_class_images - have)
+
+
+def _load_pipeline(cfg: TrainConfig, arch: str, dtype: torch.dtype, device: torch.device) -> Any:
+    from diffusers import AutoencoderKL, DiffusionPipeline
+
+    kwargs: dict[str, Any] = dict(revision=cfg.revision, variant=cfg.variant, torch_dtype=dtype)
+    if arch != "sdxl":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if cfg.pretrained_vae_model_name_or_path:
+        kwargs["vae"] = AutoencoderKL.from_pretrained(
+            cfg.pretrained_vae_model_name_or_path, torch_dtype=dtype
+        )
+    pipe = DiffusionPipeline.from_pretrained(cfg.pretrained_model_name_or_path, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def generate_class_images(
+    cfg: TrainConfig, arch: str, resolution: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> list[Path]:
+    """Generate the missing class images with the base pipeline (tqdm progress); return the new files.
+
+    Files are named `<prompt hash>-<index>.png`; names already taken are skipped, so a re-run after an
+    interruption only makes what is still missing.
+    """
+    missing = missing_class_images(cfg)
+    if missing == 0:
+        return []
+    folder = Path(cfg.class_data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = hashlib.sha1(cfg.class_prompt.encode()).hexdigest()[:8]
+    names: list[Path] = []
+    index = 0
+    while len(names) < missing:
+        candidate = folder / f"{tag}-{index:05d}.png"
+        if not candidate.exists():
+            names.append(candidate)
+        index += 1
+    logger.info("generating %d class images for %r into %s", missing, cfg.class_prompt, folder)
+    pipe = _load_pipeline(cfg, arch, dtype, device)
+    written = []
+    seed = cfg.seed if cfg.seed is not None else 0
+    with tqdm(total=missing, desc="class images", unit="img") as bar:
+        for start in range(0, missing, cfg.sample_batch_size):
+            batch = names[start : start + cfg.sample_batch_size]
+            generators = [
+                torch.Generator(device="cpu").manual_seed(seed * 100_003 + int(p.stem.rsplit("-", 1)[1]))
+                for p in batch
+            ]
+            images = pipe(
+                [cfg.class_prompt] * len(batch),
+                num_inference_steps=cfg.class_inference_steps,
+                height=resolution,
+                width=resolution,
+                generator=generators,
+            ).images
+            for path, image in zip(batch, images):
+                tmp = path.with_name(f".{path.name}.tmp")
+                image.save(tmp, format="PNG")
+                tmp.replace(path)
+                written.append(path)
+            bar.update(len(batch))
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return written

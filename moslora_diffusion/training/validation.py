@@ -1,0 +1,90 @@
+"""Sample images during training: a pipeline around the models being trained, a grid PNG, TensorBoard."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .models import Components
+
+VALIDATION_DIR = "validation"
+
+
+def build_pipeline(comps: Components, unet: torch.nn.Module, text_encoders: list[torch.nn.Module]) -> Any:
+    """A text-to-image pipeline sharing the (unwrapped) training models; loads nothing."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    scheduler = type(comps.inference_scheduler).from_config(comps.inference_scheduler.config)
+    if comps.is_sdxl:
+        pipe = StableDiffusionXLPipeline(
+            vae=comps.vae,
+            text_encoder=text_encoders[0],
+            text_encoder_2=text_encoders[1],
+            tokenizer=comps.tokenizers[0],
+            tokenizer_2=comps.tokenizers[1],
+            unet=unet,
+            scheduler=scheduler,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=comps.vae,
+            text_encoder=text_encoders[0],
+            tokenizer=comps.tokenizers[0],
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate_samples(
+    pipe: Any,
+    prompt: str,
+    num_images: int,
+    resolution: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    device: torch.device,
+) -> list[Image.Image]:
+    """`num_images` samples of `prompt`, the same seeds every time (so validations are comparable)."""
+    generator = torch.Generator(device=device.type if device.type != "mps" else "cpu").manual_seed(seed)
+    return pipe(
+        prompt,
+        num_images_per_prompt=num_images,
+        height=resolution,
+        width=resolution,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+    ).images
+
+
+def image_grid(images: list[Image.Image]) -> Image.Image:
+    """Images side by side in a near-square grid."""
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def save_grid(images: list[Image.Image], output_dir: str | Path, step: int) -> Path:
+    """Write `output_dir/validation/step-<step>.png` atomically and return its path."""
+    folder = Path(output_dir) / VALIDATION_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:06d}.png"
+    tmp = folder / f".{path.name}.tmp.png"
+    image_grid(images).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path

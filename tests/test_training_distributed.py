@@ -1,0 +1,69 @@
+"""A real 2-process CPU run (gloo) under `accelerate launch`: ranks stay in sync, only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from moslora_diffusion.tiny import save_tiny_pipeline
+from moslora_diffusion.training.checkpoint import state_digest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "train_scripts" / "train_dreambooth_moslora.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run(tmp_path):
+    model = save_tiny_pipeline("sd1", tmp_path / "sd1")
+    inst = tmp_path / "inst"
+    inst.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (60 * i, 200, 90)).save(inst / f"subject{i}.png")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--main_process_port", str(_free_port()), str(SCRIPT)]
+    cmd += ["--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(inst)]
+    cmd += ["--instance_prompt", "a sks blob", "--resolution", "32", "--output_dir", str(out), "--seed", "0"]
+    cmd += [
+        "--max_train_steps",
+        "3",
+        "--checkpointing_steps",
+        "3",
+        "--train_text_encoder",
+        "--learning_rate",
+        "1e-3",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = proc.stdout + proc.stderr
+    assert log.count("finished: 3/3 steps") == 1, "only the main process reports"
+
+    ckpt = out / "checkpoint-3"
+    digests = [json.loads((ckpt / f"rng-{rank}.json").read_text())["adapter_sha256"] for rank in (0, 1)]
+    assert digests[0] == digests[1], "the two processes ended with different adapter weights"
+    assert state_digest(load_file(str(ckpt / "adapter.safetensors"))) == digests[0]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "checkpoint-3",
+        "loss_curve.png",
+        "moslora_weights.safetensors",
+        "pytorch_lora_weights.safetensors",
+    ]
+    tensors = load_file(str(out / "moslora_weights.safetensors"))
+    assert any(k.startswith("text_encoder.") for k in tensors) and any(k.startswith("unet.") for k in tensors)
