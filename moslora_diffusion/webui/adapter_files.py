@@ -97,15 +97,15 @@ def _json(metadata: dict[str, str], key: str) -> Any:
 
 
 def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
-    from safetensors import safe_open
+    """Metadata and tensor shapes from the header alone (formats.read_header refuses pickles)."""
+    from ..errors import MoSLoraFormatError
+    from ..formats.safetensors_io import read_header
 
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = dict(fh.metadata() or {})
-            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        metadata, infos = read_header(path)
+    except MoSLoraFormatError as exc:
         raise AdapterMismatch(f"{path.name}: not a readable safetensors file ({exc})") from exc
-    return metadata, shapes
+    return metadata, {k: tuple(v["shape"]) for k, v in infos.items()}
 
 
 def adapter_info(path: str | os.PathLike) -> dict[str, Any]:
