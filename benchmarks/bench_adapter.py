@@ -30,23 +30,38 @@ from _common import append_section, markdown_table  # noqa: E402
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build(kind: str, rank: int, device: str, dtype: torch.dtype):
-    from peft import LoraConfig
-
-    from moslora_diffusion import MoSLoraConfig, add_moslora_adapter, resolve_targets
+def build_base(device: str, dtype: torch.dtype):
     from moslora_diffusion.architectures import build_unet
 
     torch.manual_seed(0)
     unet = build_unet("sd1").to(device=device, dtype=dtype)
     unet.requires_grad_(False)
+    return unet
+
+
+def add_adapter(unet, kind: str, rank: int) -> str:
+    """Add an adapter named '<kind>-r<rank>' to the shared UNet; trainable weights in fp32."""
+    from peft import LoraConfig
+
+    from moslora_diffusion import MoSLoraConfig, add_moslora_adapter, resolve_targets
+
+    name = f"{kind}-r{rank}"
     targets = resolve_targets("attn")
     if kind == "moslora":
-        add_moslora_adapter(unet, MoSLoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
-    elif kind == "lora":
-        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
-    for p in unet.parameters():  # trainable adapter parameters in fp32, as in training
-        if p.requires_grad:
+        add_moslora_adapter(
+            unet, MoSLoraConfig(r=rank, lora_alpha=rank, target_modules=targets), adapter_name=name
+        )
+    else:
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), adapter_name=name)
+    for n, p in unet.named_parameters():
+        if f".{name}." in n:
             p.data = p.data.float()
+    return name
+
+
+def build(kind: str, rank: int, device: str, dtype: torch.dtype):
+    unet = build_base(device, dtype)
+    unet.set_adapter(add_adapter(unet, kind, rank))
     return unet
 
 
@@ -60,13 +75,18 @@ def make_batch(resolution: int, device: str, dtype: torch.dtype):
     )
 
 
-def make_step(unet, batch, device):
+def make_step(unet, batch, device, adapter: str | None = None):
+    """A closure doing one AdamW training step of `adapter` (activated first when given)."""
+    if adapter is not None:
+        unet.set_adapter(adapter)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     x, t, ctx = batch
     target = torch.randn_like(x)
 
     def step() -> float:
+        if adapter is not None:
+            unet.set_adapter(adapter)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -131,8 +151,13 @@ def main() -> None:
     batch = make_batch(args.resolution, args.device, dtype)
 
     # --- training step: interleaved -------------------------------------------------------------------
+    # One UNet holds all adapters (base weights shared, so memory stays at one model); each step activates
+    # and trains one adapter.
     configs = [(kind, r) for r in ranks for kind in ("lora", "moslora")]
-    steps = {c: make_step(build(c[0], c[1], args.device, dtype), batch, args.device) for c in configs}
+    shared = build_base(args.device, dtype)
+    # MoSLoRA first: its layer class also holds plain LoRA adapters (the reverse order is refused).
+    names = {c: add_adapter(shared, *c) for c in sorted(configs, key=lambda c: c[0] != "moslora")}
+    steps = {c: make_step(shared, batch, args.device, names[c]) for c in configs}
     times: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
     for _ in range(args.warmup):
         for c in configs:
@@ -144,7 +169,7 @@ def main() -> None:
             f"round {i + 1}/{args.steps}: "
             + ", ".join(f"{k}-r{r} {times[(k, r)][-1]:.2f}s" for k, r in configs)
         )
-    del steps
+    del steps, shared
     rows = []
     for r in ranks:
         lora_med = statistics.median(times[("lora", r)])

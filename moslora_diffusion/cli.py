@@ -119,6 +119,65 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- quickstart
+def _quickstart_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "train_args",
+        nargs=argparse.REMAINDER,
+        help="optional train_dreambooth_moslora.py flags (default: the bundled toy world, outputs/quickstart)",
+    )
+
+
+@subcommand(
+    "quickstart",
+    "train the bundled example subject on the bundled base model and write a with/without-adapter grid",
+    _quickstart_args,
+)
+def run_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run_quickstart as _run
+
+    _run(args.train_args)
+    return 0
+
+
+# -------------------------------------------------------------------------------------- eval-toyworld
+def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rank", type=int, default=4, help="rank of MoSLoRA and LoRA (LoRA also at 2x rank)")
+    parser.add_argument("--seeds", type=int, default=5, help="training seeds per method")
+    parser.add_argument(
+        "--max_train_steps", type=int, default=None, help="default: the subject's own setting"
+    )
+    parser.add_argument("--images_per_prompt", type=int, default=4)
+    parser.add_argument("--output_dir", default="outputs/eval-toyworld", help="adapters, results.json, plot")
+    parser.add_argument("--quick", action="store_true", help="tiny run for tests: 2 seeds, 4 steps, 1 image")
+    parser.add_argument(
+        "--no-docs", action="store_true", help="do not append the table to docs/benchmarks.md"
+    )
+
+
+@subcommand(
+    "eval-toyworld",
+    "DreamBench-style yardstick: train MoSLoRA / LoRA / LoRA 2r on the toy subject over seeds and score them",
+    _eval_toyworld_args,
+)
+def run_eval_toyworld(args: argparse.Namespace) -> int:
+    from .toyworld.dreambench import run_cli
+
+    return run_cli(args)
+
+
+# ------------------------------------------------------------------------------------------------ app
+def _app_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("app_args", nargs=argparse.REMAINDER, help="web UI flags (see `app/app.py --help`)")
+
+
+@subcommand("app", "start the Gradio web UI (generate, compare, train)", _app_args)
+def run_app(args: argparse.Namespace) -> int:
+    from .webui import main as webui_main
+
+    return int(webui_main(args.app_args) or 0)
+
+
 # --------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

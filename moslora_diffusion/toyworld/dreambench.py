@@ -65,7 +65,9 @@ class BenchConfig:
         return cls(**base)
 
 
-def _prompt_sets(images_per_prompt: int, quick: bool) -> dict[str, list[tuple[str, tuple[str, str, str] | None, int]]]:
+def _prompt_sets(
+    images_per_prompt: int, quick: bool
+) -> dict[str, list[tuple[str, tuple[str, str, str] | None, int]]]:
     """(prompt, expected (shape, colour, background) or None, sampling seed) for each metric family."""
     backgrounds = SUBJECT_BACKGROUNDS[:2] if quick else SUBJECT_BACKGROUNDS
     subject = [
@@ -78,9 +80,15 @@ def _prompt_sets(images_per_prompt: int, quick: bool) -> dict[str, list[tuple[st
     for i, colour in enumerate(palette[: 2 if quick else None]):
         bg = palette[(i + 2) % len(palette)]  # every colour once as object, on a different background
         for k in range(images_per_prompt):
-            class_items.append((caption(SUBJECT_SHAPE, colour, bg), (SUBJECT_SHAPE, colour, bg), 2000 + 10 * i + k))
+            class_items.append(
+                (caption(SUBJECT_SHAPE, colour, bg), (SUBJECT_SHAPE, colour, bg), 2000 + 10 * i + k)
+            )
     ordinary_combos = [c for c in HELD_OUT_COMBOS if c[0] != SUBJECT_SHAPE][: 2 if quick else None]
-    ordinary = [(caption(*c), c, 3000 + 10 * i + k) for i, c in enumerate(ordinary_combos) for k in range(images_per_prompt)]
+    ordinary = [
+        (caption(*c), c, 3000 + 10 * i + k)
+        for i, c in enumerate(ordinary_combos)
+        for k in range(images_per_prompt)
+    ]
     return {"subject": subject, "class": class_items, "ordinary": ordinary}
 
 
@@ -91,12 +99,17 @@ def score_images(family_images: dict[str, list], prompt_sets: dict[str, list]) -
 
     subj = prompt_sets["subject"]
     subject_hits = [detect_subject(im) for im in family_images["subject"]]
-    bg_hits = [read_attributes(im).background == exp[2] for im, (_, exp, _) in zip(family_images["subject"], subj)]
+    bg_hits = [
+        read_attributes(im).background == exp[2] for im, (_, exp, _) in zip(family_images["subject"], subj)
+    ]
     prior_hits = []
     for im, (_, exp, _) in zip(family_images["class"], prompt_sets["class"]):
         r = read_attributes(im)
         prior_hits.append(r.matches(*exp) and not detect_subject(im))
-    ordinary_hits = [read_attributes(im).matches(*exp) for im, (_, exp, _) in zip(family_images["ordinary"], prompt_sets["ordinary"])]
+    ordinary_hits = [
+        read_attributes(im).matches(*exp)
+        for im, (_, exp, _) in zip(family_images["ordinary"], prompt_sets["ordinary"])
+    ]
 
     def mean(x: Sequence[bool]) -> float:
         return sum(x) / len(x) if x else float("nan")
@@ -160,7 +173,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             finally:
                 pipe.delete_adapters(name)
             runs.append({"method": label, "adapter": adapter, "rank": rank, "seed": seed, **scores})
-            log(f"{label} seed {seed}: {json.dumps({k: round(scores[k], 3) for k in METRICS})} ({time.time() - t0:.0f}s)")
+            log(
+                f"{label} seed {seed}: {json.dumps({k: round(scores[k], 3) for k in METRICS})} ({time.time() - t0:.0f}s)"
+            )
     return {
         "base": base_scores,
         "runs": runs,
@@ -181,7 +196,9 @@ def summary_table(result: dict[str, Any]) -> str:
     lines.append("| base model (no adapter) | " + " | ".join(f"{100 * base[m]:.1f}" for m in METRICS) + " |")
     for method in result["methods"]:
         runs = [r for r in result["runs"] if r["method"] == method]
-        lines.append(f"| {method} | " + " | ".join(format_mean_ci([r[m] for r in runs]) for m in METRICS) + " |")
+        lines.append(
+            f"| {method} | " + " | ".join(format_mean_ci([r[m] for r in runs]) for m in METRICS) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -199,7 +216,13 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     x = np.arange(len(METRICS))
     width = 0.8 / (len(methods) + 1)
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.bar(x - 0.4 + width / 2, [100 * result["base"][m] for m in METRICS], width, label="base model", color="0.7")
+    ax.bar(
+        x - 0.4 + width / 2,
+        [100 * result["base"][m] for m in METRICS],
+        width,
+        label="base model",
+        color="0.7",
+    )
     for i, method in enumerate(methods):
         runs = [r for r in result["runs"] if r["method"] == method]
         stats = [mean_ci95([r[m] for r in runs]) for m in METRICS]
@@ -220,3 +243,48 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
 
 
 __all__ = ["BenchConfig", "run_bench", "score_images", "summary_table", "plot", "CLASS_PROMPT"]
+
+
+def run_cli(args: Any) -> int:
+    """`moslora-diffusion eval-toyworld`: run, print the table, write results.json, the plot and the docs section."""
+    import shlex
+    import sys
+
+    cfg = (
+        BenchConfig.quick_config(output_dir=args.output_dir)
+        if args.quick
+        else BenchConfig(
+            rank=args.rank,
+            seeds=args.seeds,
+            max_train_steps=args.max_train_steps,
+            images_per_prompt=args.images_per_prompt,
+            output_dir=args.output_dir,
+        )
+    )
+    if cfg.seeds < 2:
+        raise ValueError("--seeds must be at least 2 for a confidence interval")
+    result = run_bench(cfg)
+    out = Path(cfg.output_dir)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    table = summary_table(result)
+    plot_path = plot(result, out / "eval_toyworld.png")
+    print(table)
+    print(
+        f"\n{len(result['runs'])} adapters trained and scored in {result['seconds'] / 60:.1f} min; plot: {plot_path}"
+    )
+    if not getattr(args, "no_docs", False) and not args.quick:
+        from ..reporting import DOCS, append_section
+
+        image = DOCS.parent / "images" / "eval_toyworld.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        plot(result, image)
+        command = "moslora-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        n = result["n_images"]
+        body = (
+            f"Each method trained on the bundled subject over {cfg.seeds} seeds; per adapter {n['subject']} subject, "
+            f"{n['class']} class and {n['ordinary']} ordinary images (DDIM 25 steps, CFG 5). Percent of images, "
+            f"mean ± 95% CI over seeds. Run time {result['seconds'] / 60:.1f} min.\n\n{table}\n\n"
+            f"![eval-toyworld](images/eval_toyworld.png)\n"
+        )
+        append_section("Toy-world DreamBooth yardstick (eval-toyworld)", body, command=command)
+    return 0

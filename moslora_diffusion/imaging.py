@@ -1,0 +1,63 @@
+"""Image helpers shared by the web UI, the quick start and the toy-world reports: labelled grids."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+MIN_CELL = 128
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def labelled_grid(
+    rows: Sequence[Sequence[Image.Image]],
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str = "",
+) -> Image.Image:
+    """Paste images into a grid with column headers, row labels and an optional title line.
+
+    Small images are scaled up (nearest neighbour) so that each cell is at least MIN_CELL pixels.
+    """
+    w, h = rows[0][0].size
+    scale = max(1, math.ceil(MIN_CELL / min(w, h)))
+    cw, ch = w * scale, h * scale
+    font_size = max(12, min(28, cw // 9))
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_width(text: str) -> int:
+        left, _, right, _ = measure.textbbox((0, 0), text, font=font)
+        return right - left
+
+    pad = max(4, font_size // 3)
+    label_w = max(text_width(t) for t in row_labels) + 2 * pad
+    head_h = font_size + 2 * pad
+    title_h = head_h if title else 0
+    ncols = len(col_labels)
+    width = label_w + ncols * (cw + pad) + pad
+    while title and text_width(title) > width - 2 * pad and len(title) > 4:
+        title = title[:-4] + "..."
+    height = title_h + head_h + len(rows) * (ch + pad) + pad
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((pad, pad), title, fill="black", font=font)
+    for j, label in enumerate(col_labels):
+        x = label_w + j * (cw + pad) + (cw - text_width(label)) // 2
+        draw.text((x, title_h + pad), label, fill="black", font=font)
+    for i, (row, label) in enumerate(zip(rows, row_labels)):
+        y = title_h + head_h + i * (ch + pad)
+        draw.text((pad, y + (ch - font_size) // 2), label, fill="black", font=font)
+        for j, image in enumerate(row):
+            cell = image.convert("RGB").resize((cw, ch), Image.NEAREST) if scale > 1 else image.convert("RGB")
+            grid.paste(cell, (label_w + j * (cw + pad), y))
+    return grid

@@ -1,0 +1,499 @@
+"""The generation engine behind the web UI: one pipeline, named schedulers, adapters by name, one lock.
+
+Everything here is plain Python (no Gradio), so it can be used and tested directly::
+
+    engine = Engine.from_pretrained("path/to/base", adapters_dir="adapters", output_dir="outputs")
+    results = engine.generate(GenerationRequest(prompt="a red circle", seed=7,
+                                                adapters=[("my_subject.safetensors", 0.8)]))
+    results[0].path  # a PNG with an A1111-style ``parameters`` chunk
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .adapter_files import (
+    AdapterMismatch,
+    AdapterNameError,
+    adapter_info,
+    check_fits,
+    list_adapters,
+    pipeline_architecture,
+    safe_adapter_path,
+)
+from .pngmeta import format_adapters, format_parameters, save_png
+
+__all__ = [
+    "SCHEDULERS",
+    "MAX_SEED",
+    "Limits",
+    "GenerationRequest",
+    "GeneratedImage",
+    "EngineBusy",
+    "Engine",
+    "validate_request",
+    "load_pipeline",
+]
+
+MAX_SEED = 2**32 - 1
+MAX_ADAPTER_SLOTS = 4
+STRENGTH_RANGE = (-2.0, 2.0)
+
+# UI name -> (diffusers scheduler class name, extra config)
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "DDIM": ("DDIMScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM++ 2M Karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+}
+
+
+class EngineBusy(RuntimeError):
+    """Another generation holds the device for longer than the caller wanted to wait."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds for every numeric input; requests outside them are refused, never clamped silently."""
+
+    max_steps: int = 150
+    min_size: int = 32
+    max_size: int = 2048
+    max_images: int = 8
+    max_guidance: float = 30.0
+    max_prompt_chars: int = 2000
+    max_grid_cells: int = 64
+    busy_timeout_s: float = 900.0
+
+
+@dataclass
+class GenerationRequest:
+    """One text-to-image request. ``seed`` -1 means random; ``adapters`` are (file name, strength)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 25
+    guidance_scale: float = 7.0
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    scheduler: str = "DDIM"
+    num_images: int = 1
+    adapters: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class GeneratedImage:
+    path: Path
+    seed: int
+    parameters: str
+    image: Any  # PIL.Image.Image
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _as_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def _in_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+
+
+def validate_request(req: GenerationRequest, limits: Limits) -> GenerationRequest:
+    """Check and normalise a request; raise ValueError naming the offending input."""
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise ValueError("prompt is empty")
+    negative = req.negative_prompt or ""
+    if not isinstance(negative, str):
+        raise ValueError("negative prompt must be text")
+    for name, text in (("prompt", req.prompt), ("negative prompt", negative)):
+        if len(text) > limits.max_prompt_chars:
+            raise ValueError(f"{name} is longer than {limits.max_prompt_chars} characters")
+    steps = _as_int("steps", req.steps)
+    _in_range("steps", steps, 1, limits.max_steps)
+    guidance = _as_float("CFG scale", req.guidance_scale)
+    _in_range("CFG scale", guidance, 0.0, limits.max_guidance)
+    seed = _as_int("seed", req.seed)
+    if seed != -1:
+        _in_range("seed", seed, 0, MAX_SEED)
+    sizes = {}
+    for name in ("width", "height"):
+        value = _as_int(name, getattr(req, name))
+        _in_range(name, value, limits.min_size, limits.max_size)
+        if value % 8:
+            raise ValueError(f"{name} must be a multiple of 8, got {value}")
+        sizes[name] = value
+    n = _as_int("number of images", req.num_images)
+    _in_range("number of images", n, 1, limits.max_images)
+    if req.scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {req.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    if len(req.adapters) > MAX_ADAPTER_SLOTS:
+        raise ValueError(f"at most {MAX_ADAPTER_SLOTS} adapters at once")
+    adapters = []
+    for name, strength in req.adapters:
+        strength = _as_float(f"strength of {name}", strength)
+        _in_range(f"strength of {name}", strength, *STRENGTH_RANGE)
+        adapters.append((name, strength))
+    return replace(
+        req,
+        prompt=req.prompt.strip(),
+        negative_prompt=negative.strip(),
+        steps=steps,
+        guidance_scale=guidance,
+        seed=seed,
+        num_images=n,
+        adapters=adapters,
+        **sizes,
+    )
+
+
+def _resolve_dtype(device: str, dtype: str | None):
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+    return table[dtype]
+
+
+def _resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_pipeline(base_model: str | os.PathLike, device: str | None = None, dtype: str | None = None):
+    """Load a diffusers text-to-image pipeline (folder or hub id; safetensors weights only)."""
+    from diffusers import DiffusionPipeline
+
+    device = _resolve_device(device)
+    pipe = DiffusionPipeline.from_pretrained(
+        str(base_model), torch_dtype=_resolve_dtype(device, dtype), use_safetensors=True
+    )
+    if not hasattr(pipe, "load_lora_weights") or not hasattr(pipe, "unet"):
+        raise ValueError(
+            f"{base_model}: {type(pipe).__name__} is not a Stable Diffusion / SDXL pipeline with LoRA support"
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _install_moslora_loader() -> bool:
+    """Give diffusers pipelines ``load_moslora_weights`` when this install has the loader."""
+    try:
+        from moslora_diffusion.loading import install_pipeline_methods
+    except ImportError:
+        return False
+    install_pipeline_methods()
+    return True
+
+
+def load_adapter_file(pipe: Any, path: Path, adapter_name: str) -> None:
+    """Load one adapter file (native MoSLoRA or plain LoRA) into ``pipe`` under ``adapter_name``.
+
+    The only place that knows how adapters get into the pipeline: native MoSLoRA files go through
+    ``pipe.load_moslora_weights`` (which folds the mixer, then uses diffusers' own LoRA loader); plain
+    LoRA files go straight to ``pipe.load_lora_weights``.
+    """
+    if hasattr(pipe, "load_moslora_weights") or _install_moslora_loader():
+        pipe.load_moslora_weights(str(path), adapter_name=adapter_name)
+        return
+    info = adapter_info(path)
+    if info["format"].startswith("MoSLoRA"):
+        raise AdapterMismatch(
+            f"{path.name} is a native MoSLoRA file, but this install has no MoSLoRA loader "
+            "(moslora_diffusion.loading); export it to a plain LoRA first"
+        )
+    pipe.load_lora_weights(
+        str(path.parent), weight_name=path.name, adapter_name=adapter_name, use_safetensors=True
+    )
+
+
+def _default_settings(pipe: Any, base_model: str) -> dict[str, Any]:
+    settings = {"steps": 25, "guidance_scale": 7.0, "scheduler": "DPM++ 2M"}
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    size = int(pipe.unet.config.sample_size) * int(scale)
+    settings["width"] = settings["height"] = size
+    current = type(pipe.scheduler).__name__
+    for name, (cls_name, extra) in SCHEDULERS.items():
+        if cls_name == current and not extra:
+            settings["scheduler"] = name
+            break
+    try:  # the bundled toy base model has its own agreed sampler settings
+        from moslora_diffusion import toyworld
+
+        if Path(base_model).resolve() == Path(toyworld.base_model_path()).resolve():
+            toy = toyworld.default_sampler_settings()
+            settings.update(
+                steps=toy["num_inference_steps"],
+                guidance_scale=toy["guidance_scale"],
+                width=toy["width"],
+                height=toy["height"],
+            )
+    except (ImportError, AttributeError, OSError, KeyError):
+        pass
+    return settings
+
+
+class Engine:
+    """A loaded base pipeline plus the adapters folder, serving one generation at a time."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        base_model: str | os.PathLike,
+        adapters_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        limits: Limits | None = None,
+        max_loaded_adapters: int = 8,
+    ):
+        self.pipe = pipe
+        self.base_model = str(base_model)
+        self.base_name = Path(self.base_model).name or self.base_model
+        self.adapters_dir = Path(adapters_dir)
+        self.output_dir = Path(output_dir)
+        self.limits = limits or Limits()
+        self.architecture = pipeline_architecture(pipe)
+        self.defaults = _default_settings(pipe, self.base_model)
+        self.lock = threading.Lock()
+        self._base_scheduler_config = dict(pipe.scheduler.config)
+        self._schedulers: dict[str, Any] = {}
+        self._loaded: OrderedDict[str, tuple[tuple[int, int], str]] = OrderedDict()
+        self._ids = itertools.count()
+        self._files = itertools.count()
+        self._max_loaded = max_loaded_adapters
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model: str | os.PathLike,
+        adapters_dir: str | os.PathLike = "adapters",
+        output_dir: str | os.PathLike = "outputs",
+        device: str | None = None,
+        dtype: str | None = None,
+        limits: Limits | None = None,
+    ) -> Engine:
+        return cls(load_pipeline(base_model, device, dtype), base_model, adapters_dir, output_dir, limits)
+
+    # ---- adapters -------------------------------------------------------------------------------------
+
+    def list_adapters(self) -> list[str]:
+        return list_adapters(self.adapters_dir)
+
+    def adapter_path(self, name: str) -> Path:
+        return safe_adapter_path(self.adapters_dir, name)
+
+    def adapter_info(self, name: str) -> dict[str, Any]:
+        """Header metadata of an adapter, after checking that it fits the loaded base model."""
+        info = adapter_info(self.adapter_path(name))
+        check_fits(self.pipe, info, self.architecture)
+        return info
+
+    def _ensure_loaded(self, name: str) -> str:
+        path = self.adapter_path(name)
+        stat = path.stat()
+        key = (stat.st_mtime_ns, stat.st_size)
+        if name in self._loaded:
+            old_key, internal = self._loaded[name]
+            if old_key == key:
+                self._loaded.move_to_end(name)
+                return internal
+            self._unload(name)
+        info = adapter_info(path)
+        check_fits(self.pipe, info, self.architecture)
+        while len(self._loaded) >= self._max_loaded:
+            self._unload(next(iter(self._loaded)))
+        internal = f"slot{next(self._ids)}"
+        try:
+            load_adapter_file(self.pipe, path, internal)
+        except (AdapterMismatch, AdapterNameError):
+            self._forget(internal)
+            raise
+        except Exception as exc:  # diffusers / PEFT raise assorted errors for misfitting files
+            self._forget(internal)
+            raise AdapterMismatch(f"{name} could not be loaded into the base model: {exc}") from exc
+        if not any(internal in names for names in self.pipe.get_list_adapters().values()):
+            self._forget(internal)
+            raise AdapterMismatch(f"{name}: none of its layers matched the loaded base model")
+        self._loaded[name] = (key, internal)
+        return internal
+
+    def _forget(self, internal: str) -> None:
+        try:
+            if any(internal in names for names in self.pipe.get_list_adapters().values()):
+                self.pipe.delete_adapters(internal)
+        except Exception:  # noqa: BLE001 - best-effort cleanup must not hide the real error
+            pass
+
+    def _unload(self, name: str) -> None:
+        _, internal = self._loaded.pop(name)
+        self._forget(internal)
+
+    def _activate(self, adapters: Sequence[tuple[str, float]]) -> None:
+        strengths: dict[str, float] = {}
+        for name, strength in adapters:
+            if strength != 0.0:  # a zero strength is the base model exactly: skip the work
+                strengths[name] = strengths.get(name, 0.0) + strength
+        active = [(self._ensure_loaded(n), s) for n, s in strengths.items() if s != 0.0]
+        if not self._loaded:
+            return
+        if active:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([n for n, _ in active], adapter_weights=[s for _, s in active])
+        else:
+            self.pipe.disable_lora()
+
+    # ---- generation -----------------------------------------------------------------------------------
+
+    def _scheduler(self, name: str):
+        if name not in self._schedulers:
+            import diffusers
+
+            cls_name, extra = SCHEDULERS[name]
+            self._schedulers[name] = getattr(diffusers, cls_name).from_config(
+                {**self._base_scheduler_config, **extra}
+            )
+        return self._schedulers[name]
+
+    def _acquire(self) -> None:
+        if not self.lock.acquire(timeout=self.limits.busy_timeout_s):
+            raise EngineBusy("the generator is busy with another request; try again in a moment")
+
+    def parameters_text(self, req: GenerationRequest, seed: int, extra: dict[str, Any] | None = None) -> str:
+        from moslora_diffusion import __version__
+
+        fields = {
+            "Steps": req.steps,
+            "Sampler": req.scheduler,
+            "CFG scale": f"{req.guidance_scale:g}",
+            "Seed": seed,
+            "Size": f"{req.width}x{req.height}",
+            "Model": self.base_name,
+            "Adapters": format_adapters(req.adapters) or None,
+            **(extra or {}),
+            "Version": f"moslora-diffusion {__version__}",
+        }
+        return format_parameters(req.prompt, req.negative_prompt, fields)
+
+    def _render(self, req: GenerationRequest, seed: int, on_step: Callable[[], None] | None):
+        import torch
+
+        def callback(pipe, step, timestep, kwargs):
+            if on_step is not None:
+                on_step()
+            return kwargs
+
+        with torch.inference_mode():
+            out = self.pipe(
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt or None,
+                num_inference_steps=req.steps,
+                guidance_scale=req.guidance_scale,
+                width=req.width,
+                height=req.height,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                callback_on_step_end=callback,
+                output_type="pil",
+            )
+        return out.images[0]
+
+    def _save(self, image: Any, seed: int, parameters: str) -> Path:
+        day = time.strftime("%Y-%m-%d")
+        stem = f"{time.strftime('%H%M%S')}-{os.getpid()}-{next(self._files):05d}-{seed}"
+        return save_png(image, self.output_dir / day, stem, parameters)
+
+    def generate(
+        self, req: GenerationRequest, progress: Callable[[int, int], None] | None = None
+    ) -> list[GeneratedImage]:
+        """Validate, then render ``req.num_images`` images with seeds seed, seed+1, ...; save PNGs."""
+        req = validate_request(req, self.limits)
+        for name, _ in req.adapters:
+            self.adapter_path(name)  # refuse bad names before waiting for the lock
+        seed = random.randint(0, MAX_SEED - req.num_images) if req.seed == -1 else req.seed
+        total = req.steps * req.num_images
+        done = 0
+
+        def on_step():
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        self._acquire()
+        try:
+            self._activate(req.adapters)
+            self.pipe.scheduler = self._scheduler(req.scheduler)
+            results = []
+            for i in range(req.num_images):
+                s = (seed + i) % (MAX_SEED + 1)
+                image = self._render(req, s, on_step)
+                text = self.parameters_text(req, s)
+                results.append(GeneratedImage(self._save(image, s, text), s, text, image))
+            return results
+        finally:
+            self.lock.release()
+
+    def render_many(
+        self,
+        req: GenerationRequest,
+        jobs: Sequence[tuple[list[tuple[str, float]], int]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Any]:
+        """Render one image per (adapters, seed) job under one lock hold (used by the comparison grid)."""
+        req = validate_request(replace(req, num_images=1), self.limits)
+        total = req.steps * len(jobs)
+        done = 0
+
+        def on_step():
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        self._acquire()
+        try:
+            self.pipe.scheduler = self._scheduler(req.scheduler)
+            images = []
+            for adapters, seed in jobs:
+                self._activate(adapters)
+                images.append(self._render(replace(req, adapters=adapters), seed, on_step))
+            return images
+        finally:
+            self.lock.release()

@@ -1,0 +1,352 @@
+"""The web UI's training job: one DreamBooth run at a time in a background thread.
+
+Uploaded images are decoded safely (format allow-list, pixel limit) and re-saved as PNG into the job's
+folder; the library's ``moslora_diffusion.training.run_training`` does the work; its events feed a
+status snapshot the UI polls. The finished weights are copied (atomically) into the adapters folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .adapter_files import ADAPTER_SUFFIX
+
+__all__ = ["UploadLimits", "TrainRequest", "JobStatus", "JobBusy", "TrainingJobs", "decode_uploads"]
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+ADAPTER_TYPES = ("moslora", "lora")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class JobBusy(RuntimeError):
+    """A training job is already running."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    min_images: int = 3
+    max_images: int = 30
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    max_steps: int = 5000
+    max_rank: int = 128
+
+
+@dataclass
+class TrainRequest:
+    """What the Train tab asks for. ``class_prompt`` turns on prior preservation."""
+
+    images: list[str]
+    instance_prompt: str
+    adapter_name: str
+    class_prompt: str = ""
+    steps: int = 200
+    rank: int = 4
+    learning_rate: float = 1e-4
+    adapter: str = "moslora"
+    seed: int = 0
+    num_class_images: int = 20
+    resolution: int | None = None
+    validation_every: int | None = None
+
+
+@dataclass
+class JobStatus:
+    """A snapshot of the current (or last) job, safe to hand to the UI."""
+
+    state: str = "idle"  # idle, running, cancelling, done, cancelled, failed
+    step: int = 0
+    max_steps: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    preview: Any = None  # PIL image of the latest validation sample
+    preview_step: int | None = None
+    message: str = ""
+    adapter_name: str | None = None
+    finished: int = 0  # increases each time a job ends (lets the UI refresh its adapter lists once)
+    started_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("running", "cancelling")
+
+
+def _check_name(name: str, adapters_dir: Path) -> str:
+    name = (name or "").strip().removesuffix(ADAPTER_SUFFIX)
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"adapter name {name!r} refused: use 1-64 letters, digits, '-' or '_' (starting with a letter or digit)"
+        )
+    if (adapters_dir / f"{name}{ADAPTER_SUFFIX}").exists():
+        raise ValueError(f"an adapter named {name}{ADAPTER_SUFFIX} already exists; choose another name")
+    return name
+
+
+def decode_uploads(paths: list[str], dest: Path, limits: UploadLimits) -> list[Path]:
+    """Decode uploaded images safely and re-save them as RGB PNGs in ``dest``; refuse anything else."""
+    if not paths:
+        raise ValueError(f"upload {limits.min_images} to {limits.max_images} images of the subject")
+    if not limits.min_images <= len(paths) <= limits.max_images:
+        raise ValueError(
+            f"{len(paths)} files uploaded; give between {limits.min_images} and {limits.max_images} images"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, src in enumerate(paths):
+        src = Path(src)
+        label = src.name
+        if src.stat().st_size > limits.max_file_bytes:
+            raise ValueError(f"{label}: larger than {limits.max_file_bytes // (1024 * 1024)} MiB")
+        try:
+            with Image.open(src) as im:
+                if im.format not in ALLOWED_FORMATS:
+                    raise ValueError(
+                        f"{label}: {im.format or 'unknown'} files are not accepted; use PNG, JPEG or WebP"
+                    )
+                w, h = im.size
+                if w * h > limits.max_pixels:
+                    raise ValueError(
+                        f"{label}: {w}x{h} pixels is more than the limit of {limits.max_pixels:,}"
+                    )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    im.load()
+                rgb = ImageOps.exif_transpose(im).convert("RGB")
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(f"{label}: not an image this app accepts ({exc})") from None
+        except OSError as exc:
+            raise ValueError(f"{label}: the image could not be decoded ({exc})") from None
+        path = dest / f"{i:03d}.png"
+        rgb.save(path, format="PNG")
+        out.append(path)
+    return out
+
+
+def _install_adapter(weights: Path, adapters_dir: Path, name: str) -> str:
+    """Copy ``weights`` to ``adapters_dir/name.safetensors`` atomically; add a suffix if the name got taken."""
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    final, k = name, 2
+    while (adapters_dir / f"{final}{ADAPTER_SUFFIX}").exists():
+        final, k = f"{name}-{k}", k + 1
+    fd, tmp = tempfile.mkstemp(prefix=f".{final}.", suffix=".tmp", dir=adapters_dir)
+    os.close(fd)
+    try:
+        shutil.copyfile(weights, tmp)
+        os.replace(tmp, adapters_dir / f"{final}{ADAPTER_SUFFIX}")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return f"{final}{ADAPTER_SUFFIX}"
+
+
+class TrainingJobs:
+    """Runs at most one training job; ``backend`` is the training module (``TrainConfig``,
+    ``validate_config``, ``run_training``), injectable for tests."""
+
+    def __init__(
+        self,
+        base_model: str,
+        adapters_dir: str | os.PathLike,
+        work_dir: str | os.PathLike,
+        limits: UploadLimits | None = None,
+        backend: ModuleType | Any | None = None,
+        sampler_defaults: dict[str, Any] | None = None,
+    ):
+        self.base_model = str(base_model)
+        self.adapters_dir = Path(adapters_dir)
+        self.work_dir = Path(work_dir)
+        self.limits = limits or UploadLimits()
+        self._backend = backend
+        self.sampler_defaults = sampler_defaults or {}
+        self._lock = threading.Lock()
+        self._status = JobStatus()
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- backend ------------------------------------------------------------------------------------
+
+    def backend(self):
+        if self._backend is None:
+            self._backend = importlib.import_module("moslora_diffusion.training")
+        return self._backend
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            backend = self.backend()
+        except ImportError as exc:
+            return False, f"training is not available in this install ({exc})"
+        missing = [n for n in ("TrainConfig", "validate_config", "run_training") if not hasattr(backend, n)]
+        if missing:
+            return False, f"the training module lacks {', '.join(missing)}"
+        return True, ""
+
+    # ---- status -------------------------------------------------------------------------------------
+
+    def status(self) -> JobStatus:
+        with self._lock:
+            snap = copy.copy(self._status)
+            snap.losses = list(self._status.losses)
+            return snap
+
+    def _update(self, **changes: Any) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._status, key, value)
+
+    def _on_event(self, event: Any) -> None:
+        with self._lock:
+            st = self._status
+            st.step = int(getattr(event, "step", st.step) or st.step)
+            st.max_steps = int(getattr(event, "max_steps", st.max_steps) or st.max_steps)
+            loss = getattr(event, "loss", None)
+            if event.kind == "step" and loss is not None:
+                st.losses.append((st.step, float(loss)))
+                if len(st.losses) > 5000:  # keep the curve light: drop every other old point
+                    st.losses = st.losses[:2500:2] + st.losses[2500:]
+            images = getattr(event, "images", None)
+            if images:
+                st.preview, st.preview_step = images[0], st.step
+            if event.kind in ("validation", "checkpoint") and getattr(event, "message", None):
+                st.message = str(event.message)
+
+    # ---- control ------------------------------------------------------------------------------------
+
+    def start(self, req: TrainRequest) -> JobStatus:
+        """Validate everything, prepare the data folder, then start training in a background thread."""
+        ok, why = self.available()
+        if not ok:
+            raise RuntimeError(why)
+        with self._lock:
+            if self._status.active:
+                raise JobBusy("a training job is already running; wait for it or cancel it first")
+        prompt = (req.instance_prompt or "").strip()
+        if not prompt:
+            raise ValueError("instance prompt is empty (e.g. 'a photo of sks toy')")
+        if req.adapter not in ADAPTER_TYPES:
+            raise ValueError(f"adapter type must be one of {ADAPTER_TYPES}, got {req.adapter!r}")
+        steps, rank = int(req.steps), int(req.rank)
+        if steps != req.steps or not 1 <= steps <= self.limits.max_steps:
+            raise ValueError(
+                f"steps must be a whole number from 1 to {self.limits.max_steps}, got {req.steps}"
+            )
+        if rank != req.rank or not 1 <= rank <= self.limits.max_rank:
+            raise ValueError(f"rank must be a whole number from 1 to {self.limits.max_rank}, got {req.rank}")
+        if not 0 < float(req.learning_rate) <= 1e-2:
+            raise ValueError(f"learning rate must be in (0, 0.01], got {req.learning_rate}")
+        name = _check_name(req.adapter_name, self.adapters_dir)
+
+        job_dir = Path(
+            tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-", dir=self._mkwork())
+        )
+        decode_uploads(list(req.images), job_dir / "instance", self.limits)
+        backend = self.backend()
+        class_prompt = (req.class_prompt or "").strip()
+        sampler = self.sampler_defaults
+        cfg = backend.TrainConfig(
+            pretrained_model_name_or_path=self.base_model,
+            instance_data_dir=str(job_dir / "instance"),
+            instance_prompt=prompt,
+            with_prior_preservation=bool(class_prompt),
+            class_prompt=class_prompt or None,
+            class_data_dir=str(job_dir / "class") if class_prompt else None,
+            num_class_images=int(req.num_class_images),
+            output_dir=str(job_dir / "output"),
+            max_train_steps=steps,
+            rank=rank,
+            learning_rate=float(req.learning_rate),
+            adapter=req.adapter,
+            resolution=req.resolution,
+            seed=int(req.seed),
+            validation_prompt=prompt,
+            num_validation_images=1,
+            validation_steps=req.validation_every or max(1, steps // 4),
+            validation_inference_steps=int(sampler.get("steps", 25)),
+            validation_guidance_scale=float(sampler.get("guidance_scale", 5.0)),
+            checkpointing_steps=0,
+        )
+        try:
+            backend.validate_config(cfg)
+        except (ValueError, OSError) as exc:
+            raise ValueError(str(exc)) from None
+        except Exception as exc:  # TrainConfigError may not subclass ValueError
+            raise ValueError(str(exc)) from None
+
+        with self._lock:
+            if self._status.active:
+                raise JobBusy("a training job is already running; wait for it or cancel it first")
+            self._cancel.clear()
+            finished = self._status.finished
+            self._status = JobStatus(
+                state="running",
+                max_steps=steps,
+                message=f"training {name} ({req.adapter}, rank {rank}, {steps} steps)",
+                finished=finished,
+                started_at=time.time(),
+            )
+            self._thread = threading.Thread(
+                target=self._run, args=(cfg, name), name="moslora-train", daemon=True
+            )
+            self._thread.start()
+        return self.status()
+
+    def _mkwork(self) -> Path:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        return self.work_dir
+
+    def cancel(self) -> JobStatus:
+        with self._lock:
+            if self._status.active:
+                self._cancel.set()
+                self._status.state = "cancelling"
+                self._status.message = "cancelling after the current step..."
+        return self.status()
+
+    def wait(self, timeout: float | None = None) -> JobStatus:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return self.status()
+
+    def _run(self, cfg: Any, name: str) -> None:
+        backend = self.backend()
+        try:
+            result = backend.run_training(cfg, callback=self._on_event, should_stop=self._cancel.is_set)
+            if result.cancelled or self._cancel.is_set():
+                state, adapter, message = (
+                    "cancelled",
+                    None,
+                    f"cancelled after {result.steps_done} steps; no adapter saved",
+                )
+            elif result.weights_path is None or not Path(result.weights_path).is_file():
+                state, adapter, message = "failed", None, "training ended without writing weights"
+            else:
+                adapter = _install_adapter(Path(result.weights_path), self.adapters_dir, name)
+                loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+                state, message = (
+                    "done",
+                    f"done: {adapter} is in the adapters folder ({result.steps_done} steps{loss})",
+                )
+        except Exception as exc:  # report, never crash the server
+            logger.exception("training job failed")
+            state, adapter, message = "failed", None, f"training failed: {type(exc).__name__}: {exc}"
+        with self._lock:
+            self._status.state = state
+            self._status.adapter_name = adapter
+            self._status.message = message
+            self._status.finished += 1

@@ -1,0 +1,93 @@
+"""A1111-style generation parameters ("infotext") in a PNG ``parameters`` text chunk.
+
+The text has the layout that AUTOMATIC1111's web UI, ComfyUI's importers and most image viewers read::
+
+    a red circle
+    Negative prompt: blurry
+    Steps: 25, Sampler: DDIM, CFG scale: 5.0, Seed: 42, Size: 32x32, Model: base_model, ...
+
+Values holding a comma, colon or newline are written JSON-quoted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+__all__ = ["format_parameters", "parse_parameters", "save_png", "read_parameters", "format_adapters"]
+
+_FIELD_RE = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if any(ch in text for ch in ',:\n"'):
+        return json.dumps(text)
+    return text
+
+
+def format_adapters(adapters: list[tuple[str, float]]) -> str:
+    """``name: strength`` pairs joined with commas (the value of the ``Adapters`` field)."""
+    return ", ".join(f"{name}: {strength:g}" for name, strength in adapters)
+
+
+def format_parameters(prompt: str, negative_prompt: str, fields: Mapping[str, Any]) -> str:
+    """Render prompt, negative prompt and ``key: value`` fields (in order; None values skipped)."""
+    lines = [prompt.strip()]
+    if negative_prompt.strip():
+        lines.append(f"Negative prompt: {negative_prompt.strip()}")
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields.items() if v is not None and v != ""))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Parse an infotext back into ``{"Prompt": ..., "Negative prompt": ..., field: value}`` (strings)."""
+    lines = text.strip().split("\n")
+    last = lines[-1] if lines else ""
+    fields: dict[str, Any] = {}
+    if len(_FIELD_RE.findall(last)) >= 3:
+        for key, value in _FIELD_RE.findall(last):
+            value = value.strip()
+            if value.startswith('"') and value.endswith('"'):
+                value = json.loads(value)
+            fields[key.strip()] = value
+        lines = lines[:-1]
+    prompt_lines, negative_lines, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    return {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines), **fields}
+
+
+def save_png(image: Image.Image, directory: str | os.PathLike, stem: str, parameters: str) -> Path:
+    """Write ``image`` as ``directory/stem.png`` with a ``parameters`` text chunk, atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    path = directory / f"{stem}.png"
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".png.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            image.save(fh, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_parameters(path: str | os.PathLike) -> str | None:
+    """The ``parameters`` text chunk of a PNG file, or None."""
+    with Image.open(path) as im:
+        return im.info.get("parameters") if im.format == "PNG" else None

@@ -1,0 +1,126 @@
+"""Command line of the web UI: parse arguments, load the base model, build the app, launch it.
+
+python app/app.py --base-model path/or/hub-id --adapters-dir adapters [--host 127.0.0.1] [--port 7860]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "default_base_model", "create_app", "launch", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_base_model() -> str | None:
+    """The bundled toy-world base model, when this install has it (looked up lazily)."""
+    try:
+        from moslora_diffusion import toyworld
+    except ImportError:
+        return None
+    try:
+        path = Path(toyworld.base_model_path())
+    except (AttributeError, OSError):
+        return None
+    return str(path) if (path / "model_index.json").is_file() else None
+
+
+def _auth(value: str) -> tuple[str, str]:
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("--auth must look like user:password")
+    return user, password
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="moslora-diffusion app",
+        description="Web UI: generate with MoSLoRA / LoRA adapters, compare strengths, train new adapters.",
+    )
+    p.add_argument(
+        "--base-model",
+        default=None,
+        help="diffusers pipeline folder or hub id (default: the bundled toy-world base model)",
+    )
+    p.add_argument(
+        "--adapters-dir", default="adapters", help="folder of .safetensors adapters (default: ./adapters)"
+    )
+    p.add_argument(
+        "--output-dir", default="outputs", help="where generated PNGs are written (default: ./outputs)"
+    )
+    p.add_argument(
+        "--work-dir", default=None, help="training jobs' data and outputs (default: a temp folder)"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--auth", type=_auth, default=None, metavar="USER:PASS", help="require this login")
+    p.add_argument("--share", action="store_true", help="open a public gradio.live link (off by default)")
+    p.add_argument(
+        "--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps (default: auto)"
+    )
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--queue-size", type=int, default=16, help="requests that may wait; more are refused")
+    p.add_argument("--max-size", type=int, default=2048, help="largest width/height in pixels")
+    p.add_argument("--max-images", type=int, default=8, help="most images per request")
+    p.add_argument("--no-train", action="store_true", help="hide the Train tab")
+    return p
+
+
+def create_app(args: argparse.Namespace):
+    """Load the model and build the Blocks app; returns (demo, engine, jobs)."""
+    from .engine import Engine, Limits
+    from .jobs import TrainingJobs
+    from .ui import build_ui
+
+    base = args.base_model or default_base_model()
+    if not base:
+        raise SystemExit("no --base-model given and the bundled toy-world base model is not installed")
+    if args.queue_size < 1 or args.max_images < 1 or args.max_size % 8 or args.max_size < 32:
+        raise SystemExit("--queue-size and --max-images must be >= 1; --max-size a multiple of 8, >= 32")
+    adapters_dir = Path(args.adapters_dir)
+    adapters_dir.mkdir(parents=True, exist_ok=True)
+    limits = Limits(max_size=args.max_size, max_images=args.max_images)
+    engine = Engine.from_pretrained(base, adapters_dir, args.output_dir, args.device, args.dtype, limits)
+    jobs = None
+    if not args.no_train:
+        work = args.work_dir or tempfile.mkdtemp(prefix="moslora-webui-train-")
+        jobs = TrainingJobs(base, adapters_dir, work, sampler_defaults=engine.defaults)
+    demo = build_ui(engine, jobs)
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    return demo, engine, jobs
+
+
+def launch(demo, args: argparse.Namespace, engine, prevent_thread_lock: bool = False):
+    """Start the server as the arguments say (loopback and no share link unless asked)."""
+    from .jobs import UploadLimits
+
+    Path(engine.output_dir).mkdir(parents=True, exist_ok=True)
+    return demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        auth=args.auth,
+        share=bool(args.share),
+        allowed_paths=[str(Path(engine.output_dir).resolve())],
+        max_file_size=UploadLimits().max_file_bytes,
+        prevent_thread_lock=prevent_thread_lock,
+        show_error=False,
+        inbrowser=False,
+        quiet=prevent_thread_lock,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python app/app.py`` and ``moslora-diffusion app``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    demo, engine, _ = create_app(args)
+    launch(demo, args, engine)
+    return 0

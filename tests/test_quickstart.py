@@ -1,0 +1,26 @@
+"""The README's main job, shortened: train the bundled subject a few steps and draw the comparison grid."""
+
+import pytest
+from PIL import Image
+
+from moslora_diffusion import toyworld
+
+pytestmark = pytest.mark.skipif(
+    not (toyworld.base_model_path() / "model_index.json").is_file(), reason="toy-world base model not bundled"
+)
+
+
+@pytest.mark.slow
+def test_quickstart_writes_grid(tmp_path, capsys):
+    from moslora_diffusion.cli import main
+    from moslora_diffusion.quickstart import GRID_NAME, QUICKSTART_SEEDS
+
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--max_train_steps", "3", "--output_dir", str(out)]) == 0
+    grid = Image.open(out / GRID_NAME)
+    prompts = toyworld.subject_info()["validation_prompts"]
+    # 2 x seeds cells of >= 128 px per row, one row per prompt
+    assert grid.width >= 2 * len(QUICKSTART_SEEDS) * 128
+    assert grid.height >= len(prompts) * 128
+    assert (out / "moslora_weights.safetensors").is_file()
+    assert str(out / GRID_NAME) in capsys.readouterr().out

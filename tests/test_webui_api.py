@@ -1,0 +1,332 @@
+"""The scripting API: gradio_client against a live server on a free loopback port with a tiny base model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moslora_diffusion.webui.pngmeta import parse_parameters, read_parameters
+from tests.webui_support import free_port, make_tiny_setup, write_native_moslora
+
+gradio_client = pytest.importorskip("gradio_client")
+
+COMMON = {"prompt": "a red circle", "steps": 2, "width": 32, "height": 32, "scheduler": "DDIM"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from moslora_diffusion.webui.server import build_parser, create_app, launch
+
+    setup = make_tiny_setup(tmp_path_factory.mktemp("webui"))
+    native, reference = write_native_moslora(setup["base"], setup["adapters"] / "native.safetensors", seed=3)
+    write_native_moslora(
+        setup["base"], setup["adapters"] / "native_xl_tag.safetensors", seed=4, architecture="sdxl"
+    )
+    from moslora_diffusion.formats import export_adapter
+
+    export_adapter(native, setup["adapters"] / "native_kohya.safetensors", "kohya")
+    port = free_port()
+    argv = ["--base-model", str(setup["base"]), "--adapters-dir", str(setup["adapters"])]
+    argv += ["--output-dir", str(setup["outputs"]), "--port", str(port), "--no-train"]
+    args = build_parser().parse_args(argv)
+    demo, engine, _ = create_app(args)
+    launch(demo, args, engine, prevent_thread_lock=True)
+    client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield {"client": client, "engine": engine, "port": port, "reference": reference, **setup}
+    demo.close()
+
+
+def _generate(client, **kwargs):
+    files = client.predict(**{**COMMON, **kwargs}, api_name="/generate")
+    assert isinstance(files, list) and files
+    return files
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def _outward_ip() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent; this only picks the outward interface
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_server_binds_loopback_only(server):
+    import socket
+
+    from moslora_diffusion.webui.server import build_parser
+
+    defaults = build_parser().parse_args([])
+    assert defaults.host == "127.0.0.1" and defaults.share is False and defaults.auth is None
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", server["port"])) == 0
+    ip = _outward_ip()
+    if ip is not None:  # the same port on the machine's network address is closed
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((ip, server["port"])) != 0
+
+
+def test_generate_with_and_without_adapter(server):
+    client = server["client"]
+    none_a = _generate(client, seed=11)[0]
+    none_b = _generate(client, seed=11)[0]
+    with_adapter = _generate(client, seed=11, adapter="plain.safetensors", adapter_scale=1.0)[0]
+    scale_zero = _generate(client, seed=11, adapter="plain.safetensors", adapter_scale=0.0)[0]
+    other_seed = _generate(client, seed=12)[0]
+    base = _pixels(none_a)
+    assert base.shape == (32, 32, 3)
+    assert np.array_equal(base, _pixels(none_b)), "same seed + settings must give the same image"
+    assert np.array_equal(base, _pixels(scale_zero)), "adapter_scale 0 must give the no-adapter image"
+    assert np.abs(base - _pixels(with_adapter)).mean() > 2.0, "the adapter must change the image"
+    assert np.abs(base - _pixels(other_seed)).mean() > 2.0
+    # after an adapter was used, the plain image is still the base image
+    assert np.array_equal(base, _pixels(_generate(client, seed=11)[0]))
+
+
+def test_png_parameters_chunk(server):
+    files = _generate(
+        server["client"],
+        seed=77,
+        negative_prompt="blurry, dark",
+        guidance_scale=4.5,
+        adapter="plain.safetensors",
+        adapter_scale=0.7,
+        num_images=2,
+    )
+    assert len(files) == 2
+    for path, seed in zip(files, (77, 78)):
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+        params = parse_parameters(read_parameters(path))
+        assert params["Prompt"] == "a red circle"
+        assert params["Negative prompt"] == "blurry, dark"
+        assert params["Steps"] == "2" and params["Sampler"] == "DDIM" and params["CFG scale"] == "4.5"
+        assert params["Seed"] == str(seed) and params["Size"] == "32x32"
+        assert params["Model"] == "base"
+        assert params["Adapters"] == "plain.safetensors: 0.7"
+    # the second image is exactly what its own seed gives alone
+    alone = _generate(server["client"], seed=78, negative_prompt="blurry, dark", guidance_scale=4.5,
+                      adapter="plain.safetensors", adapter_scale=0.7)[0]  # fmt: skip
+    assert np.array_equal(_pixels(alone), _pixels(files[1]))
+
+
+def test_defaults_fill_missing_arguments(server):
+    files = server["client"].predict(prompt="a blue square", api_name="/generate")
+    params = parse_parameters(read_parameters(files[0]))
+    d = server["engine"].defaults
+    assert params["Steps"] == str(d["steps"]) and params["Size"] == f"{d['width']}x{d['height']}"
+    assert "Adapters" not in params and 0 <= int(params["Seed"]) < 2**32
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../plain.safetensors",
+        "../../etc/passwd",
+        "sub/plain.safetensors",
+        "..\\plain.safetensors",
+        "/tmp/x.safetensors",
+    ],
+)
+def test_traversal_names_refused(server, name):
+    with pytest.raises(Exception, match="refused") as info:
+        _generate(server["client"], seed=1, adapter=name)
+    assert "Traceback" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"steps": 0}, "steps must be between"),
+        ({"steps": 10_000}, "steps must be between"),
+        ({"steps": 2.5}, "whole number"),
+        ({"width": 33}, "multiple of 8"),
+        ({"height": 100_000}, "height must be between"),
+        ({"guidance_scale": 1e9}, "CFG scale"),
+        ({"seed": -5}, "seed must be between"),
+        ({"num_images": 100}, "number of images"),
+        ({"adapter": "plain.safetensors", "adapter_scale": 5}, "strength"),
+        ({"scheduler": "nonsense"}, "unknown scheduler"),
+        ({"prompt": ""}, "prompt is empty"),
+    ],
+)
+def test_bad_numbers_refused(server, kwargs, message):
+    with pytest.raises(Exception, match=message):
+        _generate(server["client"], **kwargs)
+
+
+def test_other_architecture_adapter_refused_with_message(server):
+    with pytest.raises(Exception, match="does not fit the loaded base model") as info:
+        _generate(server["client"], seed=1, adapter="xl_only.safetensors")
+    assert "Traceback" not in str(info.value)
+    # the server still works afterwards
+    assert _generate(server["client"], seed=1)
+
+
+def test_unknown_adapter_refused(server):
+    with pytest.raises(Exception, match="no adapter named"):
+        _generate(server["client"], seed=1, adapter="nope.safetensors")
+
+
+def test_compare_grid(server):
+    from moslora_diffusion.webui.compare import compare
+    from moslora_diffusion.webui.engine import GenerationRequest
+
+    engine = server["engine"]
+    req = GenerationRequest(prompt="a red circle", steps=2, width=32, height=32, scheduler="DDIM")
+    result = compare(engine, req, "plain.safetensors", [0.0, 0.5, 1.0], [11, 12])
+    assert result.strengths == [0.0, 0.5, 1.0] and result.seeds == [11, 12]
+    params = parse_parameters(read_parameters(result.path))
+    assert params["Adapter"] == "plain.safetensors" and params["Strengths"] == "0 0.5 1"
+    grid = np.asarray(Image.open(result.path).convert("RGB"), dtype=np.int16)
+    # cell (seed 11, no adapter) equals the plain /generate image, upscaled 4x
+    plain = _pixels(_generate(server["client"], seed=11, guidance_scale=engine.defaults["guidance_scale"])[0])
+    up = plain.repeat(4, axis=0).repeat(4, axis=1)
+    hits = [
+        (y, x)
+        for y in range(grid.shape[0] - 127)
+        for x in range(grid.shape[1] - 127)
+        if grid[y, x].tolist() == up[0, 0].tolist() and np.array_equal(grid[y : y + 128, x : x + 128], up)
+    ]
+    assert hits, "the baseline cell must be the no-adapter image"
+
+
+@pytest.fixture(scope="module")
+def small_queue_server(tmp_path_factory):
+    """A server whose queue holds one waiting request."""
+    from moslora_diffusion.webui.engine import Engine, Limits
+    from moslora_diffusion.webui.ui import build_ui
+
+    setup = make_tiny_setup(tmp_path_factory.mktemp("queue"))
+    engine = Engine.from_pretrained(
+        setup["base"], setup["adapters"], setup["outputs"], limits=Limits(busy_timeout_s=60)
+    )
+    demo = build_ui(engine, None)
+    demo.queue(max_size=1, default_concurrency_limit=1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False), engine
+    demo.close()
+
+
+def _wait_for(predicate, timeout=30.0):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError("condition not reached")
+
+
+def test_full_queue_answers_clearly_and_one_generation_at_a_time(small_queue_server):
+    from gradio_client.utils import Status
+
+    client, engine = small_queue_server
+    engine.lock.acquire()  # the device is busy: the first request holds the worker, waiting for the lock
+    try:
+        first = client.submit(**COMMON, seed=1, api_name="/generate")
+        _wait_for(lambda: first.status().code == Status.PROCESSING)
+        second = client.submit(**COMMON, seed=2, api_name="/generate")
+        _wait_for(lambda: second.status().code in (Status.IN_QUEUE, Status.QUEUE_FULL))
+        assert second.status().code == Status.IN_QUEUE  # waits: one generation at a time
+        third = client.submit(**COMMON, seed=3, api_name="/generate")
+        with pytest.raises(Exception, match="[Qq]ueue is full"):
+            third.result(timeout=30)
+    finally:
+        engine.lock.release()
+    assert first.result(timeout=60) and second.result(timeout=60)
+
+
+def test_busy_device_answers_with_a_message(small_queue_server):
+    from moslora_diffusion.webui.engine import Limits
+
+    client, engine = small_queue_server
+    old = engine.limits
+    engine.limits = Limits(busy_timeout_s=0.5)
+    engine.lock.acquire()
+    try:
+        with pytest.raises(Exception, match="busy with another request"):
+            client.predict(**COMMON, seed=1, api_name="/generate")
+    finally:
+        engine.lock.release()
+        engine.limits = old
+
+
+def test_auth_required_when_asked(tmp_path):
+    import argparse
+
+    from moslora_diffusion.webui.server import build_parser, create_app, launch
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--auth", "nopassword"])
+    setup = make_tiny_setup(tmp_path)
+    port = free_port()
+    args = build_parser().parse_args(
+        ["--base-model", str(setup["base"]), "--adapters-dir", str(setup["adapters"]), "--output-dir",
+         str(setup["outputs"]), "--port", str(port), "--auth", "alice:s3cret", "--no-train"]
+    )  # fmt: skip
+    assert isinstance(args, argparse.Namespace) and args.auth == ("alice", "s3cret")
+    demo, engine, _ = create_app(args)
+    launch(demo, args, engine, prevent_thread_lock=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises different types per version
+            gradio_client.Client(url, verbose=False).predict(**COMMON, seed=1, api_name="/generate")
+        client = gradio_client.Client(url, auth=("alice", "s3cret"), verbose=False)
+        assert client.predict(**COMMON, seed=1, api_name="/generate")
+    finally:
+        demo.close()
+
+
+@pytest.mark.parametrize("scheduler", ["DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "UniPC"])
+def test_every_scheduler_generates_reproducibly(server, scheduler):
+    a = _generate(server["client"], seed=5, steps=3, scheduler=scheduler)[0]
+    b = _generate(server["client"], seed=5, steps=3, scheduler=scheduler)[0]
+    assert np.array_equal(_pixels(a), _pixels(b))
+    assert parse_parameters(read_parameters(a))["Sampler"] == scheduler
+
+
+def test_native_moslora_adapter_matches_unfolded_layers(server):
+    """A native file (mixer folded on load) gives the image of the model with the MoSLoRA layers injected;
+    its kohya export gives the same image; strength 0 gives the base image."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    client, engine = server["client"], server["engine"]
+    info = engine.adapter_info("native.safetensors")
+    assert info["format"].startswith("MoSLoRA") and info["architecture"] == "sd1"
+    assert info["rank"] == [2, 4] and info["prompt"] == "a photo of sks blob" and info["steps"] == 123
+    assert info["components"] == ["text_encoder", "unet"]
+    kwargs = {**COMMON, "seed": 21, "steps": 3, "guidance_scale": 5.0}
+    native = _pixels(_generate(client, **kwargs, adapter="native.safetensors")[0])
+    kohya = _pixels(_generate(client, **kwargs, adapter="native_kohya.safetensors")[0])
+    base = _pixels(_generate(client, **kwargs)[0])
+    zero = _pixels(_generate(client, **kwargs, adapter="native.safetensors", adapter_scale=0)[0])
+    ref_pipe = server["reference"]
+    ref_pipe.scheduler = DDIMScheduler.from_config(engine._base_scheduler_config)
+    with torch.inference_mode():
+        ref = ref_pipe(
+            "a red circle", num_inference_steps=3, guidance_scale=5.0, width=32, height=32,
+            generator=torch.Generator().manual_seed(21),
+        ).images[0]  # fmt: skip
+    ref = np.asarray(ref, dtype=np.int16)
+    assert np.abs(base - ref).mean() > 2.0, "the adapter must matter for this check to mean anything"
+    assert np.abs(native - ref).max() <= 2
+    assert np.abs(kohya - ref).max() <= 2
+    assert np.array_equal(zero, base)
+
+
+def test_adapter_tagged_for_another_architecture_refused(server):
+    with pytest.raises(Exception, match="was made for sdxl, but the loaded base model is sd1"):
+        _generate(server["client"], seed=1, adapter="native_xl_tag.safetensors")

@@ -1,0 +1,201 @@
+"""A real browser against the launcher: Debian's chromium driven by Playwright types a prompt, clicks
+Generate, waits for the image and saves a screenshot under test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.webui_support import FakeTraining, free_port, make_tiny_setup
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
+    ),
+]
+
+
+def _wait_for_port(proc: subprocess.Popen, port: int, timeout: float = 180.0) -> None:
+    import socket
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited early with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"the app did not open port {port} within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    setup = make_tiny_setup(tmp_path_factory.mktemp("browser"))
+    port = free_port()
+    log = open(setup["root"] / "app.log", "w")  # noqa: SIM115 - closed below
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
+    # WEBUI_BASE_MODEL / WEBUI_ADAPTERS_DIR (holding plain.safetensors for that model) refresh the docs
+    # screenshot with a real model, e.g. the toy-world base and an adapter trained on it
+    base = os.environ.get("WEBUI_BASE_MODEL") or str(setup["base"])
+    adapters = os.environ.get("WEBUI_ADAPTERS_DIR") or str(setup["adapters"])
+    cmd = [sys.executable, str(ROOT / "app" / "app.py"), "--base-model", base]
+    cmd += [
+        "--adapters-dir",
+        adapters,
+        "--output-dir",
+        str(setup["outputs"]),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=setup["root"])
+    try:
+        _wait_for_port(proc, port)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_browser_generates_an_image(app_url):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url, wait_until="load", timeout=60_000)
+            page.locator("#prompt textarea").wait_for(state="visible", timeout=60_000)
+            page.locator("#prompt textarea").fill("a red circle on a blue background")
+            # pick the adapter in slot 1 through the UI, as a user would
+            page.locator("#adapter-1 input").fill("plain.safetensors")
+            page.keyboard.press("Enter")
+            page.locator("#adapter-info-1").get_by_text("LoRA (diffusers/PEFT)").wait_for(timeout=30_000)
+            page.locator("#enable-1 input[type=checkbox]").wait_for(timeout=10_000)
+            assert page.locator("#enable-1 input[type=checkbox]").is_checked()
+            page.locator("#steps input[type=number]").fill("4")
+            page.locator("#steps input[type=number]").press("Enter")
+            page.locator("#generate-btn").click()
+            image = page.locator("#gallery img").first
+            image.wait_for(state="visible", timeout=120_000)
+            src = image.get_attribute("src") or ""
+            assert src.endswith(".png") or "png" in src, src
+            params = page.get_by_label("Parameters (PNG 'parameters' chunk)")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('Steps:'))",
+                timeout=30_000,
+            )
+            text = params.input_value()
+            assert (
+                text.startswith("a red circle on a blue background")
+                and "Seed:" in text
+                and "Steps: 4," in text
+            )
+            assert "plain.safetensors: 1" in text
+            page.screenshot(path=str(ARTIFACTS / "webui_generate.png"), full_page=True)
+            if os.environ.get("WEBUI_SCREENSHOT_TO"):  # refresh docs/images/webui_generate.png
+                page.screenshot(path=os.environ["WEBUI_SCREENSHOT_TO"], full_page=True)
+            # Compare tab: baseline + strengths 0.5, 1 for seeds 1, 2 in one labelled grid
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-prompt textarea").fill("a red circle on a blue background")
+            page.locator("#compare-adapter input").fill("plain.safetensors")
+            page.keyboard.press("Enter")
+            page.locator("#compare-btn").click()
+            page.locator("#compare-grid img").wait_for(state="visible", timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "webui_compare.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "webui_generate.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def train_app_url(tmp_path_factory):
+    """An in-process app whose Train tab runs a stand-in trainer (the real one is tested elsewhere)."""
+    from moslora_diffusion.webui.engine import Engine
+    from moslora_diffusion.webui.jobs import TrainingJobs
+    from moslora_diffusion.webui.ui import build_ui
+
+    setup = make_tiny_setup(tmp_path_factory.mktemp("browser-train"))
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    backend = FakeTraining(setup["adapters"] / "plain.safetensors", step_delay=0.25)
+    jobs = TrainingJobs(str(setup["base"]), setup["adapters"], setup["root"] / "work", backend=backend)
+    demo = build_ui(engine, jobs)
+    demo.queue(max_size=4, default_concurrency_limit=1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    images = []
+    for i in range(3):
+        path = setup["root"] / f"subject{i}.png"
+        Image.new("RGB", (40, 40), (50 * i, 120, 200)).save(path)
+        images.append(str(path))
+    yield f"http://127.0.0.1:{port}/", images, setup
+    demo.close()
+
+
+def test_browser_train_tab(train_app_url):
+    from playwright.sync_api import sync_playwright
+
+    url, images, setup = train_app_url
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="load", timeout=60_000)
+            page.get_by_role("tab", name="Train").click()
+            page.locator("#train-images input[type=file]").set_input_files(images)
+            try:
+                page.locator("#train-images").get_by_text("subject2").first.wait_for(timeout=30_000)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "webui_train_failure.png"), full_page=True)
+                raise
+            page.locator("#train-prompt textarea").fill("a photo of sks toy")
+            page.locator("#train-name textarea").fill("subject-toy")
+            page.locator("#train-start").click()
+            # progress appears while it runs, then the job ends and reports the new adapter
+            page.wait_for_function(
+                "() => { const p = document.querySelector('#train-progress progress');"
+                " return p && p.value > 0 && p.value < p.max; }",
+                timeout=60_000,
+            )
+            page.locator("#train-message").get_by_text("done: subject-toy.safetensors").wait_for(
+                timeout=90_000
+            )
+            page.wait_for_function(
+                "() => { const p = document.querySelector('#train-progress progress');"
+                " return p && p.value == p.max && p.max == 200; }",
+                timeout=10_000,
+            )
+            page.locator("#train-preview img").wait_for(state="visible", timeout=10_000)
+            page.screenshot(path=str(ARTIFACTS / "webui_train.png"), full_page=True)
+            # the new adapter is selectable at once in the Generate tab
+            page.get_by_role("tab", name="Generate").click()
+            page.locator("#adapter-1 input").click()
+            page.get_by_role("option", name="subject-toy.safetensors").wait_for(timeout=10_000)
+        finally:
+            browser.close()
+    assert (setup["adapters"] / "subject-toy.safetensors").is_file()

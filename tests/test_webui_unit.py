@@ -1,0 +1,318 @@
+"""Web UI pieces without a server: infotext, adapter names and fit checks, request limits, grid, uploads,
+and the training job driven by a stand-in training backend."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from moslora_diffusion.webui.adapter_files import (
+    AdapterMismatch,
+    AdapterNameError,
+    list_adapters,
+    normalize_architecture,
+    safe_adapter_path,
+)
+from moslora_diffusion.webui.compare import labelled_grid, parse_seeds, parse_strengths
+from moslora_diffusion.webui.engine import GenerationRequest, Limits, validate_request
+from moslora_diffusion.webui.jobs import JobBusy, TrainingJobs, TrainRequest, UploadLimits, decode_uploads
+from moslora_diffusion.webui.pngmeta import format_parameters, parse_parameters, read_parameters, save_png
+from tests.webui_support import FakeTraining, make_tiny_setup, write_plain_lora
+
+# ---- PNG infotext ---------------------------------------------------------------------------------------
+
+
+def test_parameters_round_trip_through_png(tmp_path):
+    fields = {
+        "Steps": 20,
+        "Sampler": "DPM++ 2M",
+        "CFG scale": "7.5",
+        "Seed": 1234,
+        "Size": "64x48",
+        "Model": "base",
+        "Adapters": "a.safetensors: 0.8, b.safetensors: -0.5",
+    }
+    text = format_parameters("a red circle, blue background", "blurry", fields)
+    assert text.splitlines()[0] == "a red circle, blue background"
+    assert text.splitlines()[1] == "Negative prompt: blurry"
+    assert 'Adapters: "a.safetensors: 0.8, b.safetensors: -0.5"' in text  # quoted: holds commas/colons
+    path = save_png(Image.new("RGB", (8, 8), "red"), tmp_path, "img", text)
+    assert path.name == "img.png" and not list(tmp_path.glob("*.tmp"))
+    assert read_parameters(path) == text
+    parsed = parse_parameters(read_parameters(path))
+    assert parsed["Prompt"] == "a red circle, blue background"
+    assert parsed["Negative prompt"] == "blurry"
+    assert parsed["Sampler"] == "DPM++ 2M" and parsed["Seed"] == "1234" and parsed["Size"] == "64x48"
+    assert parsed["Adapters"] == "a.safetensors: 0.8, b.safetensors: -0.5"
+
+
+# ---- adapter names --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../plain.safetensors",
+        "..",
+        "sub/plain.safetensors",
+        "sub\\plain.safetensors",
+        "/etc/passwd",
+        ".hidden.safetensors",
+        "plain.bin",
+        "",
+        "missing.safetensors",
+    ],
+)
+def test_adapter_names_outside_the_folder_are_refused(tmp_path, name):
+    (tmp_path / "plain.safetensors").write_bytes(b"x")
+    with pytest.raises(AdapterNameError):
+        safe_adapter_path(tmp_path, name)
+
+
+def test_symlink_leading_out_of_the_folder_is_refused(tmp_path):
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(b"x")
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    (folder / "ok.safetensors").write_bytes(b"x")
+    (folder / "link.safetensors").symlink_to(outside)
+    assert safe_adapter_path(folder, "ok.safetensors") == (folder / "ok.safetensors").resolve()
+    with pytest.raises(AdapterNameError, match="outside"):
+        safe_adapter_path(folder, "link.safetensors")
+    assert list_adapters(folder) == ["ok.safetensors"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("sd1", "sd1"),
+        ("sdxl", "sdxl"),
+        ("sdxl_base_v1-0", "sdxl"),
+        ("sd_v1", "sd1"),
+        ("sd_v2", "sd2"),
+        (None, None),
+    ],
+)
+def test_architecture_spellings(value, expected):
+    assert normalize_architecture(value) == expected
+
+
+# ---- request limits -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 151}, "steps"),
+        ({"steps": 2.5}, "whole number"),
+        ({"steps": "ten"}, "whole number"),
+        ({"width": 36}, "multiple of 8"),
+        ({"height": 4096}, "height"),
+        ({"width": 16}, "width"),
+        ({"guidance_scale": float("nan")}, "finite"),
+        ({"guidance_scale": 31}, "CFG"),
+        ({"seed": -2}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"num_images": 9}, "number of images"),
+        ({"scheduler": "Heun++"}, "unknown scheduler"),
+        ({"adapters": [("a.safetensors", 2.5)]}, "strength"),
+        ({"adapters": [("a.safetensors", 1.0)] * 5}, "at most 4"),
+        ({"prompt": "x" * 2001}, "longer than"),
+    ],
+)
+def test_bad_numbers_are_refused(change, message):
+    fields = {"prompt": "a red circle", "width": 32, "height": 32, "scheduler": "DDIM", **change}
+    req = GenerationRequest(**fields)
+    with pytest.raises(ValueError, match=message):
+        validate_request(req, Limits())
+
+
+def test_valid_request_is_normalised():
+    req = validate_request(
+        GenerationRequest(prompt=" hi ", steps=10.0, seed=-1, width=64.0, height=32, adapters=[("a", "0.5")]),
+        Limits(),
+    )
+    assert (req.prompt, req.steps, req.width, req.adapters) == ("hi", 10, 64, [("a", 0.5)])
+    assert isinstance(req.steps, int) and isinstance(req.width, int)
+
+
+# ---- comparison grid ------------------------------------------------------------------------------------
+
+
+def test_strength_and_seed_lists():
+    assert parse_strengths("0, 0.5 1.0, 0.5, -1") == [0.5, 1.0, -1.0]
+    assert parse_seeds("3, 1 3") == [3, 1]
+    for bad in ("", "a", "3", "inf"):
+        with pytest.raises(ValueError):
+            parse_strengths(bad)
+    for bad in ("-1", "1.5", str(2**32)):
+        with pytest.raises(ValueError):
+            parse_seeds(bad)
+
+
+def test_labelled_grid_places_cells_and_labels():
+    colours = [[(255, 0, 0), (0, 255, 0), (0, 0, 255)], [(255, 255, 0), (0, 255, 255), (255, 0, 255)]]
+    rows = [[Image.new("RGB", (32, 32), c) for c in row] for row in colours]
+    grid = labelled_grid(rows, ["seed 1", "seed 2"], ["no adapter", "strength 0.5", "strength 1"], title="t")
+    arr = np.asarray(grid)
+    # cells are upscaled to 128 px; every colour appears as a solid block
+    for row in colours:
+        for c in row:
+            assert (np.all(arr == np.array(c, dtype=np.uint8), axis=-1)).sum() >= 128 * 128
+    # labels are drawn: the white margins hold dark text pixels
+    assert (arr[:40].min(axis=-1) < 100).any()
+    assert grid.width > 3 * 128 and grid.height > 2 * 128
+
+
+# ---- uploads --------------------------------------------------------------------------------------------
+
+
+def _images(folder: Path, n: int, size=(16, 16)) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"img{i}.jpg"
+        Image.new("RGB", size, (10 * i, 0, 0)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+def test_uploads_decoded_and_limited(tmp_path):
+    paths = _images(tmp_path / "in", 3)
+    out = decode_uploads(paths, tmp_path / "out", UploadLimits())
+    assert [p.name for p in out] == ["000.png", "001.png", "002.png"]
+    assert all(Image.open(p).format == "PNG" for p in out)
+    with pytest.raises(ValueError, match="between 3 and 30"):
+        decode_uploads(paths[:2], tmp_path / "o2", UploadLimits())
+    with pytest.raises(ValueError, match="between 3 and 30"):
+        decode_uploads(paths * 11, tmp_path / "o3", UploadLimits())
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png"):
+        decode_uploads([*paths[:2], str(text)], tmp_path / "o4", UploadLimits())
+    gif = tmp_path / "anim.gif"
+    Image.new("RGB", (8, 8)).save(gif)
+    with pytest.raises(ValueError, match="GIF files are not accepted"):
+        decode_uploads([*paths[:2], str(gif)], tmp_path / "o5", UploadLimits())
+    big = _images(tmp_path / "big", 3, size=(200, 200))
+    with pytest.raises(ValueError, match="pixels is more than the limit"):
+        decode_uploads(big, tmp_path / "o6", UploadLimits(max_pixels=100 * 100))
+
+
+# ---- training job with a stand-in backend ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory):
+    return write_plain_lora("sd1", tmp_path_factory.mktemp("lora") / "src.safetensors")
+
+
+def test_training_job_reports_progress_and_installs_adapter(tmp_path, lora_file):
+    backend = FakeTraining(lora_file)
+    adapters = tmp_path / "adapters"
+    jobs = TrainingJobs("base", adapters, tmp_path / "work", backend=backend)
+    req = TrainRequest(images=_images(tmp_path / "in", 3), instance_prompt="a photo of sks toy",
+                       adapter_name="toy", steps=8, rank=4, class_prompt="a photo of a toy")  # fmt: skip
+    jobs.start(req)
+    st = jobs.wait(20)
+    assert st.state == "done", st.message
+    assert st.step == 8 and st.max_steps == 8
+    assert [s for s, _ in st.losses] == list(range(1, 9)) and st.losses[-1][1] == pytest.approx(1 / 8)
+    assert st.preview is not None and st.preview_step == 8
+    assert st.adapter_name == "toy.safetensors" and st.finished == 1
+    assert (adapters / "toy.safetensors").read_bytes() == lora_file.read_bytes()
+    cfg = backend.configs[0]
+    assert cfg.with_prior_preservation and cfg.class_prompt == "a photo of a toy"
+    assert (
+        cfg.max_train_steps == 8 and cfg.rank == 4 and cfg.adapter == "moslora" and cfg.validation_steps == 2
+    )
+    # the name is now taken
+    with pytest.raises(ValueError, match="already exists"):
+        jobs.start(req)
+
+
+def test_training_job_one_at_a_time_and_cancel(tmp_path, lora_file):
+    gate = threading.Event()
+    jobs = TrainingJobs(
+        "base", tmp_path / "adapters", tmp_path / "work", backend=FakeTraining(lora_file, gate=gate)
+    )
+    images = _images(tmp_path / "in", 3)
+    jobs.start(TrainRequest(images=images, instance_prompt="sks", adapter_name="a", steps=1000))
+    with pytest.raises(JobBusy):
+        jobs.start(TrainRequest(images=images, instance_prompt="sks", adapter_name="b", steps=10))
+    assert jobs.cancel().state == "cancelling"
+    gate.set()
+    st = jobs.wait(20)
+    assert st.state == "cancelled" and "no adapter saved" in st.message
+    assert not (tmp_path / "adapters" / "a.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"adapter_name": "../evil"}, "adapter name"),
+        ({"instance_prompt": " "}, "instance prompt"),
+        ({"steps": 0}, "steps"),
+        ({"rank": 1000}, "rank"),
+        ({"learning_rate": 1.0}, "learning rate"),
+        ({"adapter": "dora"}, "adapter type"),
+        ({"images": []}, "upload"),
+    ],
+)
+def test_training_request_checked_before_start(tmp_path, lora_file, change, message):
+    jobs = TrainingJobs("base", tmp_path / "adapters", tmp_path / "work", backend=FakeTraining(lora_file))
+    fields = {"images": _images(tmp_path / "in", 3), "instance_prompt": "sks", "adapter_name": "x", **change}
+    with pytest.raises(ValueError, match=message):
+        jobs.start(TrainRequest(**fields))
+    assert jobs.status().state == "idle"
+
+
+# ---- engine on a tiny pipeline --------------------------------------------------------------------------
+
+
+def test_adapter_for_other_architecture_refused_before_loading(tmp_path):
+    from moslora_diffusion.webui.engine import Engine
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    info = engine.adapter_info("plain.safetensors")
+    assert info["rank"] == 4 and info["format"].startswith("LoRA") and info["components"] == ["unet"]
+    with pytest.raises(AdapterMismatch, match="does not fit the loaded base model"):
+        engine.adapter_info("xl_only.safetensors")
+    req = GenerationRequest(prompt="a", steps=1, width=32, height=32, adapters=[("xl_only.safetensors", 1.0)])
+    with pytest.raises(AdapterMismatch):
+        engine.generate(req)
+    assert engine.pipe.get_list_adapters() == {}  # nothing half-loaded
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+
+
+def test_command_line_defaults_and_missing_base_model(monkeypatch, tmp_path):
+    from moslora_diffusion.webui import server
+
+    args = server.build_parser().parse_args([])
+    assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 7860, False, None)
+    assert args.adapters_dir == "adapters" and args.base_model is None
+    monkeypatch.setattr(server, "default_base_model", lambda: None)
+    with pytest.raises(SystemExit, match="no --base-model given"):
+        server.create_app(server.build_parser().parse_args(["--adapters-dir", str(tmp_path / "a")]))
+
+
+def test_launcher_help_runs():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, str(root / "app" / "app.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    for flag in ("--base-model", "--adapters-dir", "--host", "--port", "--auth", "--share"):
+        assert flag in out.stdout
