@@ -72,7 +72,8 @@ class Result:
     model: Model
     mode: str
     adapter: str
-    step_times: list[float]  # the measured intervals (after warm-up)
+    step_times: list[float]  # the measured intervals (after warm-up), wall clock
+    cpu_times: list[float]  # the same intervals in CPU seconds of the process (all threads)
     rss_mib: float
     gpu_mib: float | None
     wall_s: float
@@ -80,6 +81,10 @@ class Result:
     @property
     def median(self) -> float:
         return statistics.median(self.step_times)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu_times)
 
 
 def models_for(device: str, tiny: bool) -> list[Model]:
@@ -201,11 +206,11 @@ def train_child(spec: dict[str, Any]) -> dict[str, Any]:
     from moslora_diffusion.training import TrainEvent, parse_args, run_training
 
     torch.set_num_threads(spec["threads"])
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
 
     def on_event(event: TrainEvent) -> None:
         if event.kind == "step":  # after the loss is read back (a device sync), so the interval is real
-            stamps.append(time.perf_counter())
+            stamps.append((time.perf_counter(), time.process_time()))
 
     argv = [
         "--pretrained_model_name_or_path",
@@ -240,14 +245,16 @@ def train_child(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = run_training(cfg, callback=on_event)
-    wall = time.perf_counter() - started
+    run_s = time.perf_counter() - started
     if result.steps_done != 1 + spec["warmup"] + spec["steps"]:
         raise RuntimeError(f"expected {1 + spec['warmup'] + spec['steps']} steps, got {result.steps_done}")
-    intervals = [b - a for a, b in zip(stamps, stamps[1:])]
+    walls = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
+    cpu = [b[1] - a[1] for a, b in zip(stamps, stamps[1:])]
     return {
-        "step_times": intervals[spec["warmup"] :],
+        "step_times": walls[spec["warmup"] :],
+        "cpu_times": cpu[spec["warmup"] :],
         "gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-        "wall_s": wall,
+        "wall_s": run_s,
     }
 
 
@@ -260,7 +267,15 @@ def _ratio(a: float, b: float) -> str:
 
 def tables(results: list[Result], cuda: bool) -> tuple[str, str]:
     """(per-configuration table, ratio table) in markdown."""
-    headers = ["model", "caches", "adapter", "median s/step", "min-max s/step", "peak RSS MiB"]
+    headers = [
+        "model",
+        "caches",
+        "adapter",
+        "median s/step",
+        "min-max s/step",
+        "median CPU s/step",
+        "peak RSS MiB",
+    ]
     if cuda:
         headers.append("peak GPU MiB")
     rows = []
@@ -271,6 +286,7 @@ def tables(results: list[Result], cuda: bool) -> tuple[str, str]:
             r.adapter,
             f"{r.median:.3f}",
             f"{min(r.step_times):.3f}-{max(r.step_times):.3f}",
+            f"{r.cpu_median:.3f}",
             f"{r.rss_mib:.0f}",
         ]
         if cuda:
@@ -292,6 +308,7 @@ def tables(results: list[Result], cuda: bool) -> tuple[str, str]:
                     model.label,
                     f"moslora / lora, caches {mode}",
                     _ratio(a.median, b.median),
+                    _ratio(a.cpu_median, b.cpu_median),
                     _ratio(mem(a), mem(b)),
                 ]
             )
@@ -304,11 +321,19 @@ def tables(results: list[Result], cuda: bool) -> tuple[str, str]:
                             model.label,
                             f"cached / uncached, latents+text / {mode}, {adapter}",
                             _ratio(a.median, b.median),
+                            _ratio(a.cpu_median, b.cpu_median),
                             _ratio(mem(a), mem(b)),
                         ]
                     )
     ratios = markdown_table(
-        ["model", "comparison", "s/step ratio", "peak " + ("GPU" if cuda else "RSS") + " ratio"], ratio_rows
+        [
+            "model",
+            "comparison",
+            "s/step ratio",
+            "CPU s/step ratio",
+            "peak " + ("GPU" if cuda else "RSS") + " ratio",
+        ],
+        ratio_rows,
     )
     return per_config, ratios
 
@@ -387,7 +412,16 @@ def main(argv: list[str] | None = None) -> None:
                         threads=threads,
                     )
                     out, rss = run_forked(train_child, spec)
-                    res = Result(model, mode, adapter, out["step_times"], rss, out["gpu_mib"], out["wall_s"])
+                    res = Result(
+                        model,
+                        mode,
+                        adapter,
+                        out["step_times"],
+                        out["cpu_times"],
+                        rss,
+                        out["gpu_mib"],
+                        out["wall_s"],
+                    )
                     results.append(res)
                     shutil.rmtree(spec["output_dir"], ignore_errors=True)
                     print(
@@ -413,6 +447,8 @@ def main(argv: list[str] | None = None) -> None:
                         adapter=r.adapter,
                         step_times=r.step_times,
                         median=r.median,
+                        cpu_times=r.cpu_times,
+                        cpu_median=r.cpu_median,
                         rss_mib=r.rss_mib,
                         gpu_mib=r.gpu_mib,
                     )
@@ -433,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
             "Caches: `latents+text` = no flags (VAE latents and prompt embeddings cached); `text` = "
             "`--random_flip` (VAE encodes every step); `none+TE` = `--random_flip --train_text_encoder` "
             "(nothing cached, and the text-encoder adapters are trained too: not the cache's effect alone). "
+            "CPU s/step: CPU seconds of the training process (all its threads) per step, which time-slicing "
+            "with other processes on a shared machine inflates far less than wall time. "
             "Peak RSS includes loading the model. Configurations run one after another on a shared machine: "
             "read the ratios, not the absolute times.\n\n"
             f"{per_config}\n\nRatios:\n\n{ratios}\n"

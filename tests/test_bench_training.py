@@ -67,6 +67,8 @@ def test_tiny_benchmark_table(tmp_path):
         assert len(res["step_times"]) == 1
         assert 0 < res["median"] < 30
         assert float(row["median s/step"]) == pytest.approx(res["median"], abs=1e-3)
+        assert len(res["cpu_times"]) == 1 and res["cpu_median"] > 0
+        assert float(row["median CPU s/step"]) == pytest.approx(res["cpu_median"], abs=1e-3)
         assert 100 < float(row["peak RSS MiB"]) < 8000  # the child's own peak, libraries included
 
     # the ratio table: moslora/lora per mode, cached/uncached per adapter, computed from the same medians
@@ -79,6 +81,9 @@ def test_tiny_benchmark_table(tmp_path):
     for name, ((a_adapter, a_mode), (b_adapter, b_mode)) in expected.items():
         a, b = by_key[(a_mode, a_adapter)], by_key[(b_mode, b_adapter)]
         assert float(ratios[name]["s/step ratio"]) == pytest.approx(a["median"] / b["median"], abs=1e-3)
+        assert float(ratios[name]["CPU s/step ratio"]) == pytest.approx(
+            a["cpu_median"] / b["cpu_median"], abs=1e-3
+        )
         assert float(ratios[name]["peak RSS ratio"]) == pytest.approx(a["rss_mib"] / b["rss_mib"], abs=1e-3)
 
     # --no-docs leaves docs/benchmarks.md alone
