@@ -362,9 +362,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--modes", default=",".join(CACHE_MODES), help="cache modes to run, comma-separated")
     ap.add_argument(
-        "--mixed_precision", default=None, help="trainer's --mixed_precision; default no (CPU), bf16 (CUDA)"
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="trainer's --mixed_precision; default no (CPU), bf16 (CUDA)",
     )
-    ap.add_argument("--threads", type=int, default=None, help="torch threads per run; default 2 (tiny: 1)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per run; default 1 on CPU (see below), 2 on CUDA",
+    )
     ap.add_argument("--tiny", action="store_true", help="tiny pipelines (moslora_diffusion.tiny), 32 px")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     ap.add_argument("--no-docs", action="store_true", help="print only; do not append to docs/benchmarks.md")
@@ -377,7 +385,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--modes: unknown {unknown}; choose from {', '.join(CACHE_MODES)}")
     cuda = args.device.startswith("cuda")
     mixed = args.mixed_precision or ("bf16" if cuda else "no")
-    threads = args.threads or (1 if args.tiny else 2)
+    # One thread on CPU: its CPU time per step is then the work done, whatever else runs on the machine;
+    # with two OpenMP threads, a descheduled thread makes the other spin, inflating CPU time as well.
+    threads = args.threads or (2 if cuda else 1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     preload()
@@ -469,8 +479,9 @@ def main(argv: list[str] | None = None) -> None:
             "Caches: `latents+text` = no flags (VAE latents and prompt embeddings cached); `text` = "
             "`--random_flip` (VAE encodes every step); `none+TE` = `--random_flip --train_text_encoder` "
             "(nothing cached, and the text-encoder adapters are trained too: not the cache's effect alone). "
-            "CPU s/step: CPU seconds of the training process (all its threads) per step, which time-slicing "
-            "with other processes on a shared machine inflates far less than wall time. "
+            "CPU s/step: CPU seconds of the training process (all its threads) per step; with one torch thread "
+            "this is the work per step, which other processes on a shared machine hardly change, while the wall "
+            "time grows with their load. "
             "Peak RSS includes loading the model. Configurations run one after another on a shared machine: "
             "read the ratios, not the absolute times.\n\n"
             f"{per_config}\n\nRatios:\n\n{ratios}\n"
