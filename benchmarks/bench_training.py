@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -118,8 +119,8 @@ def run_forked(fn: Callable[..., dict[str, Any] | None], *args: Any) -> tuple[di
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    _, status, usage = os.wait4(pid, 0)
     try:
+        _, status, usage = os.wait4(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
             raise RuntimeError(
@@ -394,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     preload()
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below when terminated
     tmp = Path(tempfile.mkdtemp(prefix="bench-training-"))
     results: list[Result] = []
     try:
