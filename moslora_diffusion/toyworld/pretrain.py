@@ -93,8 +93,9 @@ def _set_lr(opt, lr: float) -> None:
         g["lr"] = lr
 
 
-def train_vae(cfg: PretrainConfig, log: list[dict[str, Any]]):
-    """Stage 2: AutoencoderKL on freshly rendered training-combination images (MSE + tiny KL)."""
+def train_vae(cfg: PretrainConfig, log: list[dict[str, Any]], vae=None):
+    """Stage 2: AutoencoderKL on freshly rendered training-combination images (MSE + L1 + tiny KL); continues
+    training ``vae`` when given."""
     import torch
     from tqdm.auto import tqdm
 
@@ -103,7 +104,7 @@ def train_vae(cfg: PretrainConfig, log: list[dict[str, Any]]):
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1)
     combos = train_combos()
-    vae = build_vae()
+    vae = build_vae() if vae is None else vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = BudgetSchedule(cfg.vae_minutes, cfg.vae_max_steps, warmup=50)
     bar = tqdm(total=cfg.vae_max_steps, desc="vae", dynamic_ncols=True)
@@ -114,7 +115,7 @@ def train_vae(cfg: PretrainConfig, log: list[dict[str, Any]]):
         rec = vae.decode(dist.sample()).sample
         mse = torch.nn.functional.mse_loss(rec, x)
         kl = dist.kl().mean() / (4 * 8 * 8)
-        loss = mse + 1e-5 * kl
+        loss = mse + (rec - x).abs().mean() + 1e-5 * kl
         _set_lr(opt, cfg.vae_lr * sched.factor(step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -259,6 +260,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+        if cfg.vae_minutes > 0:  # continue training it
+            vae = train_vae(cfg, log, vae)
+            vae.save_pretrained(vae_dir)
     else:
         vae = train_vae(cfg, log)
         vae.save_pretrained(vae_dir)
