@@ -24,7 +24,7 @@ def main() -> None:
         if f.type in ("bool", bool):
             p.add_argument(flag, action="store_true", help=f"default {f.default}")
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), float)
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
             p.add_argument(flag, type=kind, default=f.default, help=f"default {f.default}")
     args = vars(p.parse_args())
     cfg = PretrainConfig(**args)

@@ -34,12 +34,12 @@ class PretrainConfig:
     output_dir: Path
     seed: int = 0
     threads: int = 2
-    vae_minutes: float = 6.0
+    vae_minutes: float = 10.0
     vae_max_steps: int = 3000
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     num_cached: int = 40000
-    unet_minutes: float = 45.0
+    unet_minutes: float = 40.0
     unet_max_steps: int = 20000
     batch_size: int = 64
     lr: float = 1e-3
@@ -48,7 +48,11 @@ class PretrainConfig:
     min_snr_gamma: float = 5.0
     checkpoint_minutes: float = 5.0
     eval_per_combo: int = 4
+    decoder_minutes: float = 8.0
+    decoder_max_steps: int = 3000
+    decoder_lr: float = 5e-4
     reuse_vae: bool = False
+    resume_from: str = ""
 
 
 class BudgetSchedule:
@@ -131,8 +135,66 @@ def train_vae(cfg: PretrainConfig, log: list[dict[str, Any]], vae=None):
     return vae
 
 
-def encode_cache(vae, cfg: PretrainConfig) -> tuple[Any, list[Scene], float]:
-    """Stage 3: render ``num_cached`` training scenes and encode them (latent means), scaled to unit std."""
+def finetune_decoder(vae, cfg: PretrainConfig, log: list[dict[str, Any]], latent_noise: float = 0.1):
+    """Stage 5: train only the VAE decoder (encoder frozen, so the latent space the UNet learned stays put)
+    to map encoder means, plus a little Gaussian noise (``latent_noise`` in unit-std latent units), back
+    to the crisp rendered image. Sharpens the decoder and makes it forgiving of imperfect UNet samples."""
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed + 5)
+    rng = np.random.default_rng(cfg.seed + 5)
+    combos = train_combos()
+    vae.requires_grad_(False)
+    dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in dec:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    opt = torch.optim.AdamW(dec, lr=cfg.decoder_lr, weight_decay=0.0)
+    sched = BudgetSchedule(cfg.decoder_minutes, cfg.decoder_max_steps, warmup=20)
+    scale = vae.config.scaling_factor
+    bar = tqdm(total=cfg.decoder_max_steps, desc="decoder", dynamic_ncols=True)
+    step = 0
+    while not sched.done(step):
+        x = _images_to_tensor(render_batch([random_scene(rng, combos) for _ in range(cfg.vae_batch_size)]))
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+            z = z + torch.randn_like(z) * (latent_noise / scale)
+        rec = vae.decode(z).sample
+        mse = torch.nn.functional.mse_loss(rec, x)
+        loss = mse + (rec - x).abs().mean()
+        _set_lr(opt, cfg.decoder_lr * sched.factor(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        sched.update(step)
+        log.append({"stage": "decoder", "step": step, "loss": mse.item()})
+        bar.total = sched.total
+        bar.update(1)
+        bar.set_postfix(mse=f"{mse.item():.4f}")
+    bar.close()
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+def reconstruction_accuracy(vae, n: int = 256, seed: int = 12345) -> float:
+    """Fraction of VAE round trips (encoder mean -> decoder) of rendered scenes the reader reads right."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    scenes = [random_scene(rng) for _ in range(n)]
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(_images_to_tensor(render_batch(scenes))).latent_dist.mean).sample
+    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return float(
+        np.mean([read_attributes(r).matches(s.shape, s.color, s.background) for r, s in zip(rec, scenes)])
+    )
+
+
+def encode_cache(vae, cfg: PretrainConfig, scaling: float | None = None) -> tuple[Any, list[Scene], float]:
+    """Stage 3: render ``num_cached`` training scenes and encode them (latent means), scaled to unit std
+    (or by ``scaling`` when given)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -145,7 +207,7 @@ def encode_cache(vae, cfg: PretrainConfig) -> tuple[Any, list[Scene], float]:
             x = _images_to_tensor(render_batch(scenes[i : i + 256]))
             chunks.append(vae.encode(x).latent_dist.mean)
     latents = torch.cat(chunks)
-    scaling = float(1.0 / latents.std())
+    scaling = float(1.0 / latents.std()) if scaling is None else float(scaling)
     with torch.no_grad():  # how well the reader reads VAE reconstructions (a ceiling for the whole model)
         rec = vae.decode(latents[:256]).sample
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
@@ -253,23 +315,36 @@ def pretrain(cfg: PretrainConfig) -> Path:
     log: list[dict[str, Any]] = []
     t0 = time.monotonic()
 
-    tokenizer = load_tokenizer(write_tokenizer_files(out / "tokenizer_src"))
+    if cfg.resume_from:
+        # Continue from a saved pipeline: its tokenizer, VAE (and scaling factor), text encoder and UNet.
+        from diffusers import StableDiffusionPipeline
 
-    vae_dir = out / "vae"
-    if cfg.reuse_vae and (vae_dir / "config.json").exists():
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
-        if cfg.vae_minutes > 0:  # continue training it
-            vae = train_vae(cfg, log, vae)
-            vae.save_pretrained(vae_dir)
+        src = StableDiffusionPipeline.from_pretrained(cfg.resume_from, torch_dtype=torch.float32)
+        tokenizer = src.tokenizer
+        final_vae = src.vae.eval().requires_grad_(False)
+        latents, scenes, scaling = encode_cache(final_vae, cfg, scaling=final_vae.config.scaling_factor)
+        text_encoder, unet = src.text_encoder, src.unet
+        del src
     else:
-        vae = train_vae(cfg, log)
-        vae.save_pretrained(vae_dir)
-    latents, scenes, scaling = encode_cache(vae, cfg)
-    final_vae = build_vae(scaling_factor=scaling)
-    final_vae.load_state_dict(vae.state_dict())
-    final_vae.eval().requires_grad_(False)
+        tokenizer = load_tokenizer(write_tokenizer_files(out / "tokenizer_src"))
+        vae_dir = out / "vae"
+        if cfg.reuse_vae and (vae_dir / "config.json").exists():
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+            if cfg.vae_minutes > 0:  # continue training it
+                vae = train_vae(cfg, log, vae)
+                vae.save_pretrained(vae_dir)
+        else:
+            vae = train_vae(cfg, log)
+            vae.save_pretrained(vae_dir)
+        latents, scenes, scaling = encode_cache(vae, cfg)
+        final_vae = build_vae(scaling_factor=scaling)
+        final_vae.load_state_dict(vae.state_dict())
+        final_vae.eval().requires_grad_(False)
+        torch.manual_seed(cfg.seed)
+        text_encoder = build_text_encoder(tokenizer)
+        unet = build_unet()
     log.append(
         {
             "stage": "cache",
@@ -279,10 +354,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
         }
     )
 
-    torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed + 3)
-    text_encoder = build_text_encoder(tokenizer).train()
-    unet = build_unet().train()
+    text_encoder.train().requires_grad_(True)
+    unet.train().requires_grad_(True)
     noise_sched = build_train_scheduler()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
@@ -292,6 +366,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     last_ckpt = time.monotonic()
 
     def checkpoint(step: int) -> None:
+        unet.save_pretrained(out / "raw" / "unet")  # the non-EMA weights, for inspection or resuming
+        text_encoder.save_pretrained(out / "raw" / "text_encoder")
         pipe = save_pipeline(pipe_dir, final_vae, ema_text.model, tokenizer, ema_unet.model)
         if cfg.eval_per_combo > 0:
             pipe.set_progress_bar_config(disable=True)
@@ -341,6 +417,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
             checkpoint(step)
             last_ckpt = time.monotonic()
     bar.close()
+    if cfg.decoder_minutes > 0:
+        final_vae = finetune_decoder(final_vae, cfg, log)
+        tqdm.write(
+            f"VAE round trips read correctly after decoder fine-tuning: {reconstruction_accuracy(final_vae):.3f}"
+        )
     checkpoint(step)
     log.append({"stage": "done", "minutes": (time.monotonic() - t0) / 60, "unet_steps": step})
     (out / "train_log.json").write_text(json.dumps({"config": _cfg_json(cfg), "log": log}))
