@@ -64,7 +64,22 @@ OPENCLIP_BIGG_TEXT: dict[str, Any] = dict(  # SDXL text_encoder_2 (with projecti
     projection_dim=1280,
 )
 
+SD_VAE: dict[str, Any] = dict(  # the KL-f8 VAE of SD 1.x / 2.x (83.7M parameters)
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
+)
+SDXL_VAE: dict[str, Any] = dict(SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+
 UNET_CONFIGS = {"sd1": SD15_UNET, "sd2": SD21_UNET, "sdxl": SDXL_UNET}
+VAE_CONFIGS = {"sd1": SD_VAE, "sd2": dict(SD_VAE, sample_size=768), "sdxl": SDXL_VAE}
 
 
 def build_unet(arch: str, device: str = "cpu"):
@@ -74,6 +89,15 @@ def build_unet(arch: str, device: str = "cpu"):
 
     with torch.device(device):
         return UNet2DConditionModel(**UNET_CONFIGS[arch])
+
+
+def build_vae(arch: str, device: str = "cpu"):
+    """An `AutoencoderKL` of the architecture's VAE layout with random weights."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    with torch.device(device):
+        return AutoencoderKL(**VAE_CONFIGS[arch])
 
 
 def build_text_encoder(config: dict[str, Any], with_projection: bool = False, device: str = "cpu"):
