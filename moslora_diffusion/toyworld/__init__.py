@@ -17,7 +17,6 @@ _ASSETS = Path(__file__).resolve().parent / "assets"
 
 _LAZY = {
     "Scene": "render",
-    "render": "render",
     "random_scene": "render",
     "caption": "render",
     "COLORS": "render",

@@ -31,14 +31,17 @@ from .tokenizer import build_vocab_and_merges
 
 @dataclasses.dataclass
 class PretrainConfig:
+    """Every knob of :func:`pretrain`; the script exposes each as ``--flag-name``. Minutes are wall-clock
+    budgets per stage (the step caps bound the work on a fast machine)."""
+
     output_dir: Path
     seed: int = 0
     threads: int = 2
     vae_minutes: float = 10.0
     vae_max_steps: int = 3000
-    vae_batch_size: int = 32
-    vae_lr: float = 1e-3
-    num_cached: int = 40000
+    vae_batch_size: int = 16
+    vae_lr: float = 2e-3
+    num_cached: int = 20000
     unet_minutes: float = 40.0
     unet_max_steps: int = 20000
     batch_size: int = 64

@@ -36,6 +36,7 @@ def probe(
     seeds_per_prompt: int = 8,
     model: str | None = None,
     seed: int = 0,
+    per_image_captions: bool = False,
 ) -> dict[str, Any]:
     import torch
     from diffusers import DDPMScheduler
@@ -105,6 +106,7 @@ def probe(
         "rank": rank,
         "steps": steps,
         "lr": lr,
+        "per_image_captions": per_image_captions,
         "trainable_params": n_params,
         "train_seconds": round(train_s, 1),
         "subject_detected": float(np.mean(det)),
@@ -122,9 +124,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--model", default=None)
+    p.add_argument(
+        "--per-image-captions", action="store_true", help="train on subject.json's per-image captions"
+    )
     p.add_argument("--grid", default=None, help="write the drawn subject images as a PNG grid here")
     args = p.parse_args(argv)
-    res = probe(args.targets.split(","), args.rank, args.steps, args.lr, model=args.model)
+    res = probe(
+        args.targets.split(","),
+        args.rank,
+        args.steps,
+        args.lr,
+        model=args.model,
+        per_image_captions=args.per_image_captions,
+    )
     images = res.pop("images")
     if args.grid:
         from .evaluate import make_grid
