@@ -121,6 +121,18 @@ def subject_images(
     return out
 
 
+TRAIN_DEFAULTS: dict[str, Any] = {
+    # From the learnability probe (docs/toyworld.md): attention alone barely learns the two-colour design in
+    # a model this small; attention + feed-forward + projections + ResNet convs at rank 8 does.
+    "unet_targets": "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,proj_in,proj_out,conv1,conv2",
+    "rank": 8,
+    "learning_rate": 1e-3,
+    "train_batch_size": 6,
+    "max_train_steps": 600,
+    "resolution": 32,
+}
+
+
 def write_subject_assets(directory: str | os.PathLike) -> Path:
     """Write the instance PNGs and subject.json into ``directory`` (what ships in assets/subject/)."""
     directory = Path(directory)
@@ -140,7 +152,13 @@ def write_subject_assets(directory: str | os.PathLike) -> Path:
         "validation_prompts": [
             f"{INSTANCE_PROMPT} on a {bg} background" for bg in ("blue", "green", "white", "purple")
         ],
+        # Flags the training script takes for this subject when they are left at their defaults.
+        "train_defaults": TRAIN_DEFAULTS,
     }
+    # Per-image captions in the form the training script reads.
+    with open(directory / "metadata.jsonl", "w", encoding="utf-8") as fh:
+        for item in files:
+            fh.write(json.dumps({"file_name": item["file"], "text": item["caption"]}) + "\n")
     tmp = directory / "subject.json.tmp"
     tmp.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp, directory / "subject.json")
