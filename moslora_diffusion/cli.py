@@ -147,7 +147,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------- eval-toyworld
 def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rank", type=int, default=4, help="rank of MoSLoRA and LoRA (LoRA also at 2x rank)")
+    parser.add_argument("--rank", type=int, default=8, help="rank of MoSLoRA and LoRA (LoRA also at 2x rank)")
     parser.add_argument("--seeds", type=int, default=5, help="training seeds per method")
     parser.add_argument(
         "--max_train_steps", type=int, default=None, help="default: the subject's own setting"

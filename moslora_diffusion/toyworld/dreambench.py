@@ -43,7 +43,7 @@ SUBJECT_BACKGROUNDS = tuple(c for c in COLORS if c not in (SUBJECT_TOP, SUBJECT_
 class BenchConfig:
     """What `eval-toyworld` runs. `quick` shrinks everything for tests."""
 
-    rank: int = 4
+    rank: int = 8  # the subject's own training default
     seeds: int = 5
     max_train_steps: int | None = None  # None: the subject's own training defaults
     images_per_prompt: int = 4
