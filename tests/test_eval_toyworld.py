@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from moslora_diffusion.toyworld.render import Scene, render
-from moslora_diffusion.toyworld.subject import render_subject
 
 from moslora_diffusion.toyworld import dreambench
+from moslora_diffusion.toyworld.render import Scene, render
+from moslora_diffusion.toyworld.subject import render_subject
 
 
 def _truth_images(prompt_sets, subject_everywhere=False):
