@@ -32,18 +32,24 @@ class Subcommand:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    passthrough: bool = False  # unknown arguments go to `args.extra` (for commands wrapping other parsers)
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {}
 
 
-def subcommand(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
-    """Register the decorated ``run(args) -> exit code`` function as subcommand ``name``."""
+def subcommand(
+    name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None], passthrough: bool = False
+):
+    """Register the decorated ``run(args) -> exit code`` function as subcommand ``name``.
+
+    With ``passthrough``, arguments the subcommand does not declare are left in ``args.extra``.
+    """
 
     def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
         if name in SUBCOMMANDS:
             raise ValueError(f"subcommand {name!r} is registered twice")
-        SUBCOMMANDS[name] = Subcommand(name, help, add_arguments, run)
+        SUBCOMMANDS[name] = Subcommand(name, help, add_arguments, run, passthrough)
         return run
 
     return register
@@ -121,10 +127,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------- quickstart
 def _quickstart_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "train_args",
-        nargs=argparse.REMAINDER,
-        help="optional train_dreambooth_moslora.py flags (default: the bundled toy world, outputs/quickstart)",
+    parser.epilog = (
+        "Other arguments are train_dreambooth_moslora.py flags (default: the toy world, outputs/quickstart)."
     )
 
 
@@ -132,17 +136,18 @@ def _quickstart_args(parser: argparse.ArgumentParser) -> None:
     "quickstart",
     "train the bundled example subject on the bundled base model and write a with/without-adapter grid",
     _quickstart_args,
+    passthrough=True,
 )
 def run_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart as _run
 
-    _run(args.train_args)
+    _run(args.extra)
     return 0
 
 
 # -------------------------------------------------------------------------------------- eval-toyworld
 def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rank", type=int, default=4, help="rank of MoSLoRA and LoRA (LoRA also at 2x rank)")
+    parser.add_argument("--rank", type=int, default=8, help="rank of MoSLoRA and LoRA (LoRA also at 2x rank)")
     parser.add_argument("--seeds", type=int, default=5, help="training seeds per method")
     parser.add_argument(
         "--max_train_steps", type=int, default=None, help="default: the subject's own setting"
@@ -168,14 +173,14 @@ def run_eval_toyworld(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ app
 def _app_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("app_args", nargs=argparse.REMAINDER, help="web UI flags (see `app/app.py --help`)")
+    parser.epilog = "All arguments are web UI flags: see `python app/app.py --help`."
 
 
-@subcommand("app", "start the Gradio web UI (generate, compare, train)", _app_args)
+@subcommand("app", "start the Gradio web UI (generate, compare, train)", _app_args, passthrough=True)
 def run_app(args: argparse.Namespace) -> int:
     from .webui import main as webui_main
 
-    return int(webui_main(args.app_args) or 0)
+    return int(webui_main(args.extra) or 0)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -192,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not SUBCOMMANDS[args.command].passthrough:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         return int(args._run(args) or 0)
     except (MoSLoraError, OSError, ValueError) as exc:

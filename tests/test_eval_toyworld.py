@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from moslora_diffusion.toyworld.render import Scene, render
-from moslora_diffusion.toyworld.subject import render_subject
 
 from moslora_diffusion.toyworld import dreambench
+from moslora_diffusion.toyworld.render import Scene, render
+from moslora_diffusion.toyworld.subject import render_subject
 
 
 def _truth_images(prompt_sets, subject_everywhere=False):
@@ -67,9 +67,9 @@ def test_quick_run_end_to_end(tmp_path):
     assert main(["eval-toyworld", "--quick", "--output_dir", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())
     assert len(result["runs"]) == 3 * 2
-    assert {r["method"] for r in result["runs"]} == {"MoSLoRA r=4", "LoRA r=4", "LoRA r=8"}
+    assert {r["method"] for r in result["runs"]} == {"MoSLoRA r=8", "LoRA r=8", "LoRA r=16"}
     for run in result["runs"]:
         assert all(0.0 <= run[m] <= 1.0 for m in dreambench.METRICS)
     assert (out / "eval_toyworld.png").is_file()
-    assert (out / "moslora_r4_s0" / "moslora_weights.safetensors").is_file()
-    assert (out / "lora_r8_s1" / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "moslora_r8_s0" / "moslora_weights.safetensors").is_file()
+    assert (out / "lora_r16_s1" / "pytorch_lora_weights.safetensors").is_file()

@@ -43,7 +43,7 @@ SUBJECT_BACKGROUNDS = tuple(c for c in COLORS if c not in (SUBJECT_TOP, SUBJECT_
 class BenchConfig:
     """What `eval-toyworld` runs. `quick` shrinks everything for tests."""
 
-    rank: int = 4
+    rank: int = 8  # the subject's own training default
     seeds: int = 5
     max_train_steps: int | None = None  # None: the subject's own training defaults
     images_per_prompt: int = 4
@@ -138,14 +138,12 @@ def train_adapter(adapter: str, rank: int, seed: int, output_dir: Path, cfg: Ben
     from ..training import parse_args, run_training
 
     args = ["--adapter", adapter, "--rank", str(rank), "--seed", str(seed), "--output_dir", str(output_dir)]
-    args += ["--checkpointing_steps", "0", "--validation_steps", "0"]
+    args += ["--checkpointing_steps", "0", "--validation_prompt", ""]  # "" = no validation images
     if cfg.max_train_steps is not None:
         args += ["--max_train_steps", str(cfg.max_train_steps)]
     for key, value in cfg.extra_train_args.items():
         args += [f"--{key}"] + ([] if value is True else [str(value)])
-    train_cfg = parse_args(args)
-    train_cfg.validation_prompt = None
-    result = run_training(train_cfg)
+    result = run_training(parse_args(args))
     if result.weights_path is None:
         raise RuntimeError(f"training {adapter} r={rank} seed={seed} produced no weights")
     return Path(result.weights_path)
