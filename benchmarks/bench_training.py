@@ -472,6 +472,9 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     if not args.no_docs:
+        import torch
+
+        torch.set_num_threads(threads)  # so that the machine line names the threads the runs used
         what = (
             "tiny pipelines (moslora_diffusion.tiny)" if args.tiny else "real architectures, random weights"
         )
