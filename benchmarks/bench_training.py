@@ -22,8 +22,8 @@ trained. The three modes, all with square instance images:
 Timing: the first step is never timed (no event marks its start); then `--warmup` steps are dropped and
 the median of `--steps` step intervals is reported, in wall-clock seconds and in CPU seconds of the
 training process. On a shared CPU read the CPU seconds: with one torch thread (the CPU default) they
-measure the work per step, while the wall time follows everyone else's load. Peak memory: the child's peak RSS (`os.wait4`), and on
-CUDA also `torch.cuda.max_memory_allocated`. The children are forked from this process after it has only
+measure the work per step, while the wall time follows everyone else's load. Peak memory: the child's
+peak RSS (`os.wait4`), and on CUDA also `torch.cuda.max_memory_allocated`. The children are forked from this process after it has only
 imported the libraries (no model, no tensor op, no CUDA call), so each starts with the same baseline as a
 fresh interpreter that imported them, without paying the import time again.
 """
