@@ -272,6 +272,19 @@ def _default_settings(pipe: Any, base_model: str) -> dict[str, Any]:
     return settings
 
 
+def _step_counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[], None]:
+    """A callback for each denoising step that reports (steps done, total) to ``progress``."""
+    done = 0
+
+    def on_step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return on_step
+
+
 class Engine:
     """A loaded base pipeline plus the adapters folder, serving one generation at a time."""
 
@@ -447,14 +460,7 @@ class Engine:
         for name, _ in req.adapters:
             self.adapter_path(name)  # refuse bad names before waiting for the lock
         seed = random.randint(0, MAX_SEED - req.num_images) if req.seed == -1 else req.seed
-        total = req.steps * req.num_images
-        done = 0
-
-        def on_step():
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
+        on_step = _step_counter(req.steps * req.num_images, progress)
 
         self._acquire()
         try:
@@ -478,14 +484,7 @@ class Engine:
     ) -> list[Any]:
         """Render one image per (adapters, seed) job under one lock hold (used by the comparison grid)."""
         req = validate_request(replace(req, num_images=1), self.limits)
-        total = req.steps * len(jobs)
-        done = 0
-
-        def on_step():
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
+        on_step = _step_counter(req.steps * len(jobs), progress)
 
         self._acquire()
         try:
