@@ -95,6 +95,21 @@ def _images_to_tensor(arr: np.ndarray):
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def _reconstruction_step(opt, loss, mse, base_lr: float, sched, step: int, log: list, stage: str, bar) -> int:
+    """One optimizer step of a VAE stage with budgeted learning rate, logging and progress; returns the new step."""
+    _set_lr(opt, base_lr * sched.factor(step))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    step += 1
+    sched.update(step)
+    log.append({"stage": stage, "step": step, "loss": mse.item()})
+    bar.total = sched.total
+    bar.update(1)
+    bar.set_postfix(mse=f"{mse.item():.4f}")
+    return step
+
+
 def _set_lr(opt, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr
@@ -123,16 +138,7 @@ def train_vae(cfg: PretrainConfig, log: list[dict[str, Any]], vae=None):
         mse = torch.nn.functional.mse_loss(rec, x)
         kl = dist.kl().mean() / (4 * 8 * 8)
         loss = mse + (rec - x).abs().mean() + 1e-5 * kl
-        _set_lr(opt, cfg.vae_lr * sched.factor(step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        sched.update(step)
-        log.append({"stage": "vae", "step": step, "loss": mse.item()})
-        bar.total = sched.total
-        bar.update(1)
-        bar.set_postfix(mse=f"{mse.item():.4f}")
+        step = _reconstruction_step(opt, loss, mse, cfg.vae_lr, sched, step, log, "vae", bar)
     bar.close()
     vae.eval().requires_grad_(False)
     return vae
@@ -166,16 +172,7 @@ def finetune_decoder(vae, cfg: PretrainConfig, log: list[dict[str, Any]], latent
         rec = vae.decode(z).sample
         mse = torch.nn.functional.mse_loss(rec, x)
         loss = mse + (rec - x).abs().mean()
-        _set_lr(opt, cfg.decoder_lr * sched.factor(step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        sched.update(step)
-        log.append({"stage": "decoder", "step": step, "loss": mse.item()})
-        bar.total = sched.total
-        bar.update(1)
-        bar.set_postfix(mse=f"{mse.item():.4f}")
+        step = _reconstruction_step(opt, loss, mse, cfg.decoder_lr, sched, step, log, "decoder", bar)
     bar.close()
     vae.eval().requires_grad_(False)
     return vae
