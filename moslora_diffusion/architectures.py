@@ -1,12 +1,90 @@
-"""Configs of the real Stable Diffusion architectures, for building models with random weights.
+"""Stable Diffusion architectures: the one rule that tells sd1 / sd2 / sdxl apart, and the real configs.
 
-Used by benchmarks and by tests that check target presets on the real layer layout (on the meta device
-nothing is allocated). Values follow the published model_index/config files of SD 1.5, SD 2.1 and SDXL base.
+Detection (:func:`detect`, :func:`detect_pipeline`, :func:`from_adapter_modules`, :func:`normalize`) is the
+only place in the toolkit that decides which family a model or an adapter belongs to; training, the file
+formats, the exports and the web UI all call it. The configs build the real SD 1.5, SD 2.1 and SDXL
+layouts with random weights (benchmarks, and tests on the meta device, where nothing is allocated).
+Values follow the published model_index/config files of SD 1.5, SD 2.1 and SDXL base.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from .constants import ARCHITECTURES
+
+# Width of the text conditioning (the UNet's cross_attention_dim) of each family's real models.
+TEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def from_text_width(width: Any) -> str | None:
+    """The family whose real models condition on text of this width (768, 1024, 2048), else None."""
+    return TEXT_WIDTHS.get(width) if isinstance(width, int) else None
+
+
+def detect(unet_config: Mapping[str, Any] | None = None, model_index: Mapping[str, Any] | None = None) -> str:
+    """``sdxl``, ``sd2`` or ``sd1`` for a base model, from its UNet config and/or its model_index.json.
+
+    The rule, in order: SDXL when the pipeline has a second text encoder, its class name says XL or the
+    UNet takes SDXL's size/text "time ids" (``addition_embed_type == "text_time"``); otherwise the width of
+    the text conditioning decides (768 SD 1.x, 1024 SD 2.x, 2048 SDXL); a UNet of another width (a tiny
+    or custom model) is ``sd2`` when it uses linear projections in its transformers, like SD 2.x, else ``sd1``.
+    """
+    index = model_index or {}
+    unet = unet_config or {}
+    second = index.get("text_encoder_2")
+    if (isinstance(second, (list, tuple)) and second and second[0] is not None) or "XL" in str(
+        index.get("_class_name", "")
+    ):
+        return "sdxl"
+    if unet.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    by_width = from_text_width(unet.get("cross_attention_dim"))
+    if by_width is not None:
+        return by_width
+    return "sd2" if unet.get("use_linear_projection") else "sd1"
+
+
+def detect_pipeline(pipe: Any) -> str:
+    """:func:`detect` for a loaded diffusers pipeline (or anything with ``unet`` and optional ``text_encoder_2``)."""
+    unet = getattr(pipe, "unet", None)
+    unet = getattr(unet, "module", unet)  # DDP-wrapped during training
+    index = {"_class_name": type(pipe).__name__}
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        index["text_encoder_2"] = ["transformers", type(pipe.text_encoder_2).__name__]
+    return detect(dict(getattr(unet, "config", None) or {}), index)
+
+
+def from_adapter_modules(components: Iterable[str], cross_attention_widths: Iterable[int]) -> str | None:
+    """Best guess for an adapter file without architecture metadata, or None when it cannot tell.
+
+    ``cross_attention_widths``: input widths of the adapted ``attn2.to_k`` / ``attn2.to_v`` layers.
+    """
+    if "text_encoder_2" in set(components):
+        return "sdxl"
+    widths = set(cross_attention_widths)
+    if len(widths) == 1:
+        return from_text_width(next(iter(widths)))
+    return None
+
+
+def normalize(value: Any) -> str | None:
+    """Map an architecture spelling (ours, kohya's ``ss_base_model_version``, modelspec's) to sd1/sd2/sdxl."""
+    if not value:
+        return None
+    text = str(value).lower()
+    if text in ARCHITECTURES:
+        return text
+    if "xl" in text:
+        return "sdxl"
+    if re.search(r"(sd_?v?2|v2|stable-diffusion-v2)", text):
+        return "sd2"
+    if re.search(r"(sd_?v?1|v1|stable-diffusion-v1)", text):
+        return "sd1"
+    return None
+
 
 SD15_UNET: dict[str, Any] = dict(
     sample_size=64,

@@ -6,8 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from peft import LoraConfig
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-MIXER_INITS = ("kaiming", "orthogonal")
+from .constants import MIXER_INITS
+
+# The `peft_type` written into adapter_config.json by `save_pretrained`. PEFT picks the config class by
+# this value, so `PeftModel.from_pretrained` rebuilds a MoSLoraConfig (mixer and all) once this package is
+# imported, and fails with a KeyError that names the fix when it is not -- never a silent plain LoRA.
+SAVED_PEFT_TYPE = "MOSLORA (import moslora_diffusion to load this adapter)"
 
 # LoRA variants that change the update rule; MoSLoRA does not combine with them.
 _INCOMPATIBLE_FLAGS = (
@@ -25,15 +31,16 @@ class MoSLoraConfig(LoraConfig):
     """LoRA config for MoSLoRA: delta W = s * B @ M @ A with a trainable mixer M (r x r).
 
     Accepted wherever PEFT's `LoraConfig` is (`model.add_adapter`, `peft.inject_adapter_in_model`,
-    `peft.get_peft_model`). A and B are initialised as in LoRA (B = 0), the mixer by `mixer_init`:
-    "kaiming" (Kaiming-uniform, a = sqrt(5), the MoSLoRA default) or "orthogonal".
-    Linear and Conv2d layers are supported (for Conv2d, A carries the kernel; M and B act 1x1).
+    `peft.get_peft_model`, `PeftModel.save_pretrained` / `from_pretrained`). A and B are initialised as in
+    LoRA (B = 0), the mixer by `mixer_init`: "kaiming" (Kaiming-uniform, a = sqrt(5), the MoSLoRA default)
+    or "orthogonal". Linear and Conv2d layers are supported (for Conv2d, A carries the kernel; M and B act 1x1).
     """
 
     mixer_init: Literal["kaiming", "orthogonal"] = field(
         default="kaiming", metadata={"help": "Initialisation of the r x r mixer: 'kaiming' or 'orthogonal'."}
     )
-    # Declared as a LoRA variant flag so that a plain PEFT LoRA layer that meets this config fails loudly
+    # A LoRA variant flag, declared the way PEFT declares its own (DoRA, ...): the layers' `lora_variants`
+    # table maps it to the MoSLoRA variant, and a plain PEFT LoRA layer that meets it fails loudly
     # ("unsupported variant") instead of silently training without a mixer.
     use_moslora: bool = field(default=True, metadata={"is_lora_variant": True, "help": "Always True."})
 
@@ -50,42 +57,17 @@ class MoSLoraConfig(LoraConfig):
             raise ValueError(
                 f"MoSLoRA supports init_lora_weights True, False or 'gaussian', got {self.init_lora_weights!r}"
             )
-        # Imported here: layer.py imports this module.
         from torch import nn
 
         from .layer import MoSLoraConv2d, MoSLoraLinear
 
         self._register_custom_module({nn.Linear: MoSLoraLinear, nn.Conv2d: MoSLoraConv2d})
 
-    def component_dict(self) -> dict[str, Any]:
-        """The per-component entry of the native file's `moslora_config` metadata."""
-        targets = self.target_modules
-        if isinstance(targets, (set, frozenset, tuple)):
-            targets = sorted(targets)
-        out: dict[str, Any] = {
-            "r": int(self.r),
-            "lora_alpha": self.lora_alpha,
-            "use_rslora": bool(self.use_rslora),
-            "mixer_init": self.mixer_init,
-            "target_modules": targets,
-        }
-        if self.rank_pattern:
-            out["rank_pattern"] = dict(self.rank_pattern)
-        if self.alpha_pattern:
-            out["alpha_pattern"] = dict(self.alpha_pattern)
-        return out
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form PEFT saves; its `peft_type` routes `from_pretrained` back to this class."""
+        data = super().to_dict()
+        data["peft_type"] = SAVED_PEFT_TYPE
+        return data
 
-    @classmethod
-    def from_component_dict(cls, entry: dict[str, Any], **overrides: Any) -> MoSLoraConfig:
-        """Build a config from a native file's per-component metadata entry."""
-        kwargs: dict[str, Any] = {
-            "r": entry["r"],
-            "lora_alpha": entry["lora_alpha"],
-            "use_rslora": entry.get("use_rslora", False),
-            "mixer_init": entry.get("mixer_init", "kaiming"),
-            "target_modules": entry["target_modules"],
-            "rank_pattern": entry.get("rank_pattern") or {},
-            "alpha_pattern": entry.get("alpha_pattern") or {},
-        }
-        kwargs.update(overrides)
-        return cls(**kwargs)
+
+PEFT_TYPE_TO_CONFIG_MAPPING.setdefault(SAVED_PEFT_TYPE, MoSLoraConfig)

@@ -1,15 +1,62 @@
-"""Exceptions raised by moslora-diffusion for bad files and mismatched adapters."""
+"""The one error hierarchy of moslora-diffusion.
+
+Every failure the toolkit detects on purpose is a :class:`MoSLoraError`, itself a ``ValueError``; the CLI,
+the training script and the web UI catch this one class and show its message without a traceback.
+"""
 
 from __future__ import annotations
 
+__all__ = [
+    "MoSLoraError",
+    "MoSLoraFormatError",
+    "AdapterMismatchError",
+    "AdapterNameError",
+    "TrainConfigError",
+    "NonFiniteLossError",
+    "BusyError",
+    "RequestError",
+]
 
-class MoSLoraError(Exception):
+
+class MoSLoraError(ValueError):
     """Base class of all moslora-diffusion errors."""
 
 
-class MoSLoraFormatError(MoSLoraError, ValueError):
+class MoSLoraFormatError(MoSLoraError):
     """A file or state dict is not a valid adapter file (missing, pickled, corrupt, untagged, inconsistent)."""
 
 
-class AdapterMismatchError(MoSLoraError, ValueError):
+class AdapterMismatchError(MoSLoraError):
     """A valid adapter does not fit the model it is loaded into (unknown module, wrong shape, name in use)."""
+
+
+class AdapterNameError(MoSLoraError):
+    """An adapter name that is not a plain file name inside the adapters folder (or no such file)."""
+
+
+class TrainConfigError(MoSLoraError):
+    """A bad training setting or input file, found before any model is loaded."""
+
+
+class RequestError(MoSLoraError):
+    """A generation or training request with a bad value (empty prompt, size out of range, ...)."""
+
+
+class BusyError(MoSLoraError):
+    """The generator or the trainer is busy with another request."""
+
+
+class NonFiniteLossError(MoSLoraError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+    def __init__(self, step: int, loss: float, last_checkpoint: str | None) -> None:
+        kept = (
+            f"; last good checkpoint: {last_checkpoint}" if last_checkpoint else "; no checkpoint was written"
+        )
+        super().__init__(
+            f"loss is {loss} at step {step}: stopped training{kept}. "
+            "Try a lower --learning_rate, --mixed_precision bf16 instead of fp16, or --max_grad_norm."
+        )
+        self.step = step
+        self.loss = loss
+        self.last_checkpoint = last_checkpoint

@@ -11,27 +11,30 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import architectures
+from .constants import DIFFUSERS_WEIGHTS_NAME, MOSLORA_WEIGHTS_NAME
 from .errors import AdapterMismatchError, MoSLoraFormatError
 from .formats.export import folded_modules
-from .formats.naming import path_variants
-from .formats.native import FORMAT_TAG, FORMAT_VERSION, MoSLoraFile, is_moslora_metadata, load_moslora_file
-from .formats.safetensors_io import check_not_pickle, read_header
+from .formats.inspect import AdapterHeader, ModuleShape, header_of_state_dict, read_adapter_header
+from .formats.naming import kohya_module_name, path_variants
+from .formats.native import FORMAT_TAG, FORMAT_VERSION, MoSLoraFile, load_moslora_file
+from .formats.safetensors_io import check_not_pickle
 
 __all__ = [
     "install_pipeline_methods",
     "load_moslora_weights",
     "fold_for_pipeline",
+    "check_fit",
     "check_adapter_fits",
+    "check_file_fits",
 ]
-
-_PLAIN_LORA_NAMES = ("pytorch_lora_weights.safetensors",)
 
 
 def _base_layer(module: nn.Module) -> nn.Module:
@@ -48,45 +51,100 @@ def _expected_shapes(layer: nn.Module, r: int) -> tuple[tuple[int, ...], tuple[i
     return None
 
 
-def check_adapter_fits(pipe: Any, adapter: MoSLoraFile) -> dict[tuple[str, str], str]:
-    """Check every module of ``adapter`` against ``pipe``; return each module's path as the model spells it.
+def _kohya_table(pipe: Any, arch: str, component: str, model: nn.Module) -> dict[str, str]:
+    """kohya name -> module path for every Linear / Conv2d of one component."""
+    unet_config = dict(pipe.unet.config) if component == "unet" else None
+    table = {}
+    for path, module in model.named_modules():
+        if isinstance(_base_layer(module), (nn.Linear, nn.Conv2d)) and "lora_" not in path:
+            try:
+                table[kohya_module_name(arch, component, path, unet_config)] = path
+            except ValueError:  # no kohya spelling exists for this module
+                continue
+    return table
 
-    Raises :class:`AdapterMismatchError` naming the file, the key and both shapes on the first misfit.
+
+def check_fit(
+    pipe: Any,
+    modules: Iterable[ModuleShape],
+    source: str,
+    kind: str = "moslora",
+    architecture: str | None = None,
+) -> dict[tuple[str, str], str]:
+    """The fit check: does every module of an adapter exist in ``pipe`` with matching shapes?
+
+    ``modules`` come from a header (:func:`~moslora_diffusion.formats.inspect.read_adapter_header`) or a
+    loaded file; ``kind`` "kohya" means their paths are kohya names. ``architecture`` is what the file
+    states (None: not stated); it must equal the pipeline's (:func:`architectures.detect_pipeline`).
+    Returns each module's path as the model spells it; raises :class:`AdapterMismatchError` naming the
+    file, the module and both shapes on the first misfit.
     """
-    src = adapter.path or "<adapter>"
-    names: dict[str, dict[str, nn.Module]] = {}
+    pipe_arch = architectures.detect_pipeline(pipe)
+    if architecture and architecture != pipe_arch:
+        raise AdapterMismatchError(
+            f"{source} was made for {architecture}, but the pipeline is {pipe_arch}; "
+            "pick an adapter trained on this base model"
+        )
+    tables: dict[str, dict[str, nn.Module]] = {}
+    kohya_names: dict[str, dict[str, str]] = {}
     resolved: dict[tuple[str, str], str] = {}
-    for mod in adapter.modules():
-        key = f"{mod.component}.{mod.module_path}.lora_A.weight"
+    for mod in modules:
         model = getattr(pipe, mod.component, None)
         if not isinstance(model, nn.Module):
             raise AdapterMismatchError(
-                f"{src}: key '{key}' targets '{mod.component}', which {type(pipe).__name__} does not have"
+                f"{source}: module '{mod.module_path}' targets '{mod.component}', "
+                f"which {type(pipe).__name__} does not have"
             )
-        if mod.component not in names:
-            names[mod.component] = dict(model.named_modules())
-        table = names[mod.component]
-        found = next((p for p in path_variants(mod.component, mod.module_path) if p in table), None)
+        if mod.component not in tables:
+            tables[mod.component] = dict(model.named_modules())
+        table = tables[mod.component]
+        if kind == "kohya":
+            if mod.component not in kohya_names:
+                kohya_names[mod.component] = _kohya_table(pipe, pipe_arch, mod.component, model)
+            found = kohya_names[mod.component].get(mod.module_path)
+        else:
+            found = next((p for p in path_variants(mod.component, mod.module_path) if p in table), None)
         if found is None:
             raise AdapterMismatchError(
-                f"{src}: key '{key}': module '{mod.module_path}' does not exist in the pipeline's "
-                f"{mod.component} ({type(model).__name__}); was the adapter trained for another base model?"
+                f"{source}: module '{mod.module_path}' does not exist in the pipeline's {mod.component} "
+                f"({type(model).__name__}); was the adapter trained for another base model?"
             )
         layer = _base_layer(table[found])
-        expected = _expected_shapes(layer, int(mod.A.shape[0]))
+        expected = _expected_shapes(layer, int(mod.a_shape[0]))
         if expected is None:
             raise AdapterMismatchError(
-                f"{src}: key '{key}': module '{mod.component}.{found}' is a {type(layer).__name__}; "
+                f"{source}: module '{mod.component}.{found}' is a {type(layer).__name__}; "
                 "only Linear and Conv2d layers can be adapted"
             )
-        for part, tensor, shape in (("lora_A", mod.A, expected[0]), ("lora_B", mod.B, expected[1])):
-            if tuple(tensor.shape) != shape:
+        suffixes = (
+            (".lora_down.weight", ".lora_up.weight")
+            if kind == "kohya"
+            else (".lora_A.weight", ".lora_B.weight")
+        )
+        stem = mod.module_path if kind == "kohya" else f"{mod.component}.{mod.module_path}"
+        for suffix, shape, needed in zip(suffixes, (mod.a_shape, mod.b_shape), expected):
+            if tuple(shape) != needed:
                 raise AdapterMismatchError(
-                    f"{src}: key '{mod.component}.{mod.module_path}.{part}.weight' has shape {tuple(tensor.shape)} "
-                    f"but the pipeline's {mod.component}.{found} ({layer}) needs {shape}"
+                    f"{source}: key '{stem}{suffix}' has shape {tuple(shape)} "
+                    f"but the pipeline's {mod.component}.{found} ({layer}) needs {needed}"
                 )
         resolved[(mod.component, mod.module_path)] = found
     return resolved
+
+
+def check_adapter_fits(pipe: Any, adapter: MoSLoraFile) -> dict[tuple[str, str], str]:
+    """:func:`check_fit` for a loaded native file (what ``load_moslora_weights`` runs before any change)."""
+    modules = [
+        ModuleShape(m.component, m.module_path, tuple(m.A.shape), tuple(m.B.shape)) for m in adapter.modules()
+    ]
+    return check_fit(pipe, modules, adapter.path or "<adapter>", "moslora", adapter.architecture)
+
+
+def check_file_fits(pipe: Any, path: str | os.PathLike) -> AdapterHeader:
+    """:func:`check_fit` from the file's header alone (the web UI's picker); returns the header."""
+    header = read_adapter_header(path)
+    check_fit(pipe, header.modules, str(header.path), header.kind, header.architecture)
+    return header
 
 
 def fold_for_pipeline(pipe: Any, adapter: MoSLoraFile) -> dict[str, torch.Tensor]:
@@ -113,19 +171,20 @@ def _adapter_from_dict(state_dict: Mapping[str, torch.Tensor], moslora_config: A
 
 def _resolve(
     source: Any, weight_name: str | None, moslora_config: Any
-) -> tuple[MoSLoraFile | None, dict[str, Any] | None]:
-    """Return (adapter, None) for MoSLoRA input, or (None, kwargs for load_lora_weights) for a plain LoRA."""
+) -> tuple[MoSLoraFile | None, AdapterHeader | None, dict[str, Any] | None]:
+    """(adapter, None, None) for MoSLoRA input, or (None, header, load_lora_weights kwargs) for a plain LoRA."""
     if isinstance(source, MoSLoraFile):
         source.validate()
-        return source, None
+        return source, None, None
     if isinstance(source, Mapping):
         if any("lora_mixer" in k for k in source):
             if moslora_config is None:
                 raise MoSLoraFormatError(
                     "<state dict>: has lora_mixer tensors; pass moslora_config={component: config} to fold it"
                 )
-            return _adapter_from_dict(source, moslora_config), None
-        return None, {"pretrained_model_name_or_path_or_dict": dict(source)}
+            return _adapter_from_dict(source, moslora_config), None, None
+        header = header_of_state_dict(source)
+        return None, header, {"pretrained_model_name_or_path_or_dict": dict(source)}
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             f"expected a path, a directory, a state dict or a MoSLoraFile, got {type(source).__name__}"
@@ -138,20 +197,15 @@ def _resolve(
     if not path.exists():
         raise MoSLoraFormatError(f"{path}: no such file or directory")
     if path.is_dir():
-        candidates = [weight_name] if weight_name else ["moslora_weights.safetensors", *_PLAIN_LORA_NAMES]
+        candidates = [weight_name] if weight_name else [MOSLORA_WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME]
         found = next((path / n for n in candidates if (path / n).is_file()), None)
         if found is None:
             raise MoSLoraFormatError(f"{path}: directory holds none of {', '.join(candidates)}")
         path = found
-    metadata, infos = read_header(path)
-    if is_moslora_metadata(metadata):
-        return load_moslora_file(path), None
-    if any("lora_mixer" in k for k in infos):
-        raise MoSLoraFormatError(
-            f"{path}: has lora_mixer tensors but no MoSLoRA metadata (format={metadata.get('format')!r}); "
-            "without its config the mixer cannot be folded"
-        )
-    return None, {"pretrained_model_name_or_path_or_dict": str(path.parent), "weight_name": path.name}
+    header = read_adapter_header(path)
+    if header.kind == "moslora":
+        return load_moslora_file(path), None, None
+    return None, header, {"pretrained_model_name_or_path_or_dict": str(path.parent), "weight_name": path.name}
 
 
 def _free_adapter_name(pipe: Any) -> str:
@@ -184,7 +238,7 @@ def load_moslora_weights(
     :class:`AdapterMismatchError` before the pipeline is changed; pickle files are refused unopened.
     """
     moslora_config = kwargs.pop("moslora_config", None)
-    adapter, plain = _resolve(pretrained_model_name_or_path_or_dict, weight_name, moslora_config)
+    adapter, header, plain = _resolve(pretrained_model_name_or_path_or_dict, weight_name, moslora_config)
 
     in_use = {n for names in self.get_list_adapters().values() for n in names}
     if adapter_name is not None and adapter_name in in_use and not kwargs.get("hotswap", False):
@@ -194,6 +248,8 @@ def load_moslora_weights(
     name = adapter_name or _free_adapter_name(self)
 
     if adapter is None:
+        # Plain LoRA files get the same fit check as native ones, before diffusers touches any layer.
+        check_fit(self, header.modules, str(header.path or "<state dict>"), header.kind, header.architecture)
         plain_kwargs = {**plain, **kwargs}
         if isinstance(plain_kwargs["pretrained_model_name_or_path_or_dict"], str):
             plain_kwargs["use_safetensors"] = True  # never fall back to unpickling a .bin

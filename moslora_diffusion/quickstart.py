@@ -47,22 +47,18 @@ def comparison_grid(
 
 def run_quickstart(argv: Sequence[str] | None = None) -> Path:
     """Train with `train_dreambooth_moslora.py` flags (toy-world defaults) and write the comparison grid."""
-    from .toyworld import base_model_path, subject_info
+    from .toyworld import subject_info, subject_path, training_defaults
     from .training import parse_args, run_training
 
     started = time.time()
     args = list(argv or [])
-    if "--output_dir" not in args:
-        args += ["--output_dir", "outputs/quickstart"]
-    cfg = parse_args(args)
+    cfg = parse_args(args, defaults={"output_dir": "outputs/quickstart", **training_defaults(args)})
     result = run_training(cfg)
     if result.weights_path is None:
         raise RuntimeError("training wrote no adapter")
-    info = subject_info()
-    prompts = info.get("validation_prompts") or [cfg.instance_prompt]
-    grid = comparison_grid(
-        cfg.pretrained_model_name_or_path or base_model_path(), result.weights_path, prompts
-    )
+    bundled = cfg.instance_data_dir == str(subject_path())
+    prompts = (subject_info().get("validation_prompts") if bundled else None) or [cfg.instance_prompt]
+    grid = comparison_grid(cfg.pretrained_model_name_or_path, result.weights_path, prompts)
     path = Path(result.output_dir) / GRID_NAME
     grid.save(path)
     print(f"\nTrained in {time.time() - started:.0f}s. Adapter: {result.weights_path}")

@@ -268,7 +268,7 @@ def _bad_sources(saved, tmp_path):
         "sdxl-into-sd1": (
             saved["sdxl"]["path"],
             AdapterMismatchError,
-            "which StableDiffusionPipeline does not have",
+            "made for sdxl, but the pipeline is sd1",
         ),
     }
 
@@ -294,6 +294,7 @@ def test_mismatch_message_names_file_key_and_both_shapes(tiny_dirs, saved):
     only_unet = copy.copy(src)
     only_unet.tensors = {k: v for k, v in src.tensors.items() if k.startswith("unet.") and "attn2.to_k" in k}
     only_unet.config = {"unet": src.config["unet"]}
+    only_unet.base_model = None  # no architecture stated: the shape check must catch it
     with pytest.raises(AdapterMismatchError) as info:
         pipe.load_moslora_weights(only_unet)
     msg = str(info.value)

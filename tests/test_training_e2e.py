@@ -283,36 +283,6 @@ def test_sd2_v_prediction_bf16_gradient_checkpointing(tmp_path, subject):
     assert result.final_loss is not None and result.final_loss == result.final_loss
 
 
-def test_toyworld_defaults_fill_missing_model_and_data(tmp_path, tiny_sd1, subject, monkeypatch):
-    from types import SimpleNamespace
-
-    from moslora_diffusion.training import toyworld_hook
-
-    (subject / "subject.json").write_text(
-        json.dumps(
-            {
-                "instance_prompt": "a zq blob",
-                "class_prompt": "a blob",
-                "train_defaults": {"rank": 8, "seed": 5},
-            }
-        )
-    )
-    try:
-        fake = SimpleNamespace(base_model_path=lambda: tiny_sd1, subject_path=lambda: subject)
-        monkeypatch.setattr(toyworld_hook, "_toyworld", lambda: fake)
-        cfg = parse_args(["--output_dir", str(tmp_path / "out"), "--resolution", "32"])
-        validate_config(cfg)
-        assert cfg.pretrained_model_name_or_path == str(tiny_sd1) and cfg.instance_data_dir == str(subject)
-        assert (cfg.instance_prompt, cfg.class_prompt, cfg.validation_prompt) == (
-            "a zq blob",
-            "a blob",
-            "a zq blob",
-        )
-        assert (cfg.rank, cfg.seed) == (8, 5)
-    finally:
-        (subject / "subject.json").unlink()
-
-
 # ----------------------------------------------------------------------------- plain LoRA, captions
 
 

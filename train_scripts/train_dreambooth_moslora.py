@@ -18,11 +18,14 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moslora_diffusion.training import NonFiniteLossError, TrainConfigError, parse_args, run_training
+from moslora_diffusion import toyworld
+from moslora_diffusion.errors import MoSLoraError
+from moslora_diffusion.training import parse_args, run_training
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = parse_args(argv, defaults=toyworld.training_defaults(argv))
     main_process = os.environ.get("RANK", "0") == "0"
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run_training(cfg)
-    except (TrainConfigError, NonFiniteLossError) as exc:
+    except MoSLoraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

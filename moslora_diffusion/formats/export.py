@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
+from .. import architectures
+from ..constants import ARCHITECTURES, DIFFUSERS_WEIGHTS_NAME, KOHYA_WEIGHTS_NAME
 from ..errors import MoSLoraFormatError
 from ..functional import fold_mixer
 from .naming import is_text_encoder, kohya_module_name, with_text_model
-from .native import ARCHITECTURES, FORMAT_VERSION, MoSLoraFile, load_moslora_file
+from .native import FORMAT_VERSION, MoSLoraFile, load_moslora_file
 from .safetensors_io import write_safetensors_atomic
 
 EXPORT_FORMATS = ("diffusers", "kohya")
-DIFFUSERS_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-KOHYA_WEIGHTS_NAME = "lora_kohya.safetensors"
 
 _KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 _MODELSPEC_ARCH = {
@@ -56,23 +56,18 @@ def folded_modules(adapter: MoSLoraFile) -> Iterator[tuple[str, str, torch.Tenso
 
 
 def detect_architecture(adapter: MoSLoraFile, architecture: str | None = None) -> str:
-    """Return the base architecture: the argument, else ``base_model``, else inferred from the modules."""
+    """Return the base architecture: the argument, else ``base_model``, else inferred from the modules.
+
+    The inference is :func:`moslora_diffusion.architectures.from_adapter_modules`.
+    """
     arch = architecture or adapter.architecture
     if arch is None:
-        if "text_encoder_2" in adapter.config:
-            arch = "sdxl"
-        else:
-            widths = {
-                m.A.shape[1]
-                for m in adapter.modules()
-                if m.component == "unet" and m.module_path.endswith(("attn2.to_k", "attn2.to_v"))
-            }
-            if widths == {2048}:
-                arch = "sdxl"
-            elif widths == {1024}:
-                arch = "sd2"
-            elif widths == {768} or "text_encoder" in adapter.config:
-                arch = "sd1"
+        widths = [
+            int(m.A.shape[1])
+            for m in adapter.modules()
+            if m.component == "unet" and m.module_path.endswith(("attn2.to_k", "attn2.to_v"))
+        ]
+        arch = architectures.from_adapter_modules(adapter.config, widths)
     if arch not in ARCHITECTURES:
         raise MoSLoraFormatError(
             f"{adapter.path or '<adapter>'}: cannot tell the base architecture ({arch!r}); "

@@ -1,4 +1,10 @@
-"""Describe an adapter file (native MoSLoRA, diffusers/PEFT LoRA or kohya LoRA) from its header."""
+"""What an adapter file is: the one sniffer and describer for native MoSLoRA, diffusers/PEFT and kohya files.
+
+:func:`read_adapter_header` reads the safetensors header only (never tensors, never pickle) and tells the
+file's kind, its adapted modules with their shapes and its metadata; the fit check
+(:mod:`moslora_diffusion.loading`), ``pipe.load_moslora_weights``, the CLI's ``inspect`` and the web UI's
+adapter picker all start from it. :func:`describe_adapter_file` turns it into a JSON-able summary.
+"""
 
 from __future__ import annotations
 
@@ -6,106 +12,285 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from .native import is_moslora_metadata, load_moslora_file, resolve_weights_path
+from .. import architectures
+from ..constants import COMPONENTS
+from ..errors import MoSLoraFormatError
+from .native import is_moslora_metadata, load_moslora_file, resolve_weights_path, split_key
 from .safetensors_io import read_header
 
-__all__ = ["describe_adapter_file", "format_description"]
+__all__ = [
+    "ModuleShape",
+    "AdapterHeader",
+    "sniff",
+    "read_adapter_header",
+    "header_of_state_dict",
+    "describe_adapter_file",
+    "format_description",
+]
 
-_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+# kohya-ss module-name prefixes and the component each one adapts.
+KOHYA_COMPONENTS = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+}
+_KIND_LABELS = {"moslora": "moslora", "diffusers": "diffusers/PEFT LoRA", "kohya": "kohya LoRA"}
 _HEADER_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+# (down suffix, up suffix) of the plain-LoRA key spellings diffusers reads with a component prefix.
+_DIFFUSERS_PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"))
+
+
+class ModuleShape(NamedTuple):
+    """One adapted module as a header describes it.
+
+    ``module_path`` is the model's spelling for native and diffusers files and the kohya name
+    (``lora_unet_down_blocks_0_…``) for kohya files; ``a_shape`` / ``b_shape`` are the down / up shapes.
+    """
+
+    component: str
+    module_path: str
+    a_shape: tuple[int, ...]
+    b_shape: tuple[int, ...]
+
+
+@dataclass
+class AdapterHeader:
+    """An adapter file's header: its kind, modules (with shapes), metadata and tensor layout."""
+
+    path: Path | None  # None for a state dict in memory
+    kind: str  # "moslora", "diffusers" or "kohya"
+    metadata: dict[str, str]
+    tensors: dict[str, dict]  # key -> {"dtype", "shape", ...} as in the safetensors header
+    modules: list[ModuleShape]
+
+    def json_metadata(self, key: str) -> Any:
+        """A JSON metadata entry, or None when absent or unreadable (descriptions never fail on it)."""
+        try:
+            return json.loads(self.metadata[key]) if key in self.metadata else None
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def base_model(self) -> dict[str, Any] | None:
+        """``base_model`` of native files; ``moslora_base_model`` of our own exports."""
+        value = self.json_metadata("base_model" if self.kind == "moslora" else "moslora_base_model")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def training(self) -> dict[str, Any] | None:
+        """``training`` of native files; ``moslora_training`` of our own exports."""
+        value = self.json_metadata("training" if self.kind == "moslora" else "moslora_training")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def architecture(self) -> str | None:
+        """sd1 / sd2 / sdxl as the file states it (ours, kohya's or modelspec's spelling), else a guess."""
+        stated = (
+            (self.base_model or {}).get("architecture")
+            or self.metadata.get("ss_base_model_version")
+            or self.metadata.get("modelspec.architecture")
+        )
+        if stated:
+            return architectures.normalize(stated)
+        if self.kind == "kohya":
+            return "sdxl" if any(m.component == "text_encoder_2" for m in self.modules) else None
+        widths = [
+            m.a_shape[1]
+            for m in self.modules
+            if m.component == "unet" and m.module_path.endswith(("attn2.to_k", "attn2.to_v"))
+        ]
+        return architectures.from_adapter_modules({m.component for m in self.modules}, widths)
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted({m.a_shape[0] for m in self.modules})
+
+
+def _native_modules(tensors: Mapping[str, dict]) -> list[ModuleShape]:
+    parts: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
+    for key, info in tensors.items():
+        split = split_key(key)
+        if split is not None:
+            parts.setdefault(split[:2], {})[split[2]] = tuple(info["shape"])
+    return [
+        ModuleShape(component, path, found["lora_A"], found["lora_B"])
+        for (component, path), found in parts.items()
+        if "lora_A" in found and "lora_B" in found
+    ]
+
+
+def _kohya_modules(tensors: Mapping[str, dict]) -> list[ModuleShape]:
+    modules = []
+    for key, info in tensors.items():
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key[: -len(".lora_down.weight")]
+        up = tensors.get(f"{name}.lora_up.weight")
+        prefix = max((p for p in KOHYA_COMPONENTS if name.startswith(p)), key=len, default=None)
+        if up is not None and prefix is not None:
+            modules.append(
+                ModuleShape(KOHYA_COMPONENTS[prefix], name, tuple(info["shape"]), tuple(up["shape"]))
+            )
+    return modules
+
+
+def _diffusers_modules(tensors: Mapping[str, dict]) -> list[ModuleShape]:
+    modules = []
+    for key, info in tensors.items():
+        for down, up in _DIFFUSERS_PAIRS:
+            if not key.endswith(down):
+                continue
+            stem = key[: -len(down)]
+            component, _, path = stem.partition(".")
+            partner = tensors.get(stem + up)
+            if component in COMPONENTS and path and partner is not None:
+                modules.append(ModuleShape(component, path, tuple(info["shape"]), tuple(partner["shape"])))
+    return modules
+
+
+def sniff(
+    metadata: Mapping[str, str], tensors: Mapping[str, dict], source: str
+) -> tuple[str, list[ModuleShape]]:
+    """(kind, modules) of an adapter from its metadata and tensor layout (``{key: {"shape": [...]}}``)."""
+    if is_moslora_metadata(metadata):
+        return "moslora", _native_modules(tensors)
+    if any("lora_mixer" in k for k in tensors):
+        raise MoSLoraFormatError(
+            f"{source}: has lora_mixer tensors but no MoSLoRA metadata (format={metadata.get('format')!r}); "
+            "without its config the mixer cannot be folded"
+        )
+    if tensors and all(k.startswith(tuple(KOHYA_COMPONENTS)) for k in tensors):
+        return "kohya", _kohya_modules(tensors)
+    modules = _diffusers_modules(tensors)
+    if not modules and not any(k.endswith((".lora_A.weight", ".lora.down.weight")) for k in tensors):
+        raise MoSLoraFormatError(f"{source}: holds no LoRA weights (no lora_A / lora_down keys)")
+    return "diffusers", modules
+
+
+def read_adapter_header(path: str | os.PathLike) -> AdapterHeader:
+    """Sniff an adapter file from its header alone; raise :class:`MoSLoraFormatError` for non-adapters.
+
+    A directory means ``moslora_weights.safetensors`` inside it. Files with ``lora_mixer`` tensors but no
+    MoSLoRA metadata are refused: without the config their mixer cannot be folded.
+    """
+    p = resolve_weights_path(path)
+    metadata, tensors = read_header(p)
+    kind, modules = sniff(metadata, tensors, str(p))
+    return AdapterHeader(p, kind, metadata, tensors, modules)
+
+
+def header_of_state_dict(state_dict: Mapping[str, Any], source: str = "<state dict>") -> AdapterHeader:
+    """:func:`read_adapter_header` for a plain-LoRA state dict in memory (shapes from the tensors)."""
+    tensors = {k: {"shape": list(getattr(v, "shape", ())), "dtype": "?"} for k, v in state_dict.items()}
+    kind, modules = sniff({}, tensors, source)
+    return AdapterHeader(None, kind, {}, tensors, modules)
 
 
 def _numel(shape: list[int]) -> int:
     return math.prod(shape) if shape else 1
 
 
-def _describe_moslora(path: Path, size: int) -> dict[str, Any]:
-    adapter = load_moslora_file(path)
-    components = {}
-    for component in adapter.components:
-        mods = [m for m in adapter.modules() if m.component == component]
-        cfg = adapter.config[component]
+def _prompt_and_steps(header: AdapterHeader) -> tuple[str | None, Any]:
+    training = header.training or {}
+    prompt = training.get("instance_prompt") or training.get("prompt")
+    steps = training.get("steps_done") or training.get("max_train_steps") or training.get("steps")
+    if header.kind == "kohya":
+        steps = steps or header.metadata.get("ss_max_train_steps") or header.metadata.get("ss_steps")
+    return prompt, steps
+
+
+def _one_or_list(values: list[Any]) -> Any:
+    return values[0] if len(values) == 1 else (values or None)
+
+
+def _native_components(header: AdapterHeader, validated: Any) -> dict[str, dict[str, Any]]:
+    config = header.json_metadata("moslora_config") or {}
+    components: dict[str, dict[str, Any]] = {}
+    for component in [c for c in COMPONENTS if c in config]:
+        mods = [m for m in header.modules if m.component == component]
+        mixers = [header.tensors.get(f"{component}.{m.module_path}.lora_mixer.weight") for m in mods]
+        entry = config[component] if isinstance(config[component], dict) else {}
+        if validated is not None:
+            entry = validated.config[component].to_dict()
         components[component] = {
             "modules": len(mods),
-            "parameters": sum(m.A.numel() + m.M.numel() + m.B.numel() for m in mods),
-            "mixer_parameters": sum(m.M.numel() for m in mods),
-            "conv_modules": sum(m.A.ndim == 4 for m in mods),
-            **cfg.to_dict(),
+            "parameters": sum(_numel(list(m.a_shape)) + _numel(list(m.b_shape)) for m in mods)
+            + sum(_numel(x["shape"]) for x in mixers if x),
+            "mixer_parameters": sum(_numel(x["shape"]) for x in mixers if x),
+            "conv_modules": sum(len(m.a_shape) == 4 for m in mods),
+            **entry,
         }
-    dtypes = Counter(str(t.dtype).removeprefix("torch.") for t in adapter.tensors.values())
-    return {
-        "file": str(path),
-        "file_size": size,
-        "format": "moslora",
-        "version": "1",
-        "architecture": adapter.architecture,
-        "base_model": adapter.base_model,
-        "components": components,
-        "modules": adapter.num_modules,
-        "parameters": adapter.num_parameters,
-        "dtypes": dict(dtypes),
-        "training": adapter.training,
-    }
+    return components
 
 
-def _describe_plain(
-    path: Path, size: int, metadata: dict[str, str], infos: dict[str, dict]
-) -> dict[str, Any]:
-    keys = list(infos)
-    if keys and all(k.startswith(_KOHYA_PREFIXES) for k in keys):
-        kind = "kohya LoRA"
-        downs = {k[: -len(".lora_down.weight")]: k for k in keys if k.endswith(".lora_down.weight")}
-        component_of = {
-            "lora_unet_": "unet",
-            "lora_te_": "text_encoder",
-            "lora_te1_": "text_encoder",
-            "lora_te2_": "text_encoder_2",
-        }
-    else:
-        kind = "diffusers/PEFT LoRA"
-        downs = {}
-        for k in keys:
-            for marker in (".lora_A.weight", ".lora.down.weight", ".lora_down.weight"):
-                if k.endswith(marker):
-                    downs[k[: -len(marker)]] = k
-        component_of = {}
+def _plain_components(header: AdapterHeader) -> dict[str, dict[str, Any]]:
     components: dict[str, dict[str, Any]] = {}
-    for name, key in downs.items():
-        comp = next((c for p, c in component_of.items() if name.startswith(p)), None) or name.split(".")[0]
-        entry = components.setdefault(comp, {"modules": 0, "ranks": Counter()})
+    for m in header.modules:
+        entry = components.setdefault(m.component, {"modules": 0, "ranks": Counter()})
         entry["modules"] += 1
-        entry["ranks"][infos[key]["shape"][0]] += 1
+        entry["ranks"][m.a_shape[0]] += 1
     for entry in components.values():
         entry["ranks"] = {str(r): n for r, n in sorted(entry["ranks"].items())}
-    order = ["unet", "text_encoder", "text_encoder_2"]
-    components = dict(sorted(components.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
-    has_mixer = any("lora_mixer" in k for k in keys)
-    training = {k: v for k, v in sorted(metadata.items()) if k.startswith(("ss_", "modelspec.", "moslora_"))}
+    return {c: components[c] for c in COMPONENTS if c in components}
+
+
+def _alpha(header: AdapterHeader, components: dict[str, dict[str, Any]]) -> Any:
+    if header.kind == "moslora":
+        return _one_or_list(sorted({c["lora_alpha"] for c in components.values() if "lora_alpha" in c}))
+    if header.kind == "kohya":
+        try:
+            return float(header.metadata["ss_network_alpha"])
+        except (KeyError, ValueError):
+            return None
+    return _one_or_list(header.ranks)  # PEFT / diffusers files without alphas mean alpha = r
+
+
+def describe_adapter_file(path: str | os.PathLike, header_only: bool = False) -> dict[str, Any]:
+    """A JSON-able summary of any adapter file the toolkit reads.
+
+    Keys: file, file_size, kind (moslora / diffusers / kohya), format (readable kind), version,
+    architecture (sd1 / sd2 / sdxl or None), base_model, rank, alpha, prompt, steps, components, modules,
+    parameters, dtypes, training. Native files are fully validated unless ``header_only`` (then only
+    the header is read, as the web UI's picker does for large files).
+    """
+    header = read_adapter_header(path)
+    validated = None
+    if header.kind == "moslora" and not header_only:
+        validated = load_moslora_file(header.path)
+    components = (
+        _native_components(header, validated) if header.kind == "moslora" else _plain_components(header)
+    )
+    prompt, steps = _prompt_and_steps(header)
+    training = header.training
+    if header.kind != "moslora":
+        extra = {k: v for k, v in sorted(header.metadata.items()) if k.startswith(("ss_", "modelspec."))}
+        training = {**extra, **(training or {})} or None
     return {
-        "file": str(path),
-        "file_size": size,
-        "format": kind + (" (has lora_mixer keys but no MoSLoRA metadata)" if has_mixer else ""),
-        "version": None,
-        "architecture": metadata.get("ss_base_model_version") or metadata.get("modelspec.architecture"),
+        "file": str(header.path),
+        "file_size": header.path.stat().st_size,
+        "kind": header.kind,
+        "format": _KIND_LABELS[header.kind],
+        "version": header.metadata.get("moslora_version") if header.kind == "moslora" else None,
+        "architecture": header.architecture,
+        "base_model": header.base_model,
+        "rank": _one_or_list(header.ranks),
+        "alpha": _alpha(header, components),
+        "prompt": prompt,
+        "steps": steps,
         "components": components,
-        "modules": len(downs),
-        "parameters": sum(_numel(info["shape"]) for info in infos.values()),
-        "dtypes": dict(Counter(_HEADER_DTYPES.get(info["dtype"], info["dtype"]) for info in infos.values())),
-        "training": training or None,
+        "modules": len(header.modules),
+        "parameters": sum(_numel(info["shape"]) for info in header.tensors.values()),
+        "dtypes": dict(
+            Counter(_HEADER_DTYPES.get(info["dtype"], info["dtype"]) for info in header.tensors.values())
+        ),
+        "training": training,
     }
-
-
-def describe_adapter_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Return a JSON-able summary of an adapter file; native files are fully validated on the way."""
-    p = resolve_weights_path(path)
-    metadata, infos = read_header(p)
-    size = p.stat().st_size
-    if is_moslora_metadata(metadata):
-        return _describe_moslora(p, size)
-    return _describe_plain(p, size, metadata, infos)
 
 
 def _human_size(n: int) -> str:

@@ -18,8 +18,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
-COMPONENTS = ("unet", *TEXT_ENCODERS)
+from ..constants import TEXT_ENCODERS
+
 TEXT_MODEL_PREFIX = "text_model."
 
 KOHYA_PREFIXES = {
@@ -73,11 +73,6 @@ def with_text_model(path: str) -> str:
     if path.startswith(TEXT_MODEL_PREFIX) or path.startswith("text_projection"):
         return path
     return TEXT_MODEL_PREFIX + path
-
-
-def canonical_path(component: str, path: str) -> str:
-    """A spelling-independent identity for a module: text-encoder paths lose ``text_model.``."""
-    return strip_text_model(path) if is_text_encoder(component) else path
 
 
 def path_variants(component: str, path: str) -> list[str]:

@@ -17,16 +17,15 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import architectures
+from ..constants import ARCHITECTURES, COMPONENTS, MIXER_INITS, MOSLORA_WEIGHTS_NAME
 from ..errors import MoSLoraFormatError
 from ..functional import check_shapes, lora_scale, resolve_rank_alpha
-from .naming import COMPONENTS, path_variants
+from .naming import path_variants
 from .safetensors_io import read_header, read_safetensors, write_safetensors_atomic
 
 FORMAT_TAG = "moslora"
 FORMAT_VERSION = "1"
-MOSLORA_WEIGHTS_NAME = "moslora_weights.safetensors"
-ARCHITECTURES = ("sd1", "sd2", "sdxl")
-MIXER_INITS = ("kaiming", "orthogonal")
 PARTS = ("lora_A", "lora_mixer", "lora_B")
 
 __all__ = [
@@ -52,7 +51,11 @@ def _fail(source: str | None, message: str) -> MoSLoraFormatError:
 
 @dataclass
 class ComponentConfig:
-    """The adapter hyper-parameters of one component (what ``moslora_config`` stores per component)."""
+    """The adapter hyper-parameters of one component (what ``moslora_config`` stores per component).
+
+    The one place that turns a PEFT config into this JSON entry (:meth:`from_lora_config`), parses it back
+    (:meth:`from_dict`) and writes it (:meth:`to_dict`).
+    """
 
     r: int
     lora_alpha: float
@@ -216,10 +219,6 @@ class MoSLoraFile:
             cfg = configs[component]
             if isinstance(cfg, ComponentConfig):
                 parsed[component] = cfg
-            elif hasattr(cfg, "component_dict"):  # MoSLoraConfig
-                parsed[component] = ComponentConfig.from_dict(
-                    cfg.component_dict(), f"config of '{component}'"
-                )
             elif isinstance(cfg, Mapping):
                 parsed[component] = ComponentConfig.from_dict(cfg, f"config of '{component}'")
             else:
@@ -401,17 +400,12 @@ def base_model_info(
 ) -> dict[str, Any]:
     """The ``base_model`` metadata for a pipeline: architecture, name/path, hash and the UNet block layout.
 
-    The architecture is ``sdxl`` when the pipeline has ``text_encoder_2``, ``sd2`` when its UNet uses
-    linear projections (SD 2.x), else ``sd1``; pass ``architecture`` to override. The layout
-    (``unet_config``) lets the kohya export name SDXL blocks correctly for non-standard UNets.
+    The architecture comes from :func:`moslora_diffusion.architectures.detect_pipeline` unless
+    ``architecture`` overrides it. The layout (``unet_config``) lets the kohya export name SDXL blocks
+    correctly for non-standard UNets.
     """
     if architecture is None:
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            architecture = "sdxl"
-        elif getattr(pipe.unet.config, "use_linear_projection", False):
-            architecture = "sd2"
-        else:
-            architecture = "sd1"
+        architecture = architectures.detect_pipeline(pipe)
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
     info: dict[str, Any] = {"architecture": architecture}

@@ -32,6 +32,8 @@ _LAZY = {
     "render_subject": "subject",
     "detect_subject": "subject",
     "subject_info": "subject",
+    "training_defaults": "defaults",
+    "subject_training_defaults": "defaults",
 }
 
 __all__ = ["base_model_path", "subject_path", "pipeline_kwargs", *_LAZY]

@@ -136,6 +136,7 @@ def _generate_families(pipe, prompt_sets: dict[str, list]) -> dict[str, list]:
 def train_adapter(adapter: str, rank: int, seed: int, output_dir: Path, cfg: BenchConfig) -> Path:
     """Train one DreamBooth adapter on the bundled subject; return its weights file."""
     from ..training import parse_args, run_training
+    from .defaults import training_defaults
 
     args = ["--adapter", adapter, "--rank", str(rank), "--seed", str(seed), "--output_dir", str(output_dir)]
     args += ["--checkpointing_steps", "0", "--validation_prompt", ""]  # "" = no validation images
@@ -143,7 +144,7 @@ def train_adapter(adapter: str, rank: int, seed: int, output_dir: Path, cfg: Ben
         args += ["--max_train_steps", str(cfg.max_train_steps)]
     for key, value in cfg.extra_train_args.items():
         args += [f"--{key}"] + ([] if value is True else [str(value)])
-    result = run_training(parse_args(args))
+    result = run_training(parse_args(args, defaults=training_defaults(args)))
     if result.weights_path is None:
         raise RuntimeError(f"training {adapter} r={rank} seed={seed} produced no weights")
     return Path(result.weights_path)

@@ -7,10 +7,11 @@ Used by `train_scripts/train_dreambooth_moslora.py` and by the web UI:
     result = run_training(cfg, callback=print, should_stop=lambda: False)
 """
 
-from .args import TrainConfig, build_parser, parse_args, validate_config
-from .errors import NonFiniteLossError, TrainConfigError
+from ..errors import NonFiniteLossError, TrainConfigError
+from .args import TrainConfig, build_parser, parse_args
 from .events import TrainEvent, TrainResult
 from .loop import run_training
+from .preflight import validate_config
 
 __all__ = [
     "NonFiniteLossError",

@@ -1,7 +1,8 @@
 """Training settings: the `TrainConfig` dataclass, its command line (diffusers' flag names) and checks.
 
 Every field of `TrainConfig` is one `--flag` of `train_scripts/train_dreambooth_moslora.py`; booleans
-are switches. `validate_config` does every check that needs no model, so bad input fails in seconds.
+are switches. `check_settings` checks the values; `preflight.validate_config` adds the file-system and
+data checks, so bad input fails in seconds, before any model loads.
 """
 
 from __future__ import annotations
@@ -9,17 +10,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import TrainConfigError
+from ..constants import ADAPTER_TYPES as ADAPTERS
+from ..constants import MIXER_INITS
+from ..errors import TrainConfigError
+from ..targets import resolve_targets
 
-ADAPTERS = ("moslora", "lora")
-MIXER_INITS = ("kaiming", "orthogonal")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = (
@@ -143,9 +144,14 @@ def _field_type(f: dataclasses.Field) -> type:
     return hint
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(defaults: Mapping[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The script's parser; ``defaults`` (field -> value) replace the generic defaults, flags still win.
+
+    Abbreviated flags are refused, so that what a user typed is always the flag that takes effect.
+    """
     parser = argparse.ArgumentParser(
-        description="DreamBooth fine-tuning of Stable Diffusion 1.x/2.x and SDXL with MoSLoRA (or LoRA) adapters."
+        description="DreamBooth fine-tuning of Stable Diffusion 1.x/2.x and SDXL with MoSLoRA (or LoRA) adapters.",
+        allow_abbrev=False,
     )
     for f in dataclasses.fields(TrainConfig):
         kind = _field_type(f)
@@ -160,61 +166,36 @@ def build_parser() -> argparse.ArgumentParser:
                 choices=f.metadata.get("choices"),
                 help=f.metadata["help"],
             )
+    if defaults:
+        unknown = sorted(set(defaults) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise TrainConfigError(f"unknown training defaults: {', '.join(unknown)}")
+        parser.set_defaults(**defaults)
     return parser
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse command-line flags (default: sys.argv[1:]) into a `TrainConfig`; no checks beyond types."""
-    ns = build_parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None, defaults: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Parse flags (default: sys.argv[1:]) into a `TrainConfig`: flags over ``defaults`` over the generic ones.
+
+    Entry points pass the toy world's defaults here (`moslora_diffusion.toyworld.training_defaults`);
+    nothing later changes a parsed value. No checks beyond types: see `validate_config`.
+    """
+    ns = build_parser(defaults).parse_args(argv)
     return TrainConfig(**vars(ns))
 
 
-def _looks_local(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") != 1
+# ----------------------------------------------------------------------------- setting checks (pure)
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise TrainConfigError(f"--{name} must be one of {', '.join(choices)}; got {value!r}")
+def _check_choices(cfg: TrainConfig) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            raise TrainConfigError(f"--{f.name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def validate_config(cfg: TrainConfig) -> None:
-    """Check every setting and input file that can be checked without loading a model.
-
-    Fills in the toy-world defaults when no model / data is given. Raises `TrainConfigError` with the
-    offending flag, file or value. Unreadable images are reported as warnings and skipped; no image
-    left is an error.
-    """
-    from . import data, toyworld_hook
-
-    toyworld_hook.apply_defaults(cfg)
-    for name, choices in (
-        ("adapter", ADAPTERS),
-        ("mixer_init", MIXER_INITS),
-        ("optimizer", OPTIMIZERS),
-        ("mixed_precision", MIXED_PRECISIONS),
-        ("lr_scheduler", LR_SCHEDULERS),
-        ("report_to", REPORT_TO),
-    ):
-        _check_choice(name, getattr(cfg, name), choices)
-
-    # model
-    if not cfg.pretrained_model_name_or_path:
-        raise TrainConfigError(
-            "--pretrained_model_name_or_path is required (no bundled toy-world model found)"
-        )
-    for flag in ("pretrained_model_name_or_path", "pretrained_vae_model_name_or_path"):
-        name = getattr(cfg, flag)
-        if name and _looks_local(name):
-            p = Path(name).expanduser()
-            if not p.exists():
-                raise TrainConfigError(f"--{flag}: {name} does not exist")
-            if flag == "pretrained_model_name_or_path" and not (p / "model_index.json").is_file():
-                raise TrainConfigError(
-                    f"--{flag}: {name} has no model_index.json (not a diffusers pipeline folder)"
-                )
-
-    # numbers
+def _check_adapter_numbers(cfg: TrainConfig) -> None:
     if cfg.resolution is not None and (cfg.resolution <= 0 or cfg.resolution % 8):
         raise TrainConfigError(f"--resolution must be a positive multiple of 8; got {cfg.resolution}")
     if cfg.rank <= 0:
@@ -223,14 +204,16 @@ def validate_config(cfg: TrainConfig) -> None:
         raise TrainConfigError(f"--lora_alpha must be positive; got {cfg.lora_alpha}")
     if not 0.0 <= cfg.lora_dropout < 1.0:
         raise TrainConfigError(f"--lora_dropout must be in [0, 1); got {cfg.lora_dropout}")
-    positive = (
+
+
+def _check_optimisation_numbers(cfg: TrainConfig) -> None:
+    for name in (
         "train_batch_size",
         "gradient_accumulation_steps",
         "repeats",
         "num_train_epochs",
         "sample_batch_size",
-    )
-    for name in positive:
+    ):
         if getattr(cfg, name) <= 0:
             raise TrainConfigError(f"--{name} must be at least 1; got {getattr(cfg, name)}")
     if cfg.max_train_steps is not None and cfg.max_train_steps <= 0:
@@ -255,9 +238,8 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.validation_prompt and (cfg.num_validation_images < 1 or cfg.validation_steps < 1):
         raise TrainConfigError("--num_validation_images and --validation_steps must be at least 1")
 
-    # adapter targets
-    from ..targets import resolve_targets
 
+def _check_targets(cfg: TrainConfig) -> None:
     try:
         resolve_targets(cfg.unet_targets, "unet")
         if cfg.train_text_encoder:
@@ -265,7 +247,8 @@ def validate_config(cfg: TrainConfig) -> None:
     except ValueError as exc:
         raise TrainConfigError(f"--unet_targets / --text_encoder_targets: {exc}") from None
 
-    # optional packages
+
+def _check_packages(cfg: TrainConfig) -> None:
     if cfg.optimizer in OPTIMIZER_PACKAGES:
         module, pip_name = OPTIMIZER_PACKAGES[cfg.optimizer]
         if importlib.util.find_spec(module) is None:
@@ -277,19 +260,25 @@ def validate_config(cfg: TrainConfig) -> None:
             "--report_to tensorboard needs the package 'tensorboard': pip install tensorboard"
         )
 
-    # data
-    data.check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
-    if cfg.with_prior_preservation:
-        if not cfg.class_prompt:
-            raise TrainConfigError("--with_prior_preservation needs --class_prompt")
-        if not cfg.class_data_dir:
-            raise TrainConfigError("--with_prior_preservation needs --class_data_dir")
-        if Path(cfg.class_data_dir).exists() and not Path(cfg.class_data_dir).is_dir():
-            raise TrainConfigError(f"--class_data_dir: {cfg.class_data_dir} is not a folder")
-        if cfg.num_class_images < 1:
-            raise TrainConfigError(f"--num_class_images must be at least 1; got {cfg.num_class_images}")
 
-    # output dir / resuming
-    from .checkpoint import check_output_dir
+def _check_prior_settings(cfg: TrainConfig) -> None:
+    if not cfg.with_prior_preservation:
+        return
+    if not cfg.class_prompt:
+        raise TrainConfigError("--with_prior_preservation needs --class_prompt")
+    if not cfg.class_data_dir:
+        raise TrainConfigError("--with_prior_preservation needs --class_data_dir")
+    if cfg.num_class_images < 1:
+        raise TrainConfigError(f"--num_class_images must be at least 1; got {cfg.num_class_images}")
 
-    check_output_dir(cfg)
+
+def check_settings(cfg: TrainConfig) -> None:
+    """Every check on the settings themselves (no file is opened, nothing is changed)."""
+    if not cfg.pretrained_model_name_or_path:
+        raise TrainConfigError("--pretrained_model_name_or_path is required")
+    _check_choices(cfg)
+    _check_adapter_numbers(cfg)
+    _check_optimisation_numbers(cfg)
+    _check_targets(cfg)
+    _check_packages(cfg)
+    _check_prior_settings(cfg)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import TrainConfigError
+from ..errors import TrainConfigError
 
 if TYPE_CHECKING:
     from .args import TrainConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
-from .errors import TrainConfigError
+from ..errors import TrainConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,9 @@ def scan_images(folder: str | Path, default_caption: str | None = None) -> Image
 def check_instance_data(folder: str | None, instance_prompt: str | None) -> ImageSet:
     """The instance images with captions; raises `TrainConfigError` when nothing usable is there."""
     if not folder:
-        raise TrainConfigError("--instance_data_dir is required (no bundled toy-world subject found)")
+        raise TrainConfigError(
+            "--instance_data_dir is required (the bundled toy-world subject is used only with the bundled base model)"
+        )
     p = Path(folder)
     if not p.exists():
         raise TrainConfigError(f"--instance_data_dir: {folder} does not exist")

@@ -24,12 +24,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..errors import NonFiniteLossError, TrainConfigError
 from . import checkpoint as ckpt
 from . import data, losses, models, outputs, prior, validation
-from .args import TrainConfig, validate_config
-from .errors import NonFiniteLossError, TrainConfigError
+from .args import TrainConfig
 from .events import TrainEvent, TrainResult
 from .model_card import render_model_card, write_model_card
+from .preflight import validate_config
 
 logger = logging.getLogger(__name__)
 

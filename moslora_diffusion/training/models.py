@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import architectures
 from ..adapters import add_moslora_adapter
 from ..config import MoSLoraConfig
+from ..constants import TEXT_ENCODERS as TEXT_COMPONENTS
 from ..targets import resolve_targets
 from .args import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
 
 
 def read_model_index(cfg: TrainConfig) -> dict[str, Any]:
@@ -53,15 +53,6 @@ def read_component_config(cfg: TrainConfig, subfolder: str, name: str = "config.
             )
         )
     return json.loads(file.read_text(encoding="utf-8"))
-
-
-def detect_architecture(model_index: dict[str, Any], unet_config: dict[str, Any]) -> str:
-    """'sdxl' (two text encoders), 'sd2' (1024-wide or linear-projection cross attention) or 'sd1'."""
-    if model_index.get("text_encoder_2", [None])[0] is not None or "XL" in model_index.get("_class_name", ""):
-        return "sdxl"
-    if unet_config.get("cross_attention_dim") == 1024 or unet_config.get("use_linear_projection"):
-        return "sd2"
-    return "sd1"
 
 
 @dataclass
@@ -112,7 +103,7 @@ def load_components(cfg: TrainConfig, weight_dtype: torch.dtype, device: torch.d
     index = read_model_index(cfg)
     hub = dict(revision=cfg.revision, torch_dtype=weight_dtype)
     unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", variant=cfg.variant, **hub)
-    arch = detect_architecture(index, dict(unet.config))
+    arch = architectures.detect(dict(unet.config), index)
     text_names = ["text_encoder", "text_encoder_2"] if arch == "sdxl" else ["text_encoder"]
     tokenizer_names = ["tokenizer", "tokenizer_2"] if arch == "sdxl" else ["tokenizer"]
     text_encoders = []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..errors import RequestError
 from ..imaging import labelled_grid
 from .engine import MAX_SEED, STRENGTH_RANGE, Engine, GenerationRequest, validate_request
 from .pngmeta import format_parameters, save_png
@@ -23,15 +24,15 @@ def parse_number_list(text: str, what: str) -> list[float]:
     """Numbers separated by commas or spaces; raise ValueError naming the bad item."""
     items = [t for t in str(text).replace(",", " ").split() if t]
     if not items:
-        raise ValueError(f"give at least one {what}")
+        raise RequestError(f"give at least one {what}")
     out = []
     for item in items:
         try:
             value = float(item)
         except ValueError:
-            raise ValueError(f"{what} {item!r} is not a number") from None
+            raise RequestError(f"{what} {item!r} is not a number") from None
         if not math.isfinite(value):
-            raise ValueError(f"{what} {item!r} is not a finite number")
+            raise RequestError(f"{what} {item!r} is not a finite number")
         out.append(value)
     return out
 
@@ -41,7 +42,7 @@ def parse_strengths(text: str) -> list[float]:
     out: list[float] = []
     for value in parse_number_list(text, "strength"):
         if not STRENGTH_RANGE[0] <= value <= STRENGTH_RANGE[1]:
-            raise ValueError(f"strength {value:g} is outside {STRENGTH_RANGE[0]:g}..{STRENGTH_RANGE[1]:g}")
+            raise RequestError(f"strength {value:g} is outside {STRENGTH_RANGE[0]:g}..{STRENGTH_RANGE[1]:g}")
         if value != 0.0 and value not in out:
             out.append(value)
     return out
@@ -51,7 +52,7 @@ def parse_seeds(text: str) -> list[int]:
     out: list[int] = []
     for value in parse_number_list(text, "seed"):
         if value != int(value) or not 0 <= value <= MAX_SEED:
-            raise ValueError(f"seed {value:g} must be a whole number from 0 to {MAX_SEED}")
+            raise RequestError(f"seed {value:g} must be a whole number from 0 to {MAX_SEED}")
         if int(value) not in out:
             out.append(int(value))
     return out
@@ -80,11 +81,11 @@ def compare(
     strengths = [s for s in dict.fromkeys(strengths) if s != 0.0]
     seeds = list(dict.fromkeys(seeds))
     if not seeds:
-        raise ValueError("give at least one seed")
+        raise RequestError("give at least one seed")
     columns: list[list[tuple[str, float]]] = [[]] + [[(adapter, s)] for s in strengths]
     cells = len(columns) * len(seeds)
     if cells > engine.limits.max_grid_cells:
-        raise ValueError(f"the grid would have {cells} images; the limit is {engine.limits.max_grid_cells}")
+        raise RequestError(f"the grid would have {cells} images; the limit is {engine.limits.max_grid_cells}")
     jobs = [(adapters, seed) for seed in seeds for adapters in columns]
     images = engine.render_many(req, jobs, progress)
     rows = [images[i * len(columns) : (i + 1) * len(columns)] for i in range(len(seeds))]

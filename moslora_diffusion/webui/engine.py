@@ -22,15 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .adapter_files import (
-    AdapterMismatch,
-    AdapterNameError,
-    adapter_info,
-    check_fits,
-    list_adapters,
-    pipeline_architecture,
-    safe_adapter_path,
-)
+from .. import architectures, toyworld
+from ..errors import AdapterMismatchError, BusyError, MoSLoraError, RequestError
+from ..formats.inspect import describe_adapter_file
+from ..loading import check_file_fits, install_pipeline_methods
+from .adapter_files import list_adapters, safe_adapter_path
 from .pngmeta import format_adapters, format_parameters, save_png
 
 __all__ = [
@@ -63,7 +59,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-class EngineBusy(RuntimeError):
+class EngineBusy(BusyError):
     """Another generation holds the device for longer than the caller wanted to wait."""
 
 
@@ -107,13 +103,13 @@ class GeneratedImage:
 
 def _as_int(name: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+        raise RequestError(f"{name} must be a whole number, got {value!r}") from None
     if not math.isfinite(number) or number != int(number):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+        raise RequestError(f"{name} must be a whole number, got {value!r}")
     return int(number)
 
 
@@ -121,27 +117,27 @@ def _as_float(name: str, value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise RequestError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise RequestError(f"{name} must be a finite number, got {value!r}")
     return number
 
 
 def _in_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
 
 
 def validate_request(req: GenerationRequest, limits: Limits) -> GenerationRequest:
     """Check and normalise a request; raise ValueError naming the offending input."""
     if not isinstance(req.prompt, str) or not req.prompt.strip():
-        raise ValueError("prompt is empty")
+        raise RequestError("prompt is empty")
     negative = req.negative_prompt or ""
     if not isinstance(negative, str):
-        raise ValueError("negative prompt must be text")
+        raise RequestError("negative prompt must be text")
     for name, text in (("prompt", req.prompt), ("negative prompt", negative)):
         if len(text) > limits.max_prompt_chars:
-            raise ValueError(f"{name} is longer than {limits.max_prompt_chars} characters")
+            raise RequestError(f"{name} is longer than {limits.max_prompt_chars} characters")
     steps = _as_int("steps", req.steps)
     _in_range("steps", steps, 1, limits.max_steps)
     guidance = _as_float("CFG scale", req.guidance_scale)
@@ -154,14 +150,14 @@ def validate_request(req: GenerationRequest, limits: Limits) -> GenerationReques
         value = _as_int(name, getattr(req, name))
         _in_range(name, value, limits.min_size, limits.max_size)
         if value % 8:
-            raise ValueError(f"{name} must be a multiple of 8, got {value}")
+            raise RequestError(f"{name} must be a multiple of 8, got {value}")
         sizes[name] = value
     n = _as_int("number of images", req.num_images)
     _in_range("number of images", n, 1, limits.max_images)
     if req.scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {req.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        raise RequestError(f"unknown scheduler {req.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     if len(req.adapters) > MAX_ADAPTER_SLOTS:
-        raise ValueError(f"at most {MAX_ADAPTER_SLOTS} adapters at once")
+        raise RequestError(f"at most {MAX_ADAPTER_SLOTS} adapters at once")
     adapters = []
     for name, strength in req.adapters:
         strength = _as_float(f"strength of {name}", strength)
@@ -187,7 +183,7 @@ def _resolve_dtype(device: str, dtype: str | None):
         return torch.float16 if device.startswith("cuda") else torch.float32
     table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if dtype not in table:
-        raise ValueError(f"dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
+        raise RequestError(f"dtype must be one of auto, {', '.join(table)}; got {dtype!r}")
     return table[dtype]
 
 
@@ -208,42 +204,21 @@ def load_pipeline(base_model: str | os.PathLike, device: str | None = None, dtyp
         str(base_model), torch_dtype=_resolve_dtype(device, dtype), use_safetensors=True
     )
     if not hasattr(pipe, "load_lora_weights") or not hasattr(pipe, "unet"):
-        raise ValueError(
+        raise RequestError(
             f"{base_model}: {type(pipe).__name__} is not a Stable Diffusion / SDXL pipeline with LoRA support"
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-def _install_moslora_loader() -> bool:
-    """Give diffusers pipelines ``load_moslora_weights`` when this install has the loader."""
-    try:
-        from moslora_diffusion.loading import install_pipeline_methods
-    except ImportError:
-        return False
-    install_pipeline_methods()
-    return True
-
-
 def load_adapter_file(pipe: Any, path: Path, adapter_name: str) -> None:
     """Load one adapter file (native MoSLoRA or plain LoRA) into ``pipe`` under ``adapter_name``.
 
-    The only place that knows how adapters get into the pipeline: native MoSLoRA files go through
-    ``pipe.load_moslora_weights`` (which folds the mixer, then uses diffusers' own LoRA loader); plain
-    LoRA files go straight to ``pipe.load_lora_weights``.
+    ``pipe.load_moslora_weights`` folds native files and runs the fit check on every kind of file before
+    handing it to diffusers' own LoRA loader.
     """
-    if hasattr(pipe, "load_moslora_weights") or _install_moslora_loader():
-        pipe.load_moslora_weights(str(path), adapter_name=adapter_name)
-        return
-    info = adapter_info(path)
-    if info["format"].startswith("MoSLoRA"):
-        raise AdapterMismatch(
-            f"{path.name} is a native MoSLoRA file, but this install has no MoSLoRA loader "
-            "(moslora_diffusion.loading); export it to a plain LoRA first"
-        )
-    pipe.load_lora_weights(
-        str(path.parent), weight_name=path.name, adapter_name=adapter_name, use_safetensors=True
-    )
+    install_pipeline_methods()
+    pipe.load_moslora_weights(str(path), adapter_name=adapter_name)
 
 
 def _default_settings(pipe: Any, base_model: str) -> dict[str, Any]:
@@ -256,19 +231,14 @@ def _default_settings(pipe: Any, base_model: str) -> dict[str, Any]:
         if cls_name == current and not extra:
             settings["scheduler"] = name
             break
-    try:  # the bundled toy base model has its own agreed sampler settings
-        from moslora_diffusion import toyworld
-
-        if Path(base_model).resolve() == Path(toyworld.base_model_path()).resolve():
-            toy = toyworld.default_sampler_settings()
-            settings.update(
-                steps=toy["num_inference_steps"],
-                guidance_scale=toy["guidance_scale"],
-                width=toy["width"],
-                height=toy["height"],
-            )
-    except (ImportError, AttributeError, OSError, KeyError):
-        pass
+    if Path(base_model).resolve() == toyworld.base_model_path().resolve():
+        toy = toyworld.default_sampler_settings()  # the bundled toy model's agreed sampler settings
+        settings.update(
+            steps=toy["num_inference_steps"],
+            guidance_scale=toy["guidance_scale"],
+            width=toy["width"],
+            height=toy["height"],
+        )
     return settings
 
 
@@ -303,7 +273,7 @@ class Engine:
         self.adapters_dir = Path(adapters_dir)
         self.output_dir = Path(output_dir)
         self.limits = limits or Limits()
-        self.architecture = pipeline_architecture(pipe)
+        self.architecture = architectures.detect_pipeline(pipe)
         self.defaults = _default_settings(pipe, self.base_model)
         self.lock = threading.Lock()
         self._base_scheduler_config = dict(pipe.scheduler.config)
@@ -334,10 +304,10 @@ class Engine:
         return safe_adapter_path(self.adapters_dir, name)
 
     def adapter_info(self, name: str) -> dict[str, Any]:
-        """Header metadata of an adapter, after checking that it fits the loaded base model."""
-        info = adapter_info(self.adapter_path(name))
-        check_fits(self.pipe, info, self.architecture)
-        return info
+        """The adapter's description (header only), after checking that it fits the loaded base model."""
+        path = self.adapter_path(name)
+        check_file_fits(self.pipe, path)
+        return describe_adapter_file(path, header_only=True)
 
     def _ensure_loaded(self, name: str) -> str:
         path = self.adapter_path(name)
@@ -349,22 +319,21 @@ class Engine:
                 self._loaded.move_to_end(name)
                 return internal
             self._unload(name)
-        info = adapter_info(path)
-        check_fits(self.pipe, info, self.architecture)
+        check_file_fits(self.pipe, path)
         while len(self._loaded) >= self._max_loaded:
             self._unload(next(iter(self._loaded)))
         internal = f"slot{next(self._ids)}"
         try:
             load_adapter_file(self.pipe, path, internal)
-        except (AdapterMismatch, AdapterNameError):
+        except MoSLoraError:
             self._forget(internal)
             raise
         except Exception as exc:  # diffusers / PEFT raise assorted errors for misfitting files
             self._forget(internal)
-            raise AdapterMismatch(f"{name} could not be loaded into the base model: {exc}") from exc
+            raise AdapterMismatchError(f"{name} could not be loaded into the base model: {exc}") from exc
         if not any(internal in names for names in self.pipe.get_list_adapters().values()):
             self._forget(internal)
-            raise AdapterMismatch(f"{name}: none of its layers matched the loaded base model")
+            raise AdapterMismatchError(f"{name}: none of its layers matched the loaded base model")
         self._loaded[name] = (key, internal)
         return internal
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..constants import ADAPTER_TYPES
+from ..errors import BusyError, RequestError
 from .adapter_files import ADAPTER_SUFFIX
 
 __all__ = ["UploadLimits", "TrainRequest", "JobStatus", "JobBusy", "TrainingJobs", "decode_uploads"]
@@ -31,11 +33,10 @@ __all__ = ["UploadLimits", "TrainRequest", "JobStatus", "JobBusy", "TrainingJobs
 logger = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
-ADAPTER_TYPES = ("moslora", "lora")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-class JobBusy(RuntimeError):
+class JobBusy(BusyError):
     """A training job is already running."""
 
 
@@ -90,20 +91,20 @@ class JobStatus:
 def _check_name(name: str, adapters_dir: Path) -> str:
     name = (name or "").strip().removesuffix(ADAPTER_SUFFIX)
     if not _NAME_RE.match(name):
-        raise ValueError(
+        raise RequestError(
             f"adapter name {name!r} refused: use 1-64 letters, digits, '-' or '_' (starting with a letter or digit)"
         )
     if (adapters_dir / f"{name}{ADAPTER_SUFFIX}").exists():
-        raise ValueError(f"an adapter named {name}{ADAPTER_SUFFIX} already exists; choose another name")
+        raise RequestError(f"an adapter named {name}{ADAPTER_SUFFIX} already exists; choose another name")
     return name
 
 
 def decode_uploads(paths: list[str], dest: Path, limits: UploadLimits) -> list[Path]:
     """Decode uploaded images safely and re-save them as RGB PNGs in ``dest``; refuse anything else."""
     if not paths:
-        raise ValueError(f"upload {limits.min_images} to {limits.max_images} images of the subject")
+        raise RequestError(f"upload {limits.min_images} to {limits.max_images} images of the subject")
     if not limits.min_images <= len(paths) <= limits.max_images:
-        raise ValueError(
+        raise RequestError(
             f"{len(paths)} files uploaded; give between {limits.min_images} and {limits.max_images} images"
         )
     dest.mkdir(parents=True, exist_ok=True)
@@ -112,16 +113,16 @@ def decode_uploads(paths: list[str], dest: Path, limits: UploadLimits) -> list[P
         src = Path(src)
         label = src.name
         if src.stat().st_size > limits.max_file_bytes:
-            raise ValueError(f"{label}: larger than {limits.max_file_bytes // (1024 * 1024)} MiB")
+            raise RequestError(f"{label}: larger than {limits.max_file_bytes // (1024 * 1024)} MiB")
         try:
             with Image.open(src) as im:
                 if im.format not in ALLOWED_FORMATS:
-                    raise ValueError(
+                    raise RequestError(
                         f"{label}: {im.format or 'unknown'} files are not accepted; use PNG, JPEG or WebP"
                     )
                 w, h = im.size
                 if w * h > limits.max_pixels:
-                    raise ValueError(
+                    raise RequestError(
                         f"{label}: {w}x{h} pixels is more than the limit of {limits.max_pixels:,}"
                     )
                 with warnings.catch_warnings():
@@ -129,9 +130,9 @@ def decode_uploads(paths: list[str], dest: Path, limits: UploadLimits) -> list[P
                     im.load()
                 rgb = ImageOps.exif_transpose(im).convert("RGB")
         except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ValueError(f"{label}: not an image this app accepts ({exc})") from None
+            raise RequestError(f"{label}: not an image this app accepts ({exc})") from None
         except OSError as exc:
-            raise ValueError(f"{label}: the image could not be decoded ({exc})") from None
+            raise RequestError(f"{label}: the image could not be decoded ({exc})") from None
         path = dest / f"{i:03d}.png"
         rgb.save(path, format="PNG")
         out.append(path)
@@ -186,16 +187,6 @@ class TrainingJobs:
             self._backend = importlib.import_module("moslora_diffusion.training")
         return self._backend
 
-    def available(self) -> tuple[bool, str]:
-        try:
-            backend = self.backend()
-        except ImportError as exc:
-            return False, f"training is not available in this install ({exc})"
-        missing = [n for n in ("TrainConfig", "validate_config", "run_training") if not hasattr(backend, n)]
-        if missing:
-            return False, f"the training module lacks {', '.join(missing)}"
-        return True, ""
-
     # ---- status -------------------------------------------------------------------------------------
 
     def status(self) -> JobStatus:
@@ -229,26 +220,25 @@ class TrainingJobs:
 
     def start(self, req: TrainRequest) -> JobStatus:
         """Validate everything, prepare the data folder, then start training in a background thread."""
-        ok, why = self.available()
-        if not ok:
-            raise RuntimeError(why)
         with self._lock:
             if self._status.active:
                 raise JobBusy("a training job is already running; wait for it or cancel it first")
         prompt = (req.instance_prompt or "").strip()
         if not prompt:
-            raise ValueError("instance prompt is empty (e.g. 'a photo of sks toy')")
+            raise RequestError("instance prompt is empty (e.g. 'a photo of sks toy')")
         if req.adapter not in ADAPTER_TYPES:
-            raise ValueError(f"adapter type must be one of {ADAPTER_TYPES}, got {req.adapter!r}")
+            raise RequestError(f"adapter type must be one of {ADAPTER_TYPES}, got {req.adapter!r}")
         steps, rank = int(req.steps), int(req.rank)
         if steps != req.steps or not 1 <= steps <= self.limits.max_steps:
-            raise ValueError(
+            raise RequestError(
                 f"steps must be a whole number from 1 to {self.limits.max_steps}, got {req.steps}"
             )
         if rank != req.rank or not 1 <= rank <= self.limits.max_rank:
-            raise ValueError(f"rank must be a whole number from 1 to {self.limits.max_rank}, got {req.rank}")
+            raise RequestError(
+                f"rank must be a whole number from 1 to {self.limits.max_rank}, got {req.rank}"
+            )
         if not 0 < float(req.learning_rate) <= 1e-2:
-            raise ValueError(f"learning rate must be in (0, 0.01], got {req.learning_rate}")
+            raise RequestError(f"learning rate must be in (0, 0.01], got {req.learning_rate}")
         name = _check_name(req.adapter_name, self.adapters_dir)
 
         job_dir = Path(
@@ -282,10 +272,8 @@ class TrainingJobs:
         )
         try:
             backend.validate_config(cfg)
-        except (ValueError, OSError) as exc:
-            raise ValueError(str(exc)) from None
-        except Exception as exc:  # TrainConfigError may not subclass ValueError
-            raise ValueError(str(exc)) from None
+        except OSError as exc:
+            raise RequestError(str(exc)) from None
 
         with self._lock:
             if self._status.active:

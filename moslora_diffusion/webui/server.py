@@ -18,15 +18,10 @@ logger = logging.getLogger(__name__)
 
 
 def default_base_model() -> str | None:
-    """The bundled toy-world base model, when this install has it (looked up lazily)."""
-    try:
-        from moslora_diffusion import toyworld
-    except ImportError:
-        return None
-    try:
-        path = Path(toyworld.base_model_path())
-    except (AttributeError, OSError):
-        return None
+    """The bundled toy-world base model, when this install ships its files."""
+    from .. import toyworld
+
+    path = toyworld.base_model_path()
     return str(path) if (path / "model_index.json").is_file() else None
 
 

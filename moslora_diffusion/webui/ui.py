@@ -14,7 +14,9 @@ from typing import Any
 
 import gradio as gr
 
-from .adapter_files import AdapterMismatch, AdapterNameError, format_info
+from ..constants import ADAPTER_TYPES
+from ..errors import MoSLoraError, RequestError
+from .adapter_files import format_info
 from .compare import compare, parse_seeds, parse_strengths
 from .engine import (
     MAX_ADAPTER_SLOTS,
@@ -22,17 +24,15 @@ from .engine import (
     SCHEDULERS,
     STRENGTH_RANGE,
     Engine,
-    EngineBusy,
     GenerationRequest,
 )
-from .jobs import ADAPTER_TYPES, JobBusy, TrainingJobs, TrainRequest
+from .jobs import TrainingJobs, TrainRequest
 
 __all__ = ["build_ui", "GENERATE_CONCURRENCY_ID"]
 
 logger = logging.getLogger(__name__)
 
 GENERATE_CONCURRENCY_ID = "device"
-_USER_ERRORS = (ValueError, AdapterMismatch, AdapterNameError, EngineBusy, JobBusy)
 
 
 @contextmanager
@@ -42,7 +42,7 @@ def user_errors(what: str) -> Iterator[None]:
         yield
     except gr.Error:
         raise
-    except _USER_ERRORS as exc:
+    except MoSLoraError as exc:
         raise gr.Error(str(exc)) from None
     except Exception as exc:
         if type(exc).__name__ == "OutOfMemoryError":
@@ -133,7 +133,7 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                    progress=gr.Progress()):  # fmt: skip
         with user_errors("comparison"):
             if not adapter:
-                raise ValueError("pick an adapter to compare")
+                raise RequestError("pick an adapter to compare")
             req = GenerationRequest(
                 prompt=prompt,
                 negative_prompt=negative,
@@ -158,7 +158,7 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
             return ""
         try:
             return format_info(engine.adapter_info(name))
-        except (AdapterMismatch, AdapterNameError, ValueError) as exc:
+        except MoSLoraError as exc:
             gr.Warning(str(exc))
             return f"**refused:** {html.escape(str(exc))}"
 
@@ -284,11 +284,9 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
             train_widgets = None
             if jobs is not None:
                 with gr.Tab("Train", id="train"):
-                    ok, why = jobs.available()
                     gr.Markdown(
                         "DreamBooth a new adapter on the base model. The finished adapter is copied into the "
                         "adapters folder and can be picked at once. One job at a time."
-                        + ("" if ok else f"\n\n**Unavailable:** {html.escape(why)}")
                     )
                     with gr.Row():
                         with gr.Column():
@@ -337,7 +335,7 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                                 )
                             with gr.Row():
                                 t_start = gr.Button(
-                                    "Start training", variant="primary", interactive=ok, elem_id="train-start"
+                                    "Start training", variant="primary", elem_id="train-start"
                                 )
                                 t_cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
                         with gr.Column():

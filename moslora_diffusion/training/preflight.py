@@ -1,0 +1,58 @@
+"""Preflight: the checks on files, folders and data that run before any model is loaded.
+
+`validate_config(cfg)` is the one call: the settings (`args.check_settings`), the base model's location,
+the instance / class data and the output folder. It never changes `cfg`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import TrainConfigError
+from .args import TrainConfig, check_settings
+from .checkpoint import check_output_dir
+from .data import check_instance_data
+
+__all__ = ["validate_config", "check_model_source"]
+
+
+def _looks_local(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name) or name.count("/") != 1
+
+
+def check_model_source(cfg: TrainConfig) -> None:
+    """A local base model (or VAE) must exist; a base-model folder must be a diffusers pipeline."""
+    for flag in ("pretrained_model_name_or_path", "pretrained_vae_model_name_or_path"):
+        name = getattr(cfg, flag)
+        if not name or not _looks_local(name):
+            continue
+        p = Path(name).expanduser()
+        if not p.exists():
+            raise TrainConfigError(f"--{flag}: {name} does not exist")
+        if flag == "pretrained_model_name_or_path" and not (p / "model_index.json").is_file():
+            raise TrainConfigError(
+                f"--{flag}: {name} has no model_index.json (not a diffusers pipeline folder)"
+            )
+
+
+def check_class_data_dir(cfg: TrainConfig) -> None:
+    if (
+        cfg.with_prior_preservation
+        and Path(cfg.class_data_dir).exists()
+        and not Path(cfg.class_data_dir).is_dir()
+    ):
+        raise TrainConfigError(f"--class_data_dir: {cfg.class_data_dir} is not a folder")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Check every setting and input that can be checked without loading a model; never changes `cfg`.
+
+    Raises `TrainConfigError` naming the offending flag, file or value. Unreadable images are reported as
+    warnings and skipped; no image left is an error.
+    """
+    check_settings(cfg)
+    check_model_source(cfg)
+    check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
+    check_class_data_dir(cfg)
+    check_output_dir(cfg)
