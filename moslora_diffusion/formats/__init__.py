@@ -8,6 +8,7 @@ from .export import (
     export_adapter,
     folded_modules,
     kohya_alpha,
+    provenance_metadata,
     to_diffusers_state_dict,
     to_kohya_state_dict,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "kohya_module_name",
     "load_moslora_file",
     "path_variants",
+    "provenance_metadata",
     "read_header",
     "read_safetensors",
     "resolve_weights_path",

@@ -46,6 +46,7 @@ __all__ = [
     "to_diffusers_state_dict",
     "to_kohya_state_dict",
     "export_adapter",
+    "provenance_metadata",
 ]
 
 
@@ -147,6 +148,15 @@ def _kohya_metadata(adapter: MoSLoraFile, arch: str) -> dict[str, str]:
         "modelspec.architecture": _MODELSPEC_ARCH[arch],
         "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer and scale folded into lora_up)",
     }
+    return {**meta, **provenance_metadata(adapter)}
+
+
+def provenance_metadata(adapter: MoSLoraFile) -> dict[str, str]:
+    """``moslora_base_model`` / ``moslora_training``: what the native file says about its origin, kept in
+    every export so that ``inspect`` and the web UI can still name the base model and training prompt."""
+    meta = {}
+    if adapter.base_model:
+        meta["moslora_base_model"] = json.dumps(adapter.base_model, sort_keys=True)
     if adapter.training:
         meta["moslora_training"] = json.dumps(adapter.training, sort_keys=True, default=str)
     return meta
@@ -188,6 +198,7 @@ def export_adapter(
         meta = {
             "format": "pt",
             "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer folded into lora_B)",
+            **provenance_metadata(adapter),
         }
         return write_safetensors_atomic(_target_file(dst, DIFFUSERS_WEIGHTS_NAME), tensors, meta)
     arch = detect_architecture(adapter, architecture)

@@ -57,7 +57,11 @@ def write_adapter_files(
     files: dict[str, Path] = {}
     if adapter == "moslora":
         files["moslora"] = Path(file.save(out))
-    meta = {"format": "pt", "trained_with": f"moslora-diffusion DreamBooth ({adapter})"}
+    meta = {
+        "format": "pt",
+        "trained_with": f"moslora-diffusion DreamBooth ({adapter})",
+        **fmt.provenance_metadata(file),
+    }
     files["diffusers"] = Path(
         fmt.write_safetensors_atomic(
             out / fmt.DIFFUSERS_WEIGHTS_NAME, fmt.to_diffusers_state_dict(file), meta
