@@ -262,6 +262,28 @@ def _check_distributed_support(cfg: TrainConfig, accelerator: Any) -> None:
     ds_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
 
 
+def _make_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, max_steps: int) -> Any:
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        cfg.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps,
+        num_training_steps=max_steps,
+        num_cycles=cfg.lr_num_cycles,
+        power=cfg.lr_power,
+    )
+
+
+def _enable_gradient_checkpointing(cfg: TrainConfig, comps: models.Components) -> None:
+    if not cfg.gradient_checkpointing:
+        return
+    comps.unet.enable_gradient_checkpointing()
+    if cfg.train_text_encoder:
+        for te in comps.text_encoders:
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _load_sources(cfg: TrainConfig) -> tuple[list[_Source], list[_Source]]:
     images = data.check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
     instances = [_Source(data.load_image(p), c) for p, c in zip(images.paths, images.captions)]
@@ -310,7 +332,7 @@ def _base_model_metadata(cfg: TrainConfig, comps: models.Components) -> dict[str
     return {**info, **{k: v for k, v in extra.items() if v is not None}}
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the trainer
 
 
 def run_training(
@@ -329,7 +351,9 @@ def run_training(
     started = time.time()
     accelerator = _make_accelerator(cfg)
     try:
-        return _train(cfg, accelerator, callback, should_stop, started)
+        trainer = Trainer.setup(cfg, accelerator, callback)
+        trainer.resume()
+        return trainer.train(should_stop, started)
     finally:
         accelerator.end_training()
         from accelerate.state import AcceleratorState, GradientState
@@ -338,259 +362,303 @@ def run_training(
         GradientState._reset_state()
 
 
-def _train(cfg, accelerator, callback, should_stop, started) -> TrainResult:
-    is_main = accelerator.is_main_process
-    emit = callback if (callback is not None and is_main) else (lambda event: None)
-    out = Path(cfg.output_dir)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    resume_path = ckpt.resolve_resume_path(cfg)
-    if cfg.resume_from_checkpoint and resume_path is None:
-        logger.info("no checkpoint in %s yet: starting a new run", cfg.output_dir)
-    resume_state = ckpt.read_state(resume_path) if resume_path else None
-    seed = _shared_seed(cfg, accelerator, resume_state)
-    _check_distributed_support(cfg, accelerator)
+class Trainer:
+    """One DreamBooth run in phases: `setup`, `resume`, `train` (= `step` + `checkpoint` + `validate`), `finish`."""
 
-    from accelerate.utils import set_seed
+    def __init__(self, run: _Run, *, optimizer: Any, lr_scheduler: Any, trained: dict[str, torch.nn.Module],
+                 wrapped: dict[str, torch.nn.Module], max_steps: int, emit: Callable[[TrainEvent], None],
+                 resume_path: Path | None) -> None:  # fmt: skip
+        self.run = run
+        self.cfg = run.cfg
+        self.accelerator = run.accelerator
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.trained = trained  # component -> unwrapped model holding a trainable adapter
+        self.wrapped = wrapped  # the same, as accelerate prepared them
+        self.max_steps = max_steps
+        self.emit = emit
+        self.resume_path = resume_path
+        self.out = Path(self.cfg.output_dir)
+        self.is_main = self.accelerator.is_main_process
+        self.global_step = 0
+        self.last_checkpoint: Path | None = None
+        self.last_grid: Path | None = None
+        self.params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
 
-    set_seed(seed)
-    weight_dtype = _DTYPES[cfg.mixed_precision]
-    comps = models.load_components(cfg, weight_dtype, accelerator.device)
-    resolution = cfg.resolution or comps.default_resolution()
-    models.add_adapters(cfg, comps)  # same seed on every process: identical initial adapters
-    if cfg.gradient_checkpointing:
-        comps.unet.enable_gradient_checkpointing()
-        if cfg.train_text_encoder:
-            for te in comps.text_encoders:
-                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # ---- setup ------------------------------------------------------------------------------------------
 
-    if cfg.with_prior_preservation and prior.missing_class_images(cfg):
+    @classmethod
+    def setup(
+        cls, cfg: TrainConfig, accelerator: Any, callback: Callable[[TrainEvent], None] | None
+    ) -> Trainer:
+        """Load the models, add the adapters, read the data, build optimizer and schedule."""
+        is_main = accelerator.is_main_process
+        emit = callback if (callback is not None and is_main) else (lambda event: None)
         if is_main:
-            prior.generate_class_images(cfg, comps.arch, resolution, accelerator.device, weight_dtype)
-        accelerator.wait_for_everyone()
-    instances, classes = _load_sources(cfg)
+            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        resume_path = ckpt.resolve_resume_path(cfg)
+        if cfg.resume_from_checkpoint and resume_path is None:
+            logger.info("no checkpoint in %s yet: starting a new run", cfg.output_dir)
+        seed = _shared_seed(cfg, accelerator, ckpt.read_state(resume_path) if resume_path else None)
+        _check_distributed_support(cfg, accelerator)
 
-    order = data.SampleOrder(
-        len(instances) * cfg.repeats, cfg.train_batch_size, accelerator.num_processes, seed
-    )
-    steps_per_epoch = math.ceil(order.micro_batches_per_epoch() / cfg.gradient_accumulation_steps)
-    max_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
+        from accelerate.utils import set_seed
 
-    optimizer = _make_optimizer(cfg, comps, accelerator.num_processes)
-    from diffusers.optimization import get_scheduler
+        set_seed(seed)
+        weight_dtype = _DTYPES[cfg.mixed_precision]
+        comps = models.load_components(cfg, weight_dtype, accelerator.device)
+        resolution = cfg.resolution or comps.default_resolution()
+        models.add_adapters(cfg, comps)  # same seed on every process: identical initial adapters
+        _enable_gradient_checkpointing(cfg, comps)
+        if cfg.with_prior_preservation and prior.missing_class_images(cfg):
+            if is_main:
+                prior.generate_class_images(cfg, comps.arch, resolution, accelerator.device, weight_dtype)
+            accelerator.wait_for_everyone()
+        instances, classes = _load_sources(cfg)
 
-    lr_scheduler = get_scheduler(
-        cfg.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=cfg.lr_warmup_steps,
-        num_training_steps=max_steps,
-        num_cycles=cfg.lr_num_cycles,
-        power=cfg.lr_power,
-    )
-    trained = comps.adapted_models()
-    wrapped = accelerator.prepare(*trained.values(), optimizer)
-    wrapped_models, optimizer = dict(zip(trained, wrapped[:-1])), wrapped[-1]
-    text_encoders = [wrapped_models.get(k, m) for k, m in comps.text_components().items()]
-    noise_generator = torch.Generator(device=accelerator.device).manual_seed(
-        seed + 7 + accelerator.process_index
-    )
-    torch.manual_seed(seed + 1000 * accelerator.process_index)  # dropout differs per process, as in DDP
-    run = _Run(
-        cfg=cfg,
-        accelerator=accelerator,
-        comps=comps,
-        resolution=resolution,
-        seed=seed,
-        instances=instances,
-        classes=classes,
-        order=order,
-        noise_generator=noise_generator,
-        unet=wrapped_models["unet"],
-        text_encoders=text_encoders,
-    )
-
-    global_step = 0
-    last_checkpoint: Path | None = None
-    if resume_path is not None:
-        state = ckpt.load_checkpoint(
-            resume_path,
-            models=trained,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            noise_generator=noise_generator,
-            rank=accelerator.process_index,
+        order = data.SampleOrder(
+            len(instances) * cfg.repeats, cfg.train_batch_size, accelerator.num_processes, seed
         )
-        global_step = int(state["step"])
-        run.losses = list(state.get("losses", []))
-        last_checkpoint = resume_path
-        logger.info("resumed from %s at step %d", resume_path, global_step)
-    _build_caches(run)
+        steps_per_epoch = math.ceil(order.micro_batches_per_epoch() / cfg.gradient_accumulation_steps)
+        max_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
+        optimizer = _make_optimizer(cfg, comps, accelerator.num_processes)
+        lr_scheduler = _make_lr_scheduler(cfg, optimizer, max_steps)
+        trained = comps.adapted_models()
+        prepared = accelerator.prepare(*trained.values(), optimizer)
+        wrapped, optimizer = dict(zip(trained, prepared[:-1])), prepared[-1]
+        noise_generator = torch.Generator(device=accelerator.device).manual_seed(
+            seed + 7 + accelerator.process_index
+        )
+        torch.manual_seed(seed + 1000 * accelerator.process_index)  # dropout differs per process, as in DDP
+        run = _Run(
+            cfg=cfg,
+            accelerator=accelerator,
+            comps=comps,
+            resolution=resolution,
+            seed=seed,
+            instances=instances,
+            classes=classes,
+            order=order,
+            noise_generator=noise_generator,
+            unet=wrapped["unet"],
+            text_encoders=[wrapped.get(k, m) for k, m in comps.text_components().items()],
+        )
+        return cls(run, optimizer=optimizer, lr_scheduler=lr_scheduler, trained=trained, wrapped=wrapped,
+                   max_steps=max_steps, emit=emit, resume_path=resume_path)  # fmt: skip
 
-    if cfg.report_to == "tensorboard":
-        hparams = {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers("moslora-dreambooth", config=hparams)
+    def resume(self) -> None:
+        """Restore adapter, optimizer, schedule, RNG and loss history from the checkpoint to resume, if any."""
+        if self.resume_path is not None:
+            state = ckpt.load_checkpoint(
+                self.resume_path,
+                models=self.trained,
+                optimizer=self.optimizer,
+                lr_scheduler=self.lr_scheduler,
+                noise_generator=self.run.noise_generator,
+                rank=self.accelerator.process_index,
+            )
+            self.global_step = int(state["step"])
+            self.run.losses = list(state.get("losses", []))
+            self.last_checkpoint = self.resume_path
+            logger.info("resumed from %s at step %d", self.resume_path, self.global_step)
+        _build_caches(self.run)
+        if self.cfg.report_to == "tensorboard":
+            hparams = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
+            self.accelerator.init_trackers("moslora-dreambooth", config=hparams)
 
-    def checkpoint_state() -> dict[str, Any]:
-        return {
-            "seed": seed,
+    # ---- the loop ---------------------------------------------------------------------------------------
+
+    def train(self, should_stop: Callable[[], bool] | None, started: float) -> TrainResult:
+        """Step until max_steps (or a stop request), with checkpoints and validation on schedule."""
+        cfg = self.cfg
+        for m in self.wrapped.values():
+            m.train()
+        bar = tqdm(total=self.max_steps, initial=self.global_step, desc="training", unit="step",
+                   disable=not self.is_main)  # fmt: skip
+        cancelled = False
+        try:
+            while self.global_step < self.max_steps:
+                loss = self.step()
+                lr = self.lr_scheduler.get_last_lr()[0]
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                self.emit(TrainEvent("step", self.global_step, self.max_steps, loss=loss, lr=lr))
+                stop = self._stop_requested(should_stop) and self.global_step < self.max_steps
+                if (cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0) or stop:
+                    self.checkpoint()
+                if cfg.validation_prompt and self.global_step % cfg.validation_steps == 0 and not self.done:
+                    self.validate()
+                if stop:
+                    cancelled = True
+                    logger.info("stopped on request at step %d", self.global_step)
+                    break
+        finally:
+            bar.close()
+        return self.finish(cancelled, started)
+
+    @property
+    def done(self) -> bool:
+        return self.global_step >= self.max_steps
+
+    def step(self) -> float:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches; return the mean loss."""
+        accelerator, accum = self.accelerator, self.cfg.gradient_accumulation_steps
+        step_loss = torch.zeros((), device=accelerator.device)
+        for micro in range(accum):
+            with contextlib.ExitStack() as stack:
+                if micro != accum - 1:  # synchronise gradients on the last micro-batch only
+                    for m in self.wrapped.values():
+                        stack.enter_context(accelerator.no_sync(m))
+                with accelerator.autocast():
+                    loss = _micro_batch_loss(self.run, self.global_step * accum + micro)
+                accelerator.backward(loss / accum)
+            step_loss += loss.detach().float() / accum
+        mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
+        if not math.isfinite(mean_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            error = NonFiniteLossError(
+                self.global_step + 1, mean_loss, str(self.last_checkpoint) if self.last_checkpoint else None
+            )
+            self.emit(
+                TrainEvent("done", self.global_step, self.max_steps, loss=mean_loss, message=str(error))
+            )
+            raise error
+        if self.cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.run.losses.append(mean_loss)
+        accelerator.log({"loss": mean_loss, "lr": self.lr_scheduler.get_last_lr()[0]}, step=self.global_step)
+        return mean_loss
+
+    def _stop_requested(self, should_stop: Callable[[], bool] | None) -> bool:
+        """The stop flag of the main process, agreed by every process."""
+        stop = bool(should_stop()) if (should_stop is not None and self.is_main) else False
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor(float(stop), device=self.accelerator.device)
+            stop = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return stop
+
+    # ---- checkpoint and validation ----------------------------------------------------------------------
+
+    def checkpoint(self) -> Path:
+        """Write `checkpoint-<step>` (every process takes part) and prune old ones."""
+        run = self.run
+        state = {
+            "seed": run.seed,
             "losses": run.losses,
-            "max_train_steps": max_steps,
-            "base_model": ckpt.base_model_fingerprint(cfg),
-            "adapter": ckpt.adapter_fingerprint(cfg),
-            "architecture": comps.arch,
+            "max_train_steps": self.max_steps,
+            "base_model": ckpt.base_model_fingerprint(self.cfg),
+            "adapter": ckpt.adapter_fingerprint(self.cfg),
+            "architecture": run.comps.arch,
         }
-
-    def save_checkpoint(step: int) -> Path:
         path = ckpt.save_checkpoint(
-            out,
-            step,
-            models=trained,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            state=checkpoint_state(),
-            noise_generator=noise_generator,
-            is_main=is_main,
-            rank=accelerator.process_index,
-            barrier=accelerator.wait_for_everyone,
+            self.out,
+            self.global_step,
+            models=self.trained,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
+            state=state,
+            noise_generator=run.noise_generator,
+            is_main=self.is_main,
+            rank=self.accelerator.process_index,
+            barrier=self.accelerator.wait_for_everyone,
         )
-        if is_main:
-            ckpt.prune_checkpoints(out, cfg.checkpoints_total_limit)
-            emit(TrainEvent("checkpoint", step, max_steps, message=str(path)))
+        if self.is_main:
+            ckpt.prune_checkpoints(self.out, self.cfg.checkpoints_total_limit)
+            self.emit(TrainEvent("checkpoint", self.global_step, self.max_steps, message=str(path)))
+        self.last_checkpoint = path
         return path
 
-    last_grid: Path | None = None
-
-    def validate(step: int) -> None:
-        nonlocal last_grid
-        if not cfg.validation_prompt or not is_main:
+    def validate(self) -> None:
+        """Sample the validation prompt with the current adapters (main process), save a grid, log it."""
+        cfg, run, accelerator = self.cfg, self.run, self.accelerator
+        if not cfg.validation_prompt or not self.is_main:
             return
         unet = accelerator.unwrap_model(run.unet)
         tes = [accelerator.unwrap_model(te) for te in run.text_encoders]
         for m in (unet, *tes):
             m.eval()
-        pipe = validation.build_pipeline(comps, unet, tes)
+        pipe = validation.build_pipeline(run.comps, unet, tes)
         with accelerator.autocast():
             images = validation.generate_samples(
                 pipe,
                 cfg.validation_prompt,
                 cfg.num_validation_images,
-                resolution,
+                run.resolution,
                 cfg.validation_inference_steps,
                 cfg.validation_guidance_scale,
-                seed,
+                run.seed,
                 accelerator.device,
             )
         for m in (unet, *tes):
             m.train()
-        last_grid = validation.save_grid(images, out, step)
+        self.last_grid = validation.save_grid(images, self.out, self.global_step)
         if cfg.report_to == "tensorboard":
             import numpy as np
 
             writer = accelerator.get_tracker("tensorboard", unwrap=True)
-            writer.add_images(
-                "validation", np.stack([np.asarray(im) for im in images]), step, dataformats="NHWC"
+            frames = np.stack([np.asarray(im) for im in images])
+            writer.add_images("validation", frames, self.global_step, dataformats="NHWC")
+        self.emit(
+            TrainEvent(
+                "validation", self.global_step, self.max_steps, images=images, message=str(self.last_grid)
             )
-        emit(TrainEvent("validation", step, max_steps, images=images, message=str(last_grid)))
+        )
 
-    for m in wrapped_models.values():
-        m.train()
-    params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
-    bar = tqdm(total=max_steps, initial=global_step, desc="training", unit="step", disable=not is_main)
-    cancelled = False
-    accum = cfg.gradient_accumulation_steps
-    while global_step < max_steps:
-        step_loss = torch.zeros((), device=accelerator.device)
-        for micro in range(accum):
-            syncing = micro == accum - 1
-            with contextlib.ExitStack() as stack:
-                if not syncing:
-                    for m in wrapped_models.values():
-                        stack.enter_context(accelerator.no_sync(m))
-                with accelerator.autocast():
-                    loss = _micro_batch_loss(run, global_step * accum + micro)
-                accelerator.backward(loss / accum)
-            step_loss += loss.detach().float() / accum
-        mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
-        if not math.isfinite(mean_loss):
-            bar.close()
-            optimizer.zero_grad(set_to_none=True)
-            error = NonFiniteLossError(
-                global_step + 1, mean_loss, str(last_checkpoint) if last_checkpoint else None
+    # ---- finish -----------------------------------------------------------------------------------------
+
+    def finish(self, cancelled: bool, started: float) -> TrainResult:
+        """Final validation, adapter files, loss curve and model card; the summary line and result."""
+        cfg, run, accelerator = self.cfg, self.run, self.accelerator
+        accelerator.wait_for_everyone()
+        final_loss = run.losses[-1] if run.losses else None
+        files: dict[str, Path] = {}
+        if cfg.validation_prompt and self.global_step > 0:
+            self.validate()
+        if self.is_main and self.global_step > 0:
+            files = self._write_outputs(final_loss)
+        accelerator.wait_for_everyone()
+        weights = files.get("moslora") or files.get("diffusers")
+        window = run.losses[-min(len(run.losses), 10) :] if run.losses else []
+        summary = (
+            f"{'stopped' if cancelled else 'finished'}: {self.global_step}/{self.max_steps} steps "
+            f"in {time.time() - started:.0f}s"
+            + (
+                f", loss {final_loss:.4f} (mean of last {len(window)}: {sum(window) / len(window):.4f})"
+                if window
+                else ""
             )
-            emit(TrainEvent("done", global_step, max_steps, loss=mean_loss, message=str(error)))
-            raise error
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        global_step += 1
-        run.losses.append(mean_loss)
-        lr = lr_scheduler.get_last_lr()[0]
-        bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-        accelerator.log({"loss": mean_loss, "lr": lr}, step=global_step)
-        emit(TrainEvent("step", global_step, max_steps, loss=mean_loss, lr=lr))
+            + (f"; adapter: {weights}" if weights else "; no adapter written")
+        )
+        if self.is_main:
+            tqdm.write(summary)
+        self.emit(TrainEvent("done", self.global_step, self.max_steps, loss=final_loss, message=summary))
+        return TrainResult(self.out, weights, self.global_step, cancelled, final_loss, files)
 
-        stop = bool(should_stop()) if (should_stop is not None and is_main) else False
-        if accelerator.num_processes > 1:
-            flag = accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), reduction="sum")
-            stop = bool(flag.item() > 0)
-        if (cfg.checkpointing_steps and global_step % cfg.checkpointing_steps == 0) or (
-            stop and global_step < max_steps
-        ):
-            last_checkpoint = save_checkpoint(global_step)
-        if cfg.validation_prompt and global_step % cfg.validation_steps == 0 and global_step < max_steps:
-            validate(global_step)
-        if stop and global_step < max_steps:
-            cancelled = True
-            logger.info("stopped on request at step %d", global_step)
-            break
-    bar.close()
-
-    accelerator.wait_for_everyone()
-    final_loss = run.losses[-1] if run.losses else None
-    files: dict[str, Path] = {}
-    if cfg.validation_prompt and global_step > 0:
-        validate(global_step)
-    if is_main and global_step > 0:
+    def _write_outputs(self, final_loss: float | None) -> dict[str, Path]:
+        cfg, comps = self.cfg, self.run.comps
         files = outputs.write_adapter_files(
-            out,
+            self.out,
             cfg.adapter,
-            {k: accelerator.unwrap_model(m) for k, m in wrapped_models.items()},
+            {k: self.accelerator.unwrap_model(m) for k, m in self.wrapped.items()},
             comps.adapter_configs,
             _base_model_metadata(cfg, comps),
-            _training_metadata(cfg, global_step, final_loss, seed),
+            _training_metadata(cfg, self.global_step, final_loss, self.run.seed),
             comps.arch,
             cfg.export_kohya,
             unet_config=dict(comps.unet.config),
         )
-        curve = outputs.plot_loss_curve(run.losses, out / outputs.LOSS_CURVE_NAME)
+        curve = outputs.plot_loss_curve(self.run.losses, self.out / outputs.LOSS_CURVE_NAME)
         if curve is not None:
             files["loss_curve"] = curve
-        if last_grid is not None:
-            files["samples"] = last_grid
+        if self.last_grid is not None:
+            files["samples"] = self.last_grid
+        adapter_files = {k: v for k, v in files.items() if k in ("moslora", "diffusers", "kohya")}
         card = render_model_card(
-            cfg, comps.arch, _adapter_files(files), global_step, final_loss, last_grid, curve
+            cfg, comps.arch, adapter_files, self.global_step, final_loss, self.last_grid, curve
         )
-        files["model_card"] = write_model_card(card, out)
-    accelerator.wait_for_everyone()
-    weights = files.get("moslora") or files.get("diffusers")
-    window = run.losses[-min(len(run.losses), 10) :] if run.losses else []
-    summary = (
-        f"{'stopped' if cancelled else 'finished'}: {global_step}/{max_steps} steps in {time.time() - started:.0f}s"
-        + (
-            f", loss {final_loss:.4f} (mean of last {len(window)}: {sum(window) / len(window):.4f})"
-            if window
-            else ""
-        )
-        + (f"; adapter: {weights}" if weights else "; no adapter written")
-    )
-    if is_main:
-        tqdm.write(summary)
-    emit(TrainEvent("done", global_step, max_steps, loss=final_loss, message=summary))
-    return TrainResult(out, weights, global_step, cancelled, final_loss, files)
-
-
-def _adapter_files(files: dict[str, Path]) -> dict[str, Path]:
-    return {k: v for k, v in files.items() if k in ("moslora", "diffusers", "kohya")}
+        files["model_card"] = write_model_card(card, self.out)
+        return files
