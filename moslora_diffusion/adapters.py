@@ -10,6 +10,7 @@ from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
 from .config import MoSLoraConfig
+from .errors import AdapterMismatchError
 from .layer import MoSLoraConv2d, MoSLoraLinear
 
 
@@ -31,7 +32,7 @@ def add_moslora_adapter(model: nn.Module, config: MoSLoraConfig, adapter_name: s
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and not isinstance(module, (MoSLoraLinear, MoSLoraConv2d)):
             if _target_matches(name, config.target_modules):
-                raise ValueError(
+                raise AdapterMismatchError(
                     f"module {name!r} already holds plain LoRA adapters {sorted(module.lora_A)}; "
                     "add the MoSLoRA adapter first, or remove the LoRA adapters"
                 )
@@ -56,7 +57,7 @@ def load_moslora_state_dict(
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
     missing = [k for k in result.missing_keys if "lora_" in k and f".{adapter_name}." in k]
     if missing or result.unexpected_keys:
-        raise ValueError(
+        raise AdapterMismatchError(
             f"adapter state does not fit the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MoSLoraError
+from .quiet import quiet_entry_point
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_entry_point()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not SUBCOMMANDS[args.command].passthrough:
@@ -204,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.extra = extra
     try:
         return int(args._run(args) or 0)
-    except (MoSLoraError, OSError, ValueError) as exc:
+    except (MoSLoraError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

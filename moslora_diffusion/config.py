@@ -9,6 +9,7 @@ from peft import LoraConfig
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
 from .constants import MIXER_INITS
+from .errors import ConfigError
 
 # The `peft_type` written into adapter_config.json by `save_pretrained`. PEFT picks the config class by
 # this value, so `PeftModel.from_pretrained` rebuilds a MoSLoraConfig (mixer and all) once this package is
@@ -47,14 +48,14 @@ class MoSLoraConfig(LoraConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.mixer_init not in MIXER_INITS:
-            raise ValueError(f"mixer_init must be one of {MIXER_INITS}, got {self.mixer_init!r}")
+            raise ConfigError(f"mixer_init must be one of {MIXER_INITS}, got {self.mixer_init!r}")
         if not self.use_moslora:
-            raise ValueError("MoSLoraConfig requires use_moslora=True; use peft.LoraConfig for plain LoRA")
+            raise ConfigError("MoSLoraConfig requires use_moslora=True; use peft.LoraConfig for plain LoRA")
         for flag in _INCOMPATIBLE_FLAGS:
             if getattr(self, flag, None):
-                raise ValueError(f"MoSLoRA cannot be combined with the LoRA variant option {flag!r}")
+                raise ConfigError(f"MoSLoRA cannot be combined with the LoRA variant option {flag!r}")
         if self.init_lora_weights not in (True, False, "gaussian"):
-            raise ValueError(
+            raise ConfigError(
                 f"MoSLoRA supports init_lora_weights True, False or 'gaussian', got {self.init_lora_weights!r}"
             )
         from torch import nn

@@ -11,6 +11,7 @@ __all__ = [
     "MoSLoraFormatError",
     "AdapterMismatchError",
     "AdapterNameError",
+    "ConfigError",
     "TrainConfigError",
     "NonFiniteLossError",
     "BusyError",
@@ -34,12 +35,16 @@ class AdapterNameError(MoSLoraError):
     """An adapter name that is not a plain file name inside the adapters folder (or no such file)."""
 
 
-class TrainConfigError(MoSLoraError):
+class ConfigError(MoSLoraError):
+    """A bad adapter setting (rank, mixer init, targets, incompatible options)."""
+
+
+class TrainConfigError(ConfigError):
     """A bad training setting or input file, found before any model is loaded."""
 
 
 class RequestError(MoSLoraError):
-    """A generation or training request with a bad value (empty prompt, size out of range, ...)."""
+    """A request with a bad value: a command option, a generation or a web-UI training request."""
 
 
 class BusyError(MoSLoraError):

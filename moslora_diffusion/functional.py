@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from .errors import ConfigError, MoSLoraFormatError
+
 __all__ = [
     "lora_scale",
     "match_pattern_key",
@@ -34,7 +36,7 @@ __all__ = [
 def lora_scale(r: int, alpha: float, use_rslora: bool = False) -> float:
     """Return the LoRA scaling factor ``alpha / r`` (``alpha / sqrt(r)`` when ``use_rslora``)."""
     if r <= 0:
-        raise ValueError(f"rank must be positive, got {r}")
+        raise ConfigError(f"rank must be positive, got {r}")
     return float(alpha) / (math.sqrt(r) if use_rslora else r)
 
 
@@ -95,7 +97,7 @@ def check_shapes(A: torch.Tensor, M: torch.Tensor, B: torch.Tensor) -> str | Non
 def _raise_on_bad_shapes(A: torch.Tensor, M: torch.Tensor | None, B: torch.Tensor) -> None:
     problem = check_shapes(A, M if M is not None else torch.empty(A.shape[0], A.shape[0]), B)
     if problem:
-        raise ValueError(problem)
+        raise MoSLoraFormatError(problem)
 
 
 def _work_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -130,7 +132,7 @@ def fold_mixer(M: torch.Tensor, B: torch.Tensor, scale: float) -> torch.Tensor:
     """Return ``B' = scale · B · M`` with B's shape and dtype, so that ``B' · A`` equals ``scale · B · M · A``."""
     r = M.shape[0]
     if tuple(M.shape) != (r, r) or B.shape[1] != r:
-        raise ValueError(f"cannot fold mixer {tuple(M.shape)} into lora_B {tuple(B.shape)}")
+        raise MoSLoraFormatError(f"cannot fold mixer {tuple(M.shape)} into lora_B {tuple(B.shape)}")
     dtype = _work_dtype(M, B)
     folded = (B.to(dtype).flatten(1) @ M.to(dtype)) * scale
     return folded.reshape(B.shape).to(B.dtype)

@@ -22,6 +22,7 @@ from peft.utils.other import transpose
 from torch import nn
 
 from . import functional
+from .errors import ConfigError
 
 VARIANT_FLAG = "use_moslora"
 
@@ -34,7 +35,7 @@ def init_mixer_(weight: torch.Tensor, how: str) -> None:
         elif how == "orthogonal":
             nn.init.orthogonal_(weight)
         else:
-            raise ValueError(f"unknown mixer_init {how!r}")
+            raise ConfigError(f"unknown mixer_init {how!r}")
 
 
 class MoSLoraVariant(LoraVariant):
@@ -133,5 +134,5 @@ class MoSLoraConv2d(_MoSLoraLayerMixin, LoraConv2d):
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any) -> None:
         if getattr(base_layer, "groups", 1) != 1:
-            raise ValueError("MoSLoRA supports Conv2d layers with groups == 1 only")
+            raise ConfigError("MoSLoRA supports Conv2d layers with groups == 1 only")
         super().__init__(base_layer, adapter_name, config=config, **kwargs)

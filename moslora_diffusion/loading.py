@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from . import architectures
-from .constants import DIFFUSERS_WEIGHTS_NAME, MOSLORA_WEIGHTS_NAME
+from .constants import DIFFUSERS_WEIGHTS_NAME, MOSLORA_WEIGHTS_NAME, TEXT_ENCODERS
 from .errors import AdapterMismatchError, MoSLoraFormatError
 from .formats.export import folded_modules
 from .formats.inspect import AdapterHeader, ModuleShape, header_of_state_dict, read_adapter_header
 from .formats.naming import kohya_module_name, path_variants
 from .formats.native import FORMAT_TAG, FORMAT_VERSION, MoSLoraFile, load_moslora_file
 from .formats.safetensors_io import check_not_pickle
+from .quiet import dropping
 
 __all__ = [
     "install_pipeline_methods",
@@ -253,17 +254,30 @@ def load_moslora_weights(
         plain_kwargs = {**plain, **kwargs}
         if isinstance(plain_kwargs["pretrained_model_name_or_path_or_dict"], str):
             plain_kwargs["use_safetensors"] = True  # never fall back to unpickling a .bin
-        self.load_lora_weights(adapter_name=name, **plain_kwargs)
+        with _quiet_about_absent_components(self, {m.component for m in header.modules}):
+            self.load_lora_weights(adapter_name=name, **plain_kwargs)
         return name
 
     state_dict = fold_for_pipeline(self, adapter)
     try:
-        self.load_lora_weights(state_dict, adapter_name=name, **kwargs)
+        with _quiet_about_absent_components(self, {m.component for m in adapter.modules()}):
+            self.load_lora_weights(state_dict, adapter_name=name, **kwargs)
     except Exception:
         if name not in in_use:
             _remove_partial_adapter(self, name)
         raise
     return name
+
+
+def _quiet_about_absent_components(pipe: Any, components: set[str]):
+    """diffusers warns "No LoRA keys associated to <TextEncoder>" for every text encoder an adapter leaves
+    alone; the fit check has already matched every key, so drop exactly those notices."""
+    absent = [
+        type(getattr(pipe, c)).__name__
+        for c in TEXT_ENCODERS
+        if c not in components and getattr(pipe, c, None) is not None
+    ]
+    return dropping("diffusers.loaders.lora_base", [f"No LoRA keys associated to {n} found" for n in absent])
 
 
 def _remove_partial_adapter(pipe: Any, name: str) -> None:

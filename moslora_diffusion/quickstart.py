@@ -27,7 +27,7 @@ def comparison_grid(
     from .imaging import labelled_grid
     from .toyworld import pipeline_kwargs
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(base_model), torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(str(base_model), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     kwargs = pipeline_kwargs()
 

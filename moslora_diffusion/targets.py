@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .errors import ConfigError
+
 UNET_ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 UNET_MLP = ["ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
 UNET_RESNET = ["conv1", "conv2", "conv_shortcut", "time_emb_proj"]
@@ -43,7 +45,7 @@ def resolve_targets(spec: str | Sequence[str], component: str = "unet") -> list[
     """
     kind = "unet" if component == "unet" else "text_encoder"
     if component not in ("unet", "text_encoder", "text_encoder_2"):
-        raise ValueError(f"unknown component {component!r}; expected unet, text_encoder or text_encoder_2")
+        raise ConfigError(f"unknown component {component!r}; expected unet, text_encoder or text_encoder_2")
     if isinstance(spec, str):
         if spec in PRESETS[kind]:
             return list(PRESETS[kind][spec])
@@ -51,10 +53,10 @@ def resolve_targets(spec: str | Sequence[str], component: str = "unet") -> list[
     else:
         names = [str(s).strip() for s in spec if str(s).strip()]
     if not names:
-        raise ValueError(
+        raise ConfigError(
             f"empty target list for {component}: {spec!r}; use one of {PRESET_NAMES} or module names"
         )
     for name in names:
         if name in PRESET_NAMES:
-            raise ValueError(f"preset name {name!r} cannot be mixed with module names in {spec!r}")
+            raise ConfigError(f"preset name {name!r} cannot be mixed with module names in {spec!r}")
     return names

@@ -17,7 +17,7 @@ ARCHES = ("sd1", "sd2", "sdxl")
 TINY_MAX_LENGTH = 77
 
 
-def write_char_clip_tokenizer(directory: str | Path, model_max_length: int = TINY_MAX_LENGTH) -> Path:
+def write_char_clip_tokenizer(directory: str | Path) -> Path:
     """Write vocab.json / merges.txt for a character-level CLIP tokenizer into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

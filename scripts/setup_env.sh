@@ -15,7 +15,18 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
-python -m pip install --quiet --upgrade pip
+
+# pip's own notices (build-backend messages, local index settings) are kept in a log and shown only if
+# an install fails, so that set-up prints what it does and nothing a user cannot act on.
+PIP_LOG="$VENV/pip-install.log"
+quiet_pip() {
+  if ! python -m pip install --quiet "$@" >"$PIP_LOG" 2>&1; then
+    cat "$PIP_LOG" >&2
+    echo "[setup] pip install $* failed (log above, also in $PIP_LOG)" >&2
+    return 1
+  fi
+}
+quiet_pip --upgrade pip
 
 if ! python -c "import torch" 2>/dev/null; then
   if [ -n "${TORCH_SPEC:-}" ]; then
@@ -26,7 +37,7 @@ if ! python -c "import torch" 2>/dev/null; then
     spec="torch==2.13.0"    # CPU machines: this release installs as a CPU build here
   fi
   echo "[setup] installing $spec"
-  python -m pip install --quiet "$spec"
+  quiet_pip "$spec"
 fi
 echo "[setup] installing moslora-diffusion[$EXTRAS]"
-python -m pip install --quiet -e "$ROOT[$EXTRAS]"
+quiet_pip -e "$ROOT[$EXTRAS]"

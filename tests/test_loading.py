@@ -11,13 +11,13 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import generate, load_tiny, merge_by_hand, random_adapter
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
 import moslora_diffusion  # noqa: F401  (installs pipe.load_moslora_weights)
 from moslora_diffusion.errors import AdapterMismatchError, MoSLoraFormatError
 from moslora_diffusion.formats import export_adapter, load_moslora_file
+from tests.pipeline_support import generate, load_tiny, merge_by_hand, random_adapter
 
 ATOL = 2e-4  # images are in [0, 1]; float32 LoRA vs merged weights differ by ~1e-6
 

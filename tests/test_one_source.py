@@ -15,7 +15,7 @@ from moslora_diffusion.errors import AdapterMismatchError, MoSLoraError
 from moslora_diffusion.formats import base_model_info, export_adapter
 from moslora_diffusion.formats.inspect import describe_adapter_file, read_adapter_header
 from moslora_diffusion.loading import check_file_fits
-from tests.conftest import load_tiny, random_adapter
+from tests.pipeline_support import load_tiny, random_adapter
 
 # (UNet config, model_index, expected): the real configs, and mixes that the old copies disagreed on.
 CASES = [

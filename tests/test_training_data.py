@@ -68,9 +68,9 @@ def test_preprocess_center_and_random_crop():
 
 
 def test_crop_is_random_only_for_non_square_without_center_crop():
-    assert data.crop_is_random((64, 32), 16, center_crop=False)
-    assert not data.crop_is_random((64, 32), 16, center_crop=True)
-    assert not data.crop_is_random((32, 32), 16, center_crop=False)
+    assert data.crop_is_random((64, 32), center_crop=False)
+    assert not data.crop_is_random((64, 32), center_crop=True)
+    assert not data.crop_is_random((32, 32), center_crop=False)
 
 
 def test_sample_order_covers_each_epoch_and_splits_processes():

@@ -20,10 +20,12 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 
 from moslora_diffusion import toyworld
 from moslora_diffusion.errors import MoSLoraError
+from moslora_diffusion.quiet import quiet_entry_point
 from moslora_diffusion.training import parse_args, run_training
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_entry_point()
     argv = sys.argv[1:] if argv is None else argv
     cfg = parse_args(argv, defaults=toyworld.training_defaults(argv))
     main_process = os.environ.get("RANK", "0") == "0"

@@ -20,7 +20,7 @@ import torch
 
 from .. import architectures
 from ..constants import ARCHITECTURES, DIFFUSERS_WEIGHTS_NAME, KOHYA_WEIGHTS_NAME
-from ..errors import MoSLoraFormatError
+from ..errors import MoSLoraFormatError, RequestError
 from ..functional import fold_mixer
 from .naming import is_text_encoder, kohya_module_name, with_text_model
 from .native import FORMAT_VERSION, MoSLoraFile, load_moslora_file
@@ -187,11 +187,11 @@ def export_adapter(
     (SDXL block layout) override what the file's ``base_model`` says; ``dtype`` is fp32/fp16/bf16.
     """
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {EXPORT_FORMATS}")
+        raise RequestError(f"unknown export format {format!r}; choose one of {EXPORT_FORMATS}")
     adapter = src if isinstance(src, MoSLoraFile) else load_moslora_file(src)
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {tuple(_DTYPES)}")
+            raise RequestError(f"unknown dtype {dtype!r}; choose one of {tuple(_DTYPES)}")
         dtype = _DTYPES[dtype]
     if format == "diffusers":
         tensors = to_diffusers_state_dict(adapter, dtype)

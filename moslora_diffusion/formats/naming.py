@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..constants import TEXT_ENCODERS
+from ..errors import MoSLoraFormatError
 
 TEXT_MODEL_PREFIX = "text_model."
 
@@ -115,14 +116,14 @@ def diffusers_to_sgm_unet_path(path: str, unet_config: Mapping[str, Any] | None 
             return rest
         head, _, tail = rest.partition(".")
         if head not in _RESNET_TO_SGM:
-            raise ValueError(f"no SGM name known for ResNet layer '{head}' in '{path}'")
+            raise MoSLoraFormatError(f"no SGM name known for ResNet layer '{head}' in '{path}'")
         return _RESNET_TO_SGM[head] + (f".{tail}" if tail else "")
 
     m = re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", path)
     if m:
         block, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
         if block >= len(down_layers) or layer >= down_layers[block]:
-            raise ValueError(f"'{path}' does not fit a UNet with layers_per_block={down_layers}")
+            raise MoSLoraFormatError(f"'{path}' does not fit a UNet with layers_per_block={down_layers}")
         index = 1 + sum(n + 1 for n in down_layers[:block]) + layer
         return f"input_blocks.{index}.{0 if kind == 'resnets' else 1}.{inner(kind, rest)}"
 
@@ -142,7 +143,7 @@ def diffusers_to_sgm_unet_path(path: str, unet_config: Mapping[str, Any] | None 
     if m:
         block, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
         if block >= len(up_layers) or layer > up_layers[block]:
-            raise ValueError(f"'{path}' does not fit a UNet with layers_per_block={down_layers}")
+            raise MoSLoraFormatError(f"'{path}' does not fit a UNet with layers_per_block={down_layers}")
         index = sum(n + 1 for n in up_layers[:block]) + layer
         return f"output_blocks.{index}.{0 if kind == 'resnets' else 1}.{inner(kind, rest)}"
 
@@ -152,7 +153,7 @@ def diffusers_to_sgm_unet_path(path: str, unet_config: Mapping[str, Any] | None 
         index = sum(n + 1 for n in up_layers[: block + 1]) - 1
         return f"output_blocks.{index}.{2 if up_has_attention[block] else 1}.conv"
 
-    raise ValueError(f"no SGM name known for UNet module '{path}'")
+    raise MoSLoraFormatError(f"no SGM name known for UNet module '{path}'")
 
 
 def kohya_module_name(
@@ -162,7 +163,7 @@ def kohya_module_name(
     try:
         prefix = KOHYA_PREFIXES[(architecture, component)]
     except KeyError:
-        raise ValueError(
+        raise MoSLoraFormatError(
             f"no kohya name for component '{component}' of architecture '{architecture}'"
         ) from None
     if component == "unet":

@@ -3,7 +3,7 @@
 One ``.safetensors`` file holding, for every adapted module,
 ``{component}.{module_path}.lora_A.weight`` / ``.lora_mixer.weight`` / ``.lora_B.weight`` and the
 metadata ``format="moslora"``, ``moslora_version="1"``, ``moslora_config`` (JSON per component) and
-optionally ``base_model`` and ``training`` (JSON). See docs / DESIGN.md for the full description.
+optionally ``base_model`` and ``training`` (JSON). README.md ("The native file format") describes it in full.
 """
 
 from __future__ import annotations
@@ -82,33 +82,33 @@ class ComponentConfig:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "moslora_config") -> ComponentConfig:
-        """Parse and check one component entry of ``moslora_config``; raise ValueError naming ``where``."""
+        """Parse and check one component entry of ``moslora_config``; raise MoSLoraFormatError naming ``where``."""
         if not isinstance(data, Mapping):
-            raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
+            raise MoSLoraFormatError(f"{where} must be a JSON object, got {type(data).__name__}")
         for key in ("r", "lora_alpha"):
             if key not in data:
-                raise ValueError(f"{where} lacks '{key}'")
+                raise MoSLoraFormatError(f"{where} lacks '{key}'")
         r, alpha = data["r"], data["lora_alpha"]
         if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-            raise ValueError(f"{where}.r must be a positive integer, got {r!r}")
+            raise MoSLoraFormatError(f"{where}.r must be a positive integer, got {r!r}")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-            raise ValueError(f"{where}.lora_alpha must be a number, got {alpha!r}")
+            raise MoSLoraFormatError(f"{where}.lora_alpha must be a number, got {alpha!r}")
         use_rslora = data.get("use_rslora", False)
         if not isinstance(use_rslora, bool):
-            raise ValueError(f"{where}.use_rslora must be true or false, got {use_rslora!r}")
+            raise MoSLoraFormatError(f"{where}.use_rslora must be true or false, got {use_rslora!r}")
         mixer_init = data.get("mixer_init", "kaiming")
         if mixer_init not in MIXER_INITS:
-            raise ValueError(f"{where}.mixer_init must be one of {MIXER_INITS}, got {mixer_init!r}")
+            raise MoSLoraFormatError(f"{where}.mixer_init must be one of {MIXER_INITS}, got {mixer_init!r}")
         targets = data.get("target_modules", [])
         if not isinstance(targets, (str, list)):
-            raise ValueError(f"{where}.target_modules must be a list or a string, got {targets!r}")
+            raise MoSLoraFormatError(f"{where}.target_modules must be a list or a string, got {targets!r}")
         patterns = {}
         for key in ("rank_pattern", "alpha_pattern"):
             value = data.get(key) or {}
             if not isinstance(value, Mapping) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
             ):
-                raise ValueError(f"{where}.{key} must map module paths to numbers, got {value!r}")
+                raise MoSLoraFormatError(f"{where}.{key} must map module paths to numbers, got {value!r}")
             patterns[key] = dict(value)
         return cls(
             r=r,
@@ -407,7 +407,7 @@ def base_model_info(
     if architecture is None:
         architecture = architectures.detect_pipeline(pipe)
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        raise MoSLoraFormatError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
     info: dict[str, Any] = {"architecture": architecture}
     if name_or_path is None:
         name_or_path = getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None)

@@ -45,7 +45,7 @@ def load_pipeline(model: str | os.PathLike | None = None):
     from . import base_model_path
 
     path = Path(model) if model is not None else base_model_path()
-    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(path, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -319,7 +319,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         # Continue from a saved pipeline: its tokenizer, VAE (and scaling factor), text encoder and UNet.
         from diffusers import StableDiffusionPipeline
 
-        src = StableDiffusionPipeline.from_pretrained(cfg.resume_from, torch_dtype=torch.float32)
+        src = StableDiffusionPipeline.from_pretrained(cfg.resume_from, dtype=torch.float32)
         tokenizer = src.tokenizer
         final_vae = src.vae.eval().requires_grad_(False)
         latents, scenes, scaling = encode_cache(final_vae, cfg, scaling=final_vae.config.scaling_factor)

@@ -141,7 +141,7 @@ def augmentation_generator(seed: int, position: int, salt: int = 0) -> torch.Gen
     return torch.Generator().manual_seed((seed * 1_000_003 + position * 7919 + salt) % (2**63 - 1))
 
 
-def crop_is_random(size: tuple[int, int], resolution: int, center_crop: bool) -> bool:
+def crop_is_random(size: tuple[int, int], center_crop: bool) -> bool:
     """Whether cropping an image of `size` (w, h) to a square can vary between epochs."""
     if center_crop:
         return False

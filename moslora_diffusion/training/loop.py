@@ -164,7 +164,7 @@ def _micro_batch_loss(run: _Run, micro_batch: int) -> torch.Tensor:
 def _build_caches(run: _Run) -> None:
     cfg = run.cfg
     augment = cfg.random_flip or any(
-        data.crop_is_random(s.image.size, run.resolution, cfg.center_crop)
+        data.crop_is_random(s.image.size, cfg.center_crop)
         for s in run.instances + run.classes
     )
     if not augment:
@@ -294,7 +294,7 @@ def _load_sources(cfg: TrainConfig) -> tuple[list[_Source], list[_Source]]:
             _Source(data.load_image(p), cfg.class_prompt) for p in class_set.paths[: cfg.num_class_images]
         ]
         if not classes:
-            raise RuntimeError(f"no readable class images in {cfg.class_data_dir}")
+            raise TrainConfigError(f"no readable class images in {cfg.class_data_dir}")
     return instances, classes
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import TrainConfigError
+
 
 def sample_noise(
     latents: torch.Tensor, generator: torch.Generator, noise_offset: float = 0.0
@@ -34,7 +36,7 @@ def prediction_target(
         return scheduler.get_velocity(latents, noise, timesteps)
     if prediction_type == "sample":
         return latents
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    raise TrainConfigError(f"unsupported prediction_type {prediction_type!r}")
 
 
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -81,7 +81,7 @@ def render_model_card(
         "import torch",
         "from diffusers import DiffusionPipeline",
         "",
-        f'pipe = DiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
+        f'pipe = DiffusionPipeline.from_pretrained("{base}", dtype=torch.float16).to("cuda")',
         f'pipe.load_lora_weights("{root.as_posix()}")  # pytorch_lora_weights.safetensors',
         f'image = pipe("{prompt}").images[0]',
         "```",

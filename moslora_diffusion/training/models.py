@@ -20,6 +20,7 @@ from .. import architectures
 from ..adapters import add_moslora_adapter
 from ..config import MoSLoraConfig
 from ..constants import TEXT_ENCODERS as TEXT_COMPONENTS
+from ..errors import TrainConfigError
 from ..targets import resolve_targets
 from .args import TrainConfig
 
@@ -101,7 +102,7 @@ def load_components(cfg: TrainConfig, weight_dtype: torch.dtype, device: torch.d
 
     name = cfg.pretrained_model_name_or_path
     index = read_model_index(cfg)
-    hub = dict(revision=cfg.revision, torch_dtype=weight_dtype)
+    hub = dict(revision=cfg.revision, dtype=weight_dtype)
     unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", variant=cfg.variant, **hub)
     arch = architectures.detect(dict(unet.config), index)
     text_names = ["text_encoder", "text_encoder_2"] if arch == "sdxl" else ["text_encoder"]
@@ -115,7 +116,7 @@ def load_components(cfg: TrainConfig, weight_dtype: torch.dtype, device: torch.d
         for sub in tokenizer_names
     ]
     if cfg.pretrained_vae_model_name_or_path:
-        vae = AutoencoderKL.from_pretrained(cfg.pretrained_vae_model_name_or_path, torch_dtype=weight_dtype)
+        vae = AutoencoderKL.from_pretrained(cfg.pretrained_vae_model_name_or_path, dtype=weight_dtype)
     else:
         vae = AutoencoderKL.from_pretrained(name, subfolder="vae", variant=cfg.variant, **hub)
     noise_scheduler = DDPMScheduler.from_pretrained(name, subfolder="scheduler", revision=cfg.revision)
@@ -176,7 +177,7 @@ def add_adapters(cfg: TrainConfig, comps: Components) -> None:
                 p.data = p.data.float()
                 n_trainable += p.numel()
         if n_trainable == 0:
-            raise ValueError(f"no module of the {component} matches the targets {conf.target_modules}")
+            raise TrainConfigError(f"no module of the {component} matches the targets {conf.target_modules}")
         logger.info("%s: %d trainable adapter parameters", component, n_trainable)
 
 

@@ -26,13 +26,11 @@ def missing_class_images(cfg: TrainConfig) -> int:
 def _load_pipeline(cfg: TrainConfig, arch: str, dtype: torch.dtype, device: torch.device) -> Any:
     from diffusers import AutoencoderKL, DiffusionPipeline
 
-    kwargs: dict[str, Any] = dict(revision=cfg.revision, variant=cfg.variant, torch_dtype=dtype)
+    kwargs: dict[str, Any] = dict(revision=cfg.revision, variant=cfg.variant, dtype=dtype)
     if arch != "sdxl":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if cfg.pretrained_vae_model_name_or_path:
-        kwargs["vae"] = AutoencoderKL.from_pretrained(
-            cfg.pretrained_vae_model_name_or_path, torch_dtype=dtype
-        )
+        kwargs["vae"] = AutoencoderKL.from_pretrained(cfg.pretrained_vae_model_name_or_path, dtype=dtype)
     pipe = DiffusionPipeline.from_pretrained(cfg.pretrained_model_name_or_path, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

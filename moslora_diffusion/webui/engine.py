@@ -201,7 +201,7 @@ def load_pipeline(base_model: str | os.PathLike, device: str | None = None, dtyp
 
     device = _resolve_device(device)
     pipe = DiffusionPipeline.from_pretrained(
-        str(base_model), torch_dtype=_resolve_dtype(device, dtype), use_safetensors=True
+        str(base_model), dtype=_resolve_dtype(device, dtype), use_safetensors=True
     )
     if not hasattr(pipe, "load_lora_weights") or not hasattr(pipe, "unet"):
         raise RequestError(

@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..quiet import quiet_entry_point
+
 __all__ = ["build_parser", "default_base_model", "create_app", "launch", "main"]
 
 logger = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ def launch(demo, args: argparse.Namespace, engine, prevent_thread_lock: bool = F
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python app/app.py`` and ``moslora-diffusion app``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_entry_point()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = build_parser().parse_args(argv)
     demo, engine, _ = create_app(args)
