@@ -20,6 +20,15 @@ def _target_matches(name: str, targets: str | list[str] | set[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def matched_modules(model: nn.Module, targets: str | list[str] | set[str]) -> dict[str, nn.Module]:
+    """The Linear / Conv2d modules of ``model`` that PEFT would adapt for ``targets`` (name -> module)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and _target_matches(name, targets)
+    }
+
+
 def add_moslora_adapter(model: nn.Module, config: MoSLoraConfig, adapter_name: str = "default") -> nn.Module:
     """Inject a MoSLoRA adapter into `model` in place (a UNet or a CLIP text encoder) and return it.
 

@@ -15,6 +15,7 @@ __all__ = [
     "TrainConfigError",
     "NonFiniteLossError",
     "BusyError",
+    "OutputWriteError",
     "RequestError",
 ]
 
@@ -47,19 +48,24 @@ class RequestError(MoSLoraError):
     """A request with a bad value: a command option, a generation or a web-UI training request."""
 
 
+class OutputWriteError(MoSLoraError):
+    """An output could not be written (disk full, read-only folder); what was there before is intact."""
+
+
 class BusyError(MoSLoraError):
     """The generator or the trainer is busy with another request."""
 
 
 class NonFiniteLossError(MoSLoraError):
-    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+    """The loss (or, after an optimizer step, an adapter weight) became NaN or infinite; training stopped and
+    the last good checkpoint was kept."""
 
-    def __init__(self, step: int, loss: float, last_checkpoint: str | None) -> None:
+    def __init__(self, step: int, loss: float, last_checkpoint: str | None, what: str | None = None) -> None:
         kept = (
             f"; last good checkpoint: {last_checkpoint}" if last_checkpoint else "; no checkpoint was written"
         )
         super().__init__(
-            f"loss is {loss} at step {step}: stopped training{kept}. "
+            f"{what or f'loss is {loss}'} at step {step}: stopped training{kept}. "
             "Try a lower --learning_rate, --mixed_precision bf16 instead of fp16, or --max_grad_norm."
         )
         self.step = step

@@ -52,7 +52,9 @@ def run_quickstart(argv: Sequence[str] | None = None) -> Path:
 
     started = time.time()
     args = list(argv or [])
-    cfg = parse_args(args, defaults={"output_dir": "outputs/quickstart", **training_defaults(args)})
+    # A demo is re-run as is: its own output folder is replaced unless told otherwise.
+    quickstart_defaults = {"output_dir": "outputs/quickstart", "overwrite_output_dir": True}
+    cfg = parse_args(args, defaults={**quickstart_defaults, **training_defaults(args)})
     result = run_training(cfg)
     if result.weights_path is None:
         raise RuntimeError("training wrote no adapter")

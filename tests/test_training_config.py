@@ -160,46 +160,6 @@ def test_missing_model_and_bad_targets_and_missing_optimizer(cfg, tmp_path, monk
         validate_config(cfg)
 
 
-def _write_checkpoint_state(cfg: TrainConfig, step: int, **override) -> Path:
-    path = Path(cfg.output_dir) / f"checkpoint-{step}"
-    path.mkdir(parents=True)
-    state = {
-        "step": step,
-        "base_model": ckpt.base_model_fingerprint(cfg),
-        "adapter": ckpt.adapter_fingerprint(cfg),
-    }
-    for key, value in override.items():
-        state[key] = {**state[key], **value}
-    (path / "state.json").write_text(json.dumps(state))
-    (path / "adapter.safetensors").write_bytes(b"")
-    return path
-
-
-def test_refuses_checkpoints_of_another_base_model(cfg, tmp_path):
-    _write_checkpoint_state(cfg, 10, base_model={"name_or_path": "/elsewhere/other-model"})
-    cfg.resume_from_checkpoint = "latest"
-    with pytest.raises(
-        TrainConfigError, match=r"checkpoint-10 belongs to another run.*other-model.*refusing to resume"
-    ):
-        validate_config(cfg)
-    cfg.resume_from_checkpoint = None  # a fresh run into the same folder is refused too
-    with pytest.raises(TrainConfigError, match="refusing to train into"):
-        validate_config(cfg)
-
-
-def test_refuses_checkpoints_of_another_adapter_config(cfg):
-    _write_checkpoint_state(cfg, 4)
-    cfg.resume_from_checkpoint = "latest"
-    validate_config(cfg)  # same settings: fine
-    cfg.rank = 8
-    with pytest.raises(TrainConfigError, match=r"different adapter.*rank: checkpoint 4 vs now 8"):
-        validate_config(cfg)
-    cfg.rank = 4
-    cfg.mixer_init = "orthogonal"
-    with pytest.raises(TrainConfigError, match="mixer_init"):
-        validate_config(cfg)
-
-
 def test_resume_from_missing_path(cfg, tmp_path):
     cfg.resume_from_checkpoint = str(tmp_path / "checkpoint-99")
     with pytest.raises(TrainConfigError, match="not a checkpoint folder"):

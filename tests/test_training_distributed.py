@@ -64,6 +64,7 @@ def test_two_process_cpu_run(tmp_path):
         "loss_curve.png",
         "moslora_weights.safetensors",
         "pytorch_lora_weights.safetensors",
+        "run.json",
     ]
     tensors = load_file(str(out / "moslora_weights.safetensors"))
     assert any(k.startswith("text_encoder.") for k in tensors) and any(k.startswith("unet.") for k in tensors)

@@ -248,15 +248,28 @@ def test_sd1_kohya_export_and_native_loader(sd1_run, tiny_sd1):
     assert fused_deltas_match(pipe, expected) == len(expected)
 
 
-def test_sd1_refuses_to_resume_with_another_model_or_config(sd1_run, tiny_sd1, tiny_sdxl, subject):
+def test_sd1_refuses_to_resume_another_run(sd1_run, tiny_sd1, tiny_sdxl, subject):
+    """The run fingerprint covers the base model, the seed, every training setting and the data."""
     _, _, out = sd1_run
-    argv = ["--instance_data_dir", str(subject), "--instance_prompt", "x", "--output_dir", str(out)]
-    argv += ["--resume_from_checkpoint", "latest"]
-    with pytest.raises(TrainConfigError, match="another run"):
-        validate_config(parse_args(["--pretrained_model_name_or_path", str(tiny_sdxl), *argv]))
-    with pytest.raises(TrainConfigError, match=r"different adapter.*rank"):
-        validate_config(parse_args(["--pretrained_model_name_or_path", str(tiny_sd1), *argv, "--rank", "8"]))
-    validate_config(parse_args(["--pretrained_model_name_or_path", str(tiny_sd1), *argv]))
+    same = ["--instance_data_dir", str(subject), "--instance_prompt", "a sks blob", "--output_dir", str(out)]
+    same += ["--resolution", "32", "--seed", "0", "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest"]
+    model = ["--pretrained_model_name_or_path", str(tiny_sd1)]
+    validate_config(parse_args([*model, *same, "--max_train_steps", "9"]))  # the same run, extended: fine
+    for change, message in (
+        (["--pretrained_model_name_or_path", str(tiny_sdxl)], "base_model: .*sd1.* there, .*sdxl.* now"),
+        (["--rank", "8"], "--rank: 4 there, 8 now"),
+        (["--seed", "1"], "--seed: 0 there, 1 now"),
+        (["--learning_rate", "1e-4"], "--learning_rate: 0.001 there, 0.0001 now"),
+        (["--instance_prompt", "a zq blob"], "--instance_prompt"),
+    ):
+        argv = [*model, *same, *change]
+        with pytest.raises(TrainConfigError, match=f"checkpoint-2 belongs to another run.*{message}"):
+            validate_config(parse_args(argv))
+    # without --resume_from_checkpoint, the folder's earlier work is not overwritten either
+    fresh = [a for a in [*model, *same] if a not in ("--resume_from_checkpoint", "latest")]
+    with pytest.raises(TrainConfigError, match="holds another run's work .*checkpoint-2"):
+        validate_config(parse_args(fresh))
+    validate_config(parse_args([*fresh, "--overwrite_output_dir"]))  # unless told so
 
 
 def test_sd2_v_prediction_bf16_gradient_checkpointing(tmp_path, subject):

@@ -77,8 +77,15 @@ def detect_architecture(adapter: MoSLoraFile, architecture: str | None = None) -
     return arch
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    return t.to(dtype) if dtype is not None else t
+def _cast(t: torch.Tensor, dtype: torch.dtype | None, adapter: MoSLoraFile, where: str) -> torch.Tensor:
+    """Cast for export; a value the target dtype cannot hold is an error, not an inf in the file."""
+    out = t.to(dtype) if dtype is not None else t
+    if not torch.isfinite(out).all():
+        raise MoSLoraFormatError(
+            f"{adapter.path or '<adapter>'}: module '{where}' does not fit in {out.dtype} "
+            "(values overflow); export in fp32 or bf16"
+        )
+    return out
 
 
 def to_diffusers_state_dict(
@@ -89,8 +96,8 @@ def to_diffusers_state_dict(
     for component, path, A, B in folded_modules(adapter):
         if is_text_encoder(component):
             path = with_text_model(path)
-        out[f"{component}.{path}.lora_A.weight"] = _cast(A, dtype)
-        out[f"{component}.{path}.lora_B.weight"] = _cast(B, dtype)
+        out[f"{component}.{path}.lora_A.weight"] = _cast(A, dtype, adapter, f"{component}.{path}")
+        out[f"{component}.{path}.lora_B.weight"] = _cast(B, dtype, adapter, f"{component}.{path}")
     return out
 
 
@@ -130,8 +137,8 @@ def to_kohya_state_dict(
         r = A.shape[0]
         if r != alpha:
             B = (B.to(torch.float64) * (r / alpha)).to(B.dtype)
-        out[f"{name}.lora_down.weight"] = _cast(A, dtype)
-        out[f"{name}.lora_up.weight"] = _cast(B, dtype)
+        out[f"{name}.lora_down.weight"] = _cast(A, dtype, adapter, f"{component}.{path}")
+        out[f"{name}.lora_up.weight"] = _cast(B, dtype, adapter, f"{component}.{path}")
         out[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     return out
 

@@ -9,6 +9,7 @@ optionally ``base_model`` and ``training`` (JSON). README.md ("The native file f
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from .. import architectures
 from ..constants import ARCHITECTURES, COMPONENTS, MIXER_INITS, MOSLORA_WEIGHTS_NAME
 from ..errors import MoSLoraFormatError
-from ..functional import check_shapes, lora_scale, resolve_rank_alpha
+from ..functional import check_shapes, fold_mixer, lora_scale, resolve_rank_alpha
 from .naming import path_variants
 from .safetensors_io import read_header, read_safetensors, write_safetensors_atomic
 
@@ -91,8 +92,8 @@ class ComponentConfig:
         r, alpha = data["r"], data["lora_alpha"]
         if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
             raise MoSLoraFormatError(f"{where}.r must be a positive integer, got {r!r}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-            raise MoSLoraFormatError(f"{where}.lora_alpha must be a number, got {alpha!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise MoSLoraFormatError(f"{where}.lora_alpha must be a finite number, got {alpha!r}")
         use_rslora = data.get("use_rslora", False)
         if not isinstance(use_rslora, bool):
             raise MoSLoraFormatError(f"{where}.use_rslora must be true or false, got {use_rslora!r}")
@@ -106,7 +107,8 @@ class ComponentConfig:
         for key in ("rank_pattern", "alpha_pattern"):
             value = data.get(key) or {}
             if not isinstance(value, Mapping) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value.values()
             ):
                 raise MoSLoraFormatError(f"{where}.{key} must map module paths to numbers, got {value!r}")
             patterns[key] = dict(value)
@@ -329,16 +331,31 @@ class MoSLoraFile:
                     f"module '{component}.{path}': inconsistent shapes lora_A {tuple(A.shape)}, "
                     f"lora_mixer {tuple(M.shape)}, lora_B {tuple(B.shape)}: {problem}",
                 )
-            r, _ = self.config[component].rank_alpha(component, path)
+            r, alpha = self.config[component].rank_alpha(component, path)
             if A.shape[0] != r:
                 raise _fail(
                     src,
                     f"key '{keys['lora_A']}': rank {A.shape[0]} (shape {tuple(A.shape)}) does not match rank {r} "
                     f"from moslora_config['{component}'] (r / rank_pattern)",
                 )
+            self._check_fold_finite(component, path, M, B, src)
         arch = self.architecture
         if arch is not None and arch not in ARCHITECTURES:
             raise _fail(src, f"base_model architecture {arch!r} is not one of {ARCHITECTURES}")
+
+    def _check_fold_finite(
+        self, component: str, path: str, M: torch.Tensor, B: torch.Tensor, src: str | None
+    ) -> None:
+        """The scale and the folded up weights s·B·M must be finite: else the adapter draws black images."""
+        scale = self.config[component].scale(component, path)
+        if not math.isfinite(scale):
+            raise _fail(src, f"module '{component}.{path}': the scale alpha/r is {scale}")
+        if not torch.isfinite(fold_mixer(M, B, scale)).all():
+            raise _fail(
+                src,
+                f"module '{component}.{path}': the folded weights scale·B·M overflow (scale {scale:g}); "
+                "the adapter would give NaN or black images",
+            )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Validate and write atomically; a directory gets ``moslora_weights.safetensors`` inside it."""

@@ -13,6 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..durable import fsync_file, replace_durably
 from ..errors import MoSLoraFormatError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -95,7 +96,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 def write_safetensors_atomic(
     path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Write ``tensors`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``tensors`` to ``path`` through a temporary file in the same folder, fsync, ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prepared = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -103,7 +104,8 @@ def write_safetensors_atomic(
     os.close(fd)
     try:
         save_file(prepared, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
+        fsync_file(tmp)
+        replace_durably(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

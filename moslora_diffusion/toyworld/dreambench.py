@@ -140,6 +140,7 @@ def train_adapter(adapter: str, rank: int, seed: int, output_dir: Path, cfg: Ben
 
     args = ["--adapter", adapter, "--rank", str(rank), "--seed", str(seed), "--output_dir", str(output_dir)]
     args += ["--checkpointing_steps", "0", "--validation_prompt", ""]  # "" = no validation images
+    args += ["--overwrite_output_dir"]  # a re-run of the study replaces its own runs
     if cfg.max_train_steps is not None:
         args += ["--max_train_steps", str(cfg.max_train_steps)]
     for key, value in cfg.extra_train_args.items():

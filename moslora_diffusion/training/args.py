@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -128,6 +129,9 @@ class TrainConfig:
     validation_guidance_scale: float = _f(5.0, "Guidance scale of validation images.")
     # --- output
     output_dir: str = _f("moslora-dreambooth", "Where weights, checkpoints, samples and the model card go.")
+    overwrite_output_dir: bool = _f(
+        False, "Replace another run's checkpoints and adapter files in --output_dir (refused otherwise)."
+    )
     export_kohya: bool = _f(False, "Also write a kohya-format file (A1111 / ComfyUI).")
     report_to: str = _f("none", "Logger for loss and images.", REPORT_TO)
     logging_dir: str = _f("logs", "TensorBoard folder, relative to --output_dir.")
@@ -195,48 +199,60 @@ def _check_choices(cfg: TrainConfig) -> None:
             raise TrainConfigError(f"--{f.name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _check_adapter_numbers(cfg: TrainConfig) -> None:
-    if cfg.resolution is not None and (cfg.resolution <= 0 or cfg.resolution % 8):
-        raise TrainConfigError(f"--resolution must be a positive multiple of 8; got {cfg.resolution}")
-    if cfg.rank <= 0:
-        raise TrainConfigError(f"--rank must be a positive integer; got {cfg.rank}")
-    if cfg.lora_alpha is not None and cfg.lora_alpha <= 0:
-        raise TrainConfigError(f"--lora_alpha must be positive; got {cfg.lora_alpha}")
-    if not 0.0 <= cfg.lora_dropout < 1.0:
-        raise TrainConfigError(f"--lora_dropout must be in [0, 1); got {cfg.lora_dropout}")
+# Allowed range of every numeric setting: (low, high, low excluded). Values outside, NaN and infinities are
+# refused before any model loads; the upper bounds keep a typo from allocating tens of gigabytes.
+NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "resolution": (8, 8192, False),
+    "repeats": (1, 10_000, False),
+    "num_class_images": (1, 100_000, False),
+    "prior_loss_weight": (0, 1e4, False),
+    "sample_batch_size": (1, 256, False),
+    "class_inference_steps": (1, 1000, False),
+    "rank": (1, 4096, False),
+    "lora_alpha": (0, 1e6, True),
+    "lora_dropout": (0, 1, False),  # and below 1, checked apart
+    "text_encoder_lr": (0, 10, True),
+    "learning_rate": (0, 10, True),
+    "lr_warmup_steps": (0, 10**8, False),
+    "lr_num_cycles": (1, 1000, False),
+    "lr_power": (0, 100, True),
+    "train_batch_size": (1, 4096, False),
+    "gradient_accumulation_steps": (1, 4096, False),
+    "max_train_steps": (1, 10**8, False),
+    "num_train_epochs": (1, 10**6, False),
+    "max_grad_norm": (0, 1e6, False),
+    "adam_beta1": (0, 1, False),  # and below 1
+    "adam_beta2": (0, 1, False),  # and below 1
+    "adam_weight_decay": (0, 10, False),
+    "adam_epsilon": (0, 1, True),
+    "snr_gamma": (0, 1e4, True),
+    "noise_offset": (0, 10, False),
+    "checkpointing_steps": (0, 10**8, False),
+    "checkpoints_total_limit": (1, 10**6, False),
+    "num_validation_images": (1, 64, False),
+    "validation_steps": (1, 10**8, False),
+    "validation_inference_steps": (1, 1000, False),
+    "validation_guidance_scale": (0, 100, False),
+}
+_BELOW_ONE = ("lora_dropout", "adam_beta1", "adam_beta2")
 
 
-def _check_optimisation_numbers(cfg: TrainConfig) -> None:
-    for name in (
-        "train_batch_size",
-        "gradient_accumulation_steps",
-        "repeats",
-        "num_train_epochs",
-        "sample_batch_size",
-    ):
-        if getattr(cfg, name) <= 0:
-            raise TrainConfigError(f"--{name} must be at least 1; got {getattr(cfg, name)}")
-    if cfg.max_train_steps is not None and cfg.max_train_steps <= 0:
-        raise TrainConfigError(f"--max_train_steps must be at least 1; got {cfg.max_train_steps}")
-    if cfg.learning_rate <= 0 or (cfg.text_encoder_lr is not None and cfg.text_encoder_lr <= 0):
-        raise TrainConfigError("--learning_rate and --text_encoder_lr must be positive")
-    for name in (
-        "lr_warmup_steps",
-        "checkpointing_steps",
-        "noise_offset",
-        "max_grad_norm",
-        "prior_loss_weight",
-    ):
-        if getattr(cfg, name) < 0:
-            raise TrainConfigError(f"--{name} must not be negative; got {getattr(cfg, name)}")
-    if cfg.checkpoints_total_limit is not None and cfg.checkpoints_total_limit < 1:
-        raise TrainConfigError(
-            f"--checkpoints_total_limit must be at least 1; got {cfg.checkpoints_total_limit}"
-        )
-    if cfg.snr_gamma is not None and cfg.snr_gamma <= 0:
-        raise TrainConfigError(f"--snr_gamma must be positive; got {cfg.snr_gamma}")
-    if cfg.validation_prompt and (cfg.num_validation_images < 1 or cfg.validation_steps < 1):
-        raise TrainConfigError("--num_validation_images and --validation_steps must be at least 1")
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Every numeric setting finite and inside `NUMBER_BOUNDS`."""
+    for name, (low, high, low_open) in NUMBER_BOUNDS.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrainConfigError(f"--{name} must be a finite number; got {value}")
+        too_low = value <= low if low_open else value < low
+        too_high = value >= 1 if name in _BELOW_ONE else value > high
+        if too_low or too_high:
+            shown_high = "1 (excluded)" if name in _BELOW_ONE else f"{high:g}"
+            shown_low = f"{low:g} (excluded)" if low_open else f"{low:g}"
+            raise TrainConfigError(f"--{name} must be between {shown_low} and {shown_high}; got {value}")
+    if cfg.resolution is not None and cfg.resolution % 8:
+        raise TrainConfigError(f"--resolution must be a multiple of 8; got {cfg.resolution}")
 
 
 def _check_targets(cfg: TrainConfig) -> None:
@@ -268,8 +284,6 @@ def _check_prior_settings(cfg: TrainConfig) -> None:
         raise TrainConfigError("--with_prior_preservation needs --class_prompt")
     if not cfg.class_data_dir:
         raise TrainConfigError("--with_prior_preservation needs --class_data_dir")
-    if cfg.num_class_images < 1:
-        raise TrainConfigError(f"--num_class_images must be at least 1; got {cfg.num_class_images}")
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -277,8 +291,7 @@ def check_settings(cfg: TrainConfig) -> None:
     if not cfg.pretrained_model_name_or_path:
         raise TrainConfigError("--pretrained_model_name_or_path is required")
     _check_choices(cfg)
-    _check_adapter_numbers(cfg)
-    _check_optimisation_numbers(cfg)
+    _check_numbers(cfg)
     _check_targets(cfg)
     _check_packages(cfg)
     _check_prior_settings(cfg)

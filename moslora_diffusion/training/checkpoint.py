@@ -7,85 +7,41 @@ Layout of `output_dir/checkpoint-<step>/`:
     rng-<rank>.json / rng-<rank>.safetensors   Python, NumPy and torch RNG states of each process
     state.json               step, seed, loss history and the run's fingerprint (base model + adapter)
 
-A checkpoint is written into a temporary folder and renamed into place, so a crash never leaves a
-half-written `checkpoint-<step>`. The fingerprint lets a run refuse to resume another run's checkpoints.
+A checkpoint is written into a hidden temporary folder, every file and the folder are fsynced, and only then
+renamed into place, so a crash or a power loss never leaves a half-written `checkpoint-<step>`; pruning
+renames before it deletes. `checkpoint_problem` tells an intact checkpoint from a damaged one. Which run a
+folder belongs to is `run_folder`'s business.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import TrainConfigError
-
-if TYPE_CHECKING:
-    from .args import TrainConfig
+from ..durable import fsync_dir, fsync_tree
+from ..errors import MoSLoraFormatError, OutputWriteError, TrainConfigError
+from ..formats.safetensors_io import read_header
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "state.json"
 ADAPTER_NAME = "adapter.safetensors"
+REQUIRED_FILES = (STATE_NAME, ADAPTER_NAME, "optimizer.pt", "scheduler.pt", "rng-0.json", "rng-0.safetensors")
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-# ----------------------------------------------------------------------------- fingerprint
-
-
-def base_model_fingerprint(cfg: TrainConfig) -> dict[str, Any]:
-    """What identifies the base model: resolved local path (or hub id), revision, variant and VAE."""
-
-    def norm(name: str | None) -> str | None:
-        if name and Path(name).expanduser().exists():
-            return str(Path(name).expanduser().resolve())
-        return name
-
-    return {
-        "name_or_path": norm(cfg.pretrained_model_name_or_path),
-        "revision": cfg.revision,
-        "variant": cfg.variant,
-        "vae": norm(cfg.pretrained_vae_model_name_or_path),
-    }
-
-
-def adapter_fingerprint(cfg: TrainConfig) -> dict[str, Any]:
-    """What fixes the adapter's tensors and their meaning: type, rank, alpha, scaling, mixer, targets."""
-    from ..targets import resolve_targets
-
-    return {
-        "adapter": cfg.adapter,
-        "rank": cfg.rank,
-        "lora_alpha": float(cfg.lora_alpha if cfg.lora_alpha is not None else cfg.rank),
-        "use_rslora": cfg.use_rslora,
-        "mixer_init": cfg.mixer_init if cfg.adapter == "moslora" else None,
-        "unet_targets": resolve_targets(cfg.unet_targets, "unet"),
-        "text_encoder_targets": (
-            resolve_targets(cfg.text_encoder_targets, "text_encoder") if cfg.train_text_encoder else None
-        ),
-    }
-
-
-def _fingerprint_mismatch(state: Mapping[str, Any], cfg: TrainConfig) -> str | None:
-    for key, expected in (("base_model", base_model_fingerprint(cfg)), ("adapter", adapter_fingerprint(cfg))):
-        found = state.get(key)
-        if found != expected:
-            diff = {
-                k: (found.get(k) if isinstance(found, dict) else None, v)
-                for k, v in expected.items()
-                if not isinstance(found, dict) or found.get(k) != v
-            }
-            detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            return f"different {key.replace('_', ' ')} ({detail})"
-    return None
+# Hidden names only this toolkit writes: checkpoint temp/old/deleting folders and atomic-write temp files.
+_LEFTOVER_RE = re.compile(r"^\.(checkpoint-\d+\.(tmp|old|deleting)|.+\.tmp(\.png)?|README\.md\.tmp)$")
 
 
 # ----------------------------------------------------------------------------- finding checkpoints
@@ -108,38 +64,71 @@ def read_state(checkpoint: str | Path) -> dict[str, Any]:
         raise TrainConfigError(f"{path}: not a readable checkpoint state ({exc})") from None
 
 
-def resolve_resume_path(cfg: TrainConfig) -> Path | None:
-    """The checkpoint `--resume_from_checkpoint` points at, or None ('latest' with no checkpoint yet)."""
-    if not cfg.resume_from_checkpoint:
-        return None
-    if cfg.resume_from_checkpoint == "latest":
-        found = list_checkpoints(cfg.output_dir)
-        return found[-1] if found else None
-    path = Path(cfg.resume_from_checkpoint)
-    if not path.is_dir() and (Path(cfg.output_dir) / path).is_dir():
-        path = Path(cfg.output_dir) / path
-    if not path.is_dir():
-        raise TrainConfigError(
-            f"--resume_from_checkpoint: {cfg.resume_from_checkpoint} is not a checkpoint folder"
-        )
-    return path
+def checkpoint_problem(checkpoint: str | Path) -> str | None:
+    """What is wrong with a checkpoint folder (a missing, empty or unreadable file), or None when intact.
+
+    Reads headers and checksums, not the tensors: cheap enough to run on every checkpoint at start-up.
+    """
+    ckpt = Path(checkpoint)
+    for name in REQUIRED_FILES:
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size == 0:
+            return f"{name} is empty"
+    try:
+        state = json.loads((ckpt / STATE_NAME).read_text(encoding="utf-8"))
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{STATE_NAME} is unreadable ({exc})"
+    for name in (ADAPTER_NAME, "rng-0.safetensors"):
+        try:
+            read_header(ckpt / name)
+        except MoSLoraFormatError as exc:
+            return f"{name} is unreadable ({exc})"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        try:
+            with zipfile.ZipFile(ckpt / name) as archive:
+                bad = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as exc:
+            return f"{name} is unreadable ({exc})"
+        if bad is not None:
+            return f"{name} is corrupt ({bad} fails its checksum)"
+    return None
 
 
-def check_output_dir(cfg: TrainConfig) -> None:
-    """Refuse to resume, or write into, checkpoints of a run with another base model or adapter config."""
-    resume = resolve_resume_path(cfg)
-    to_check = [resume] if resume is not None else list_checkpoints(cfg.output_dir)
-    for ckpt in to_check:
-        for name in (STATE_NAME, ADAPTER_NAME):
-            if not (ckpt / name).is_file():
-                raise TrainConfigError(f"{ckpt}: incomplete checkpoint (no {name})")
-        problem = _fingerprint_mismatch(read_state(ckpt), cfg)
-        if problem:
-            action = "resume it" if resume is not None else "train into this --output_dir"
-            raise TrainConfigError(
-                f"{ckpt} belongs to another run with a {problem}; refusing to {action}. "
-                "Use another --output_dir, or the same model and adapter settings."
-            )
+def newest_intact_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest intact checkpoint or None, [(damaged newer checkpoint, problem), ...])."""
+    damaged = []
+    for ckpt in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt, damaged
+        damaged.append((ckpt, problem))
+    return None, damaged
+
+
+def remove_leftovers(output_dir: str | Path) -> list[Path]:
+    """Delete what an interrupted run leaves under hidden names: half-written checkpoints and files."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    removed = []
+    for entry in out.iterdir():
+        if _LEFTOVER_RE.match(entry.name):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def delete_folder(path: Path) -> None:
+    """Rename to a hidden name first, then delete: a kill half-way never leaves a partial folder under a good name."""
+    hidden = path.with_name(f".{path.name}.deleting")
+    if hidden.exists():
+        shutil.rmtree(hidden)
+    os.replace(path, hidden)
+    fsync_dir(path.parent)
+    shutil.rmtree(hidden)
 
 
 # ----------------------------------------------------------------------------- RNG states
@@ -250,19 +239,35 @@ def save_checkpoint(
     save_file(tensors, str(tmp / f"rng-{rank}.safetensors"))
     barrier()
     if is_main:
-        save_file(adapter, str(tmp / ADAPTER_NAME))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / STATE_NAME).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
-        if final.exists():
-            old = out / f".{CHECKPOINT_PREFIX}{step}.old"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-            shutil.rmtree(old)
+        try:
+            save_file(adapter, str(tmp / ADAPTER_NAME))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            (tmp / STATE_NAME).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
+            fsync_tree(tmp)
+        except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _write_error(out, final.name, exc) from None
+        if final.exists():  # the same run saving the same step again (resumed from an earlier checkpoint)
+            delete_folder(final)
         os.replace(tmp, final)
+        fsync_dir(out)
     barrier()
     return final
+
+
+def _write_error(out: Path, name: str, exc: BaseException) -> OutputWriteError:
+    previous = [p.name for p in list_checkpoints(out)]
+    kept = (
+        f"the previous checkpoint ({previous[-1]}) is intact" if previous else "no earlier checkpoint exists"
+    )
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        free = None
+    if getattr(exc, "errno", None) == errno.ENOSPC or (free is not None and free < 64 * 2**20):
+        return OutputWriteError(f"no space left on {out} while writing {name}; {kept}")
+    return OutputWriteError(f"could not write {name} in {out} ({exc}); {kept}")
 
 
 def load_checkpoint(
@@ -296,5 +301,5 @@ def prune_checkpoints(output_dir: str | Path, limit: int | None) -> list[Path]:
     found = list_checkpoints(output_dir)
     doomed = found[: max(0, len(found) - limit)]
     for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+        delete_folder(path)
     return doomed

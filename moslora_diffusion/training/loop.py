@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import NonFiniteLossError, TrainConfigError
 from . import checkpoint as ckpt
-from . import data, losses, models, outputs, prior, validation
+from . import data, losses, models, outputs, prior, run_folder, validation
 from .args import TrainConfig
 from .events import TrainEvent, TrainResult
 from .model_card import render_model_card, write_model_card
@@ -164,8 +164,7 @@ def _micro_batch_loss(run: _Run, micro_batch: int) -> torch.Tensor:
 def _build_caches(run: _Run) -> None:
     cfg = run.cfg
     augment = cfg.random_flip or any(
-        data.crop_is_random(s.image.size, cfg.center_crop)
-        for s in run.instances + run.classes
+        data.crop_is_random(s.image.size, cfg.center_crop) for s in run.instances + run.classes
     )
     if not augment:
         run.latent_cache = {}
@@ -321,13 +320,12 @@ def _base_model_metadata(cfg: TrainConfig, comps: models.Components) -> dict[str
     info = base_model_info(
         SimpleNamespace(unet=unet), name_or_path=cfg.pretrained_model_name_or_path, architecture=comps.arch
     )
-    fingerprint = ckpt.base_model_fingerprint(cfg)
     extra = {
         "revision": cfg.revision,
         "variant": cfg.variant,
         "vae": cfg.pretrained_vae_model_name_or_path,
         "prediction_type": comps.prediction_type,
-        "resolved_path": fingerprint["name_or_path"],
+        "resolved_path": run_folder.resolved_path(cfg.pretrained_model_name_or_path),
     }
     return {**info, **{k: v for k, v in extra.items() if v is not None}}
 
@@ -367,7 +365,7 @@ class Trainer:
 
     def __init__(self, run: _Run, *, optimizer: Any, lr_scheduler: Any, trained: dict[str, torch.nn.Module],
                  wrapped: dict[str, torch.nn.Module], max_steps: int, emit: Callable[[TrainEvent], None],
-                 resume_path: Path | None) -> None:  # fmt: skip
+                 resume_path: Path | None, fingerprint: dict[str, Any]) -> None:  # fmt: skip
         self.run = run
         self.cfg = run.cfg
         self.accelerator = run.accelerator
@@ -378,6 +376,7 @@ class Trainer:
         self.max_steps = max_steps
         self.emit = emit
         self.resume_path = resume_path
+        self.fingerprint = fingerprint  # of this run, stored in every checkpoint
         self.out = Path(self.cfg.output_dir)
         self.is_main = self.accelerator.is_main_process
         self.global_step = 0
@@ -394,13 +393,14 @@ class Trainer:
         """Load the models, add the adapters, read the data, build optimizer and schedule."""
         is_main = accelerator.is_main_process
         emit = callback if (callback is not None and is_main) else (lambda event: None)
-        if is_main:
-            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        resume_path = ckpt.resolve_resume_path(cfg)
+        resume_path = run_folder.resolve_resume_path(cfg)
         if cfg.resume_from_checkpoint and resume_path is None:
             logger.info("no checkpoint in %s yet: starting a new run", cfg.output_dir)
         seed = _shared_seed(cfg, accelerator, ckpt.read_state(resume_path) if resume_path else None)
         _check_distributed_support(cfg, accelerator)
+        if is_main:
+            run_folder.prepare_output_dir(cfg, seed)
+        accelerator.wait_for_everyone()
 
         from accelerate.utils import set_seed
 
@@ -444,7 +444,8 @@ class Trainer:
             text_encoders=[wrapped.get(k, m) for k, m in comps.text_components().items()],
         )
         return cls(run, optimizer=optimizer, lr_scheduler=lr_scheduler, trained=trained, wrapped=wrapped,
-                   max_steps=max_steps, emit=emit, resume_path=resume_path)  # fmt: skip
+                   max_steps=max_steps, emit=emit, resume_path=resume_path,
+                   fingerprint=run_folder.fingerprint(cfg))  # fmt: skip
 
     def resume(self) -> None:
         """Restore adapter, optimizer, schedule, RNG and loss history from the checkpoint to resume, if any."""
@@ -516,22 +517,26 @@ class Trainer:
         mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
         if not math.isfinite(mean_loss):
             self.optimizer.zero_grad(set_to_none=True)
-            error = NonFiniteLossError(
-                self.global_step + 1, mean_loss, str(self.last_checkpoint) if self.last_checkpoint else None
-            )
-            self.emit(
-                TrainEvent("done", self.global_step, self.max_steps, loss=mean_loss, message=str(error))
-            )
-            raise error
+            self._stop_non_finite(mean_loss)
         if self.cfg.max_grad_norm:
             accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        # A finite loss can still come with a step that broke the weights (a huge learning rate, an overflow):
+        # check them before this step counts, so that every checkpoint written after it holds finite weights.
+        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(self.params))).all()):
+            self._stop_non_finite(mean_loss, "adapter weights became NaN or infinite")
         self.global_step += 1
         self.run.losses.append(mean_loss)
         accelerator.log({"loss": mean_loss, "lr": self.lr_scheduler.get_last_lr()[0]}, step=self.global_step)
         return mean_loss
+
+    def _stop_non_finite(self, loss: float, what: str | None = None) -> None:
+        last = str(self.last_checkpoint) if self.last_checkpoint else None
+        error = NonFiniteLossError(self.global_step + 1, loss, last, what)
+        self.emit(TrainEvent("done", self.global_step, self.max_steps, loss=loss, message=str(error)))
+        raise error
 
     def _stop_requested(self, should_stop: Callable[[], bool] | None) -> bool:
         """The stop flag of the main process, agreed by every process."""
@@ -550,8 +555,7 @@ class Trainer:
             "seed": run.seed,
             "losses": run.losses,
             "max_train_steps": self.max_steps,
-            "base_model": ckpt.base_model_fingerprint(self.cfg),
-            "adapter": ckpt.adapter_fingerprint(self.cfg),
+            "fingerprint": self.fingerprint,
             "architecture": run.comps.arch,
         }
         path = ckpt.save_checkpoint(

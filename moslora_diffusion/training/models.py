@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .. import architectures
-from ..adapters import add_moslora_adapter
+from ..adapters import add_moslora_adapter, matched_modules
 from ..config import MoSLoraConfig
 from ..constants import TEXT_ENCODERS as TEXT_COMPONENTS
 from ..errors import TrainConfigError
@@ -153,6 +153,31 @@ def adapter_config(cfg: TrainConfig, component: str) -> Any:
     return LoraConfig(**kwargs)
 
 
+def check_targets(cfg: TrainConfig, component: str, model: nn.Module, targets: list[str]) -> None:
+    """Every target name must match a Linear / Conv2d of the model, and --rank fit the smallest of them."""
+    flag = "--unet_targets" if component == "unet" else "--text_encoder_targets"
+    found = matched_modules(model, targets)
+    unmatched = [t for t in targets if not matched_modules(model, [t])]
+    if unmatched:
+        raise TrainConfigError(
+            f"{flag}: no Linear or Conv2d layer of the {component} ({type(model).__name__}) is named "
+            f"{', '.join(repr(t) for t in unmatched)}; names match a module path or its last parts, "
+            "e.g. to_q, ff.net.2, conv1 (UNet) or q_proj, fc1 (text encoders)"
+        )
+    dims = {
+        name: min(m.in_features, m.out_features)
+        if isinstance(m, nn.Linear)
+        else min(m.in_channels, m.out_channels)
+        for name, m in found.items()
+    }
+    smallest = min(dims, key=dims.get)
+    if cfg.rank > dims[smallest]:
+        raise TrainConfigError(
+            f"--rank {cfg.rank} is larger than the smallest targeted layer of the {component} "
+            f"({smallest}: {dims[smallest]} features); a rank above that adds nothing. Use --rank {dims[smallest]} or less"
+        )
+
+
 def add_adapters(cfg: TrainConfig, comps: Components) -> None:
     """Inject the adapters (UNet; text encoders with --train_text_encoder), trainable in fp32."""
     from peft import inject_adapter_in_model
@@ -160,8 +185,11 @@ def add_adapters(cfg: TrainConfig, comps: Components) -> None:
     targets = {"unet": comps.unet}
     if cfg.train_text_encoder:
         targets.update(comps.text_components())
+    configs = {component: adapter_config(cfg, component) for component in targets}
+    for component, model in targets.items():  # every check before the first adapter is injected
+        check_targets(cfg, component, model, configs[component].target_modules)
     for component, model in targets.items():
-        conf = adapter_config(cfg, component)
+        conf = configs[component]
         if cfg.adapter == "moslora":
             add_moslora_adapter(model, conf)
         elif hasattr(model, "add_adapter") and type(model).__module__.startswith("diffusers"):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ..errors import TrainConfigError
 from .args import TrainConfig, check_settings
-from .checkpoint import check_output_dir
 from .data import check_instance_data
+from .run_folder import check_output_dir
 
 __all__ = ["validate_config", "check_model_source"]
 

@@ -1,0 +1,237 @@
+"""Which run an output folder belongs to, and what may be written into it.
+
+A run's *fingerprint* covers everything that changes the trained weights: the base model, every setting that
+enters training (seed, data order, learning rate, adapter, targets, …) and a digest of the instance images and
+captions. It is written to ``run.json`` when a run starts and into every checkpoint. Then:
+
+- a folder holding another run's checkpoints or adapter files is refused unless ``--overwrite_output_dir``
+  (which clears them first) or ``--resume_from_checkpoint`` with a matching fingerprint says so;
+- ``latest`` resumes the newest *intact* checkpoint, naming the damaged ones it skips;
+- a start-up removes the hidden leftovers an interrupted run leaves (temporary checkpoint folders and files).
+
+Settings that only change what is *reported* (validation, logging, checkpoint frequency, exports) and the
+length of the run (``--max_train_steps`` / ``--num_train_epochs``, so a finished run can be extended by
+resuming) are not part of the fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..constants import DIFFUSERS_WEIGHTS_NAME, KOHYA_WEIGHTS_NAME, MOSLORA_WEIGHTS_NAME
+from ..durable import fsync_file, replace_durably
+from ..errors import TrainConfigError
+from . import checkpoint as ckpt
+from .args import TrainConfig
+from .data import check_instance_data
+
+logger = logging.getLogger(__name__)
+
+RUN_RECORD = "run.json"
+ADAPTER_FILES = (MOSLORA_WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME, KOHYA_WEIGHTS_NAME)
+# Settings that do not change the trained weights (see the module docstring).
+NOT_FINGERPRINTED = frozenset(
+    {
+        "output_dir",
+        "logging_dir",
+        "report_to",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "validation_prompt",
+        "num_validation_images",
+        "validation_steps",
+        "validation_inference_steps",
+        "validation_guidance_scale",
+        "export_kohya",
+        "max_train_steps",
+        "num_train_epochs",
+        "seed",  # compared apart: an unset seed means "the run's own" when resuming
+        "pretrained_model_name_or_path",  # compared resolved, below
+        "pretrained_vae_model_name_or_path",
+    }
+)
+
+
+def resolved_path(name: str | None) -> str | None:
+    if name and Path(name).expanduser().exists():
+        return str(Path(name).expanduser().resolve())
+    return name
+
+
+def data_digest(cfg: TrainConfig) -> str:
+    """SHA-256 over the instance images (name and bytes) and their captions, in file order."""
+    images = check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
+    h = hashlib.sha256()
+    for path, caption in zip(images.paths, images.captions):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+        h.update((caption or "").encode())
+    return h.hexdigest()
+
+
+def fingerprint(cfg: TrainConfig) -> dict[str, Any]:
+    """Everything that changes the trained weights, except the seed (see :func:`seed_mismatch`)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
+    return {
+        "base_model": resolved_path(cfg.pretrained_model_name_or_path),
+        "vae": resolved_path(cfg.pretrained_vae_model_name_or_path),
+        "settings": settings,
+        "instance_data": data_digest(cfg),
+    }
+
+
+def _difference(found: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> str | None:
+    if found == expected:
+        return None
+    if not isinstance(found, Mapping):
+        return "no fingerprint (written by an older version)"
+    diffs = []
+    for key, value in expected.items():
+        other = found.get(key)
+        if key == "settings" and isinstance(other, Mapping):
+            diffs += [
+                f"--{k}: {other.get(k)!r} there, {v!r} now" for k, v in value.items() if other.get(k) != v
+            ]
+        elif other != value:
+            diffs.append(
+                f"{key.replace('_', ' ')}: differs"
+                if key == "instance_data"
+                else f"{key}: {other!r} there, {value!r} now"
+            )
+    return "; ".join(diffs) or "a different fingerprint"
+
+
+def _seed_difference(found_seed: Any, cfg: TrainConfig) -> str | None:
+    if cfg.seed is None or found_seed is None or int(found_seed) == cfg.seed:
+        return None
+    return f"--seed: {found_seed} there, {cfg.seed} now"
+
+
+def read_run_record(output_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(output_dir) / RUN_RECORD
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise TrainConfigError(f"{path}: unreadable run record ({exc})") from None
+    return data if isinstance(data, dict) else None
+
+
+def previous_work(output_dir: str | Path) -> list[str]:
+    """Names of the checkpoints and adapter files another run left in ``output_dir``."""
+    out = Path(output_dir)
+    found = [p.name for p in ckpt.list_checkpoints(out)]
+    found += [name for name in ADAPTER_FILES if (out / name).is_file()]
+    return found
+
+
+# ----------------------------------------------------------------------------- preflight (no changes)
+
+
+def check_output_location(cfg: TrainConfig) -> None:
+    """The output folder is a folder (or can be made one) and can be written."""
+    out = Path(cfg.output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise TrainConfigError(f"--output_dir: {cfg.output_dir} is a file, not a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrainConfigError(f"--output_dir: {existing} is a file, so {cfg.output_dir} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainConfigError(f"--output_dir: cannot write in {existing} (read-only or no permission)")
+
+
+def resolve_resume_path(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume: `latest` means the newest intact one (damaged newer ones are named in the log)."""
+    if not cfg.resume_from_checkpoint:
+        return None
+    if cfg.resume_from_checkpoint == "latest":
+        found, damaged = ckpt.newest_intact_checkpoint(cfg.output_dir)
+        for path, problem in damaged:
+            logger.warning(
+                "%s is damaged (%s); %s",
+                path,
+                problem,
+                f"resuming from {found.name}" if found else "skipping it",
+            )
+        return found
+    path = Path(cfg.resume_from_checkpoint)
+    if not path.is_dir() and (Path(cfg.output_dir) / path).is_dir():
+        path = Path(cfg.output_dir) / path
+    if not path.is_dir():
+        raise TrainConfigError(
+            f"--resume_from_checkpoint: {cfg.resume_from_checkpoint} is not a checkpoint folder"
+        )
+    problem = ckpt.checkpoint_problem(path)
+    if problem:
+        raise TrainConfigError(
+            f"--resume_from_checkpoint: {path} is damaged ({problem}); pick another checkpoint"
+        )
+    return path
+
+
+def check_output_dir(cfg: TrainConfig) -> None:
+    """Refuse to resume another run's checkpoint, or to write over another run's work (see the module doc)."""
+    check_output_location(cfg)
+    if cfg.overwrite_output_dir:
+        return
+    expected = fingerprint(cfg)
+    resume = resolve_resume_path(cfg)
+    if resume is not None:
+        state = ckpt.read_state(resume)
+        problem = _difference(state.get("fingerprint"), expected) or _seed_difference(state.get("seed"), cfg)
+        if problem:
+            raise TrainConfigError(
+                f"{resume} belongs to another run ({problem}); refusing to resume it. "
+                "Use the same settings, another --output_dir, or --overwrite_output_dir to start afresh."
+            )
+        return
+    work = previous_work(cfg.output_dir)
+    if not work:
+        return
+    record = read_run_record(cfg.output_dir)
+    same_run = (
+        cfg.resume_from_checkpoint  # "latest" with no checkpoint yet: the same run may start (again)
+        and record is not None
+        and _difference(record.get("fingerprint"), expected) is None
+        and _seed_difference(record.get("seed"), cfg) is None
+    )
+    if not same_run:
+        listing = ", ".join(work[:4]) + (f" and {len(work) - 4} more" if len(work) > 4 else "")
+        raise TrainConfigError(
+            f"--output_dir {cfg.output_dir} holds another run's work ({listing}); refusing to mix two runs. "
+            "Use another --output_dir, --resume_from_checkpoint latest to continue that run, or "
+            "--overwrite_output_dir to replace it."
+        )
+
+
+# ----------------------------------------------------------------------------- at start (main process)
+
+
+def prepare_output_dir(cfg: TrainConfig, seed: int) -> None:
+    """Create the folder, remove interrupted leftovers, clear an overwritten run, write ``run.json``."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for leftover in ckpt.remove_leftovers(out):
+        logger.info("removed %s, left by an interrupted run", leftover)
+    if cfg.overwrite_output_dir and not cfg.resume_from_checkpoint:
+        for path in ckpt.list_checkpoints(out):
+            ckpt.delete_folder(path)
+        for name in ADAPTER_FILES:
+            (out / name).unlink(missing_ok=True)
+    record = {"fingerprint": fingerprint(cfg), "seed": seed}
+    tmp = out / f".{RUN_RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    fsync_file(tmp)
+    replace_durably(tmp, out / RUN_RECORD)
