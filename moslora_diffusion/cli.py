@@ -77,6 +77,9 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         "default: the file's base_model metadata, else the SDXL 1.0 layout",
     )
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="cast the exported tensors")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing output file (never the source)"
+    )
 
 
 def _read_unet_config(value: str) -> dict:
@@ -94,19 +97,33 @@ def _read_unet_config(value: str) -> dict:
     "export", "fold a MoSLoRA file into an exact plain LoRA (diffusers or kohya naming)", _export_args
 )
 def run_export(args: argparse.Namespace) -> int:
-    from .formats import export_adapter
+    from .formats import export_adapter, kohya_unsupported_modules, load_moslora_file
 
     unet_config = _read_unet_config(args.unet_config) if args.unet_config else None
+    adapter = load_moslora_file(args.src)
     out = export_adapter(
-        args.src,
+        adapter,
         args.output,
         args.format,
         architecture=args.architecture,
         unet_config=unet_config,
         dtype=args.dtype,
+        overwrite=args.force,
     )
     print(f"wrote {args.format} LoRA to {out}")
+    if args.format == "kohya":
+        _note_kohya_gaps(kohya_unsupported_modules(adapter))
     return 0
+
+
+def _note_kohya_gaps(modules: list[str]) -> None:
+    if modules:
+        print(
+            f"note: {len(modules)} module(s) ({', '.join(modules[:4])}{', ...' if len(modules) > 4 else ''}) sit "
+            "outside the blocks kohya-ss/sd-scripts adapts: its loader ignores them, while ComfyUI, "
+            "AUTOMATIC1111 and diffusers apply them. Train without time/add-embedding targets for sd-scripts.",
+            file=sys.stderr,
+        )
 
 
 # ------------------------------------------------------------------------------------------ inspect

@@ -252,7 +252,16 @@ def test_sd1_refuses_to_resume_another_run(sd1_run, tiny_sd1, tiny_sdxl, subject
     """The run fingerprint covers the base model, the seed, every training setting and the data."""
     _, _, out = sd1_run
     same = ["--instance_data_dir", str(subject), "--instance_prompt", "a sks blob", "--output_dir", str(out)]
-    same += ["--resolution", "32", "--seed", "0", "--learning_rate", "1e-3", "--resume_from_checkpoint", "latest"]
+    same += [
+        "--resolution",
+        "32",
+        "--seed",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--resume_from_checkpoint",
+        "latest",
+    ]
     model = ["--pretrained_model_name_or_path", str(tiny_sd1)]
     validate_config(parse_args([*model, *same, "--max_train_steps", "9"]))  # the same run, extended: fine
     for change, message in (

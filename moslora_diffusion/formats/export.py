@@ -47,6 +47,8 @@ __all__ = [
     "to_kohya_state_dict",
     "export_adapter",
     "provenance_metadata",
+    "check_export_target",
+    "kohya_unsupported_modules",
 ]
 
 
@@ -174,8 +176,40 @@ def _target_file(dst: str | os.PathLike, default_name: str) -> Path:
     if p.suffix == ".safetensors":
         return p
     if p.suffix and not p.is_dir():
-        raise MoSLoraFormatError(f"{dst}: exports are written as .safetensors (or into a directory)")
+        raise RequestError(f"{dst}: exports are written as .safetensors (or into a directory)")
     return p / default_name
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_export_target(target: Path, source: str | None, overwrite: bool) -> None:
+    """Never write an export over its own source (same path, or the same file through a link), nor over an
+    existing file unless ``overwrite``."""
+    if source is not None and _same_file(target, Path(source)):
+        raise RequestError(
+            f"{target} is the source file itself; exporting there would destroy its mixer and metadata"
+        )
+    if target.exists() and not overwrite:
+        raise RequestError(f"{target} exists; choose another output or allow replacing it (CLI: --force)")
+
+
+# UNet modules outside the blocks kohya-ss/sd-scripts creates LoRA modules in (Transformer2DModel,
+# ResnetBlock2D, Down/Upsample2D): its loader has nothing to apply them to.
+_OUTSIDE_KOHYA_BLOCKS = ("time_embedding.", "add_embedding.")
+
+
+def kohya_unsupported_modules(adapter: MoSLoraFile) -> list[str]:
+    """UNet modules of ``adapter`` that kohya-ss/sd-scripts ignores on load (ComfyUI, A1111, diffusers apply them)."""
+    return [
+        f"{m.component}.{m.module_path}"
+        for m in adapter.modules()
+        if m.component == "unet" and m.module_path.startswith(_OUTSIDE_KOHYA_BLOCKS)
+    ]
 
 
 def export_adapter(
@@ -186,12 +220,14 @@ def export_adapter(
     architecture: str | None = None,
     unet_config: Mapping[str, Any] | None = None,
     dtype: str | torch.dtype | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export a native MoSLoRA file as an exact plain LoRA file and return the written path.
 
     ``dst`` is a ``.safetensors`` file or a directory (then ``pytorch_lora_weights.safetensors`` for
     ``diffusers``, ``lora_kohya.safetensors`` for ``kohya``). ``architecture`` and ``unet_config``
     (SDXL block layout) override what the file's ``base_model`` says; ``dtype`` is fp32/fp16/bf16.
+    An existing file is replaced only with ``overwrite``; the source file never is.
     """
     if format not in EXPORT_FORMATS:
         raise RequestError(f"unknown export format {format!r}; choose one of {EXPORT_FORMATS}")
@@ -207,9 +243,11 @@ def export_adapter(
             "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer folded into lora_B)",
             **provenance_metadata(adapter),
         }
-        return write_safetensors_atomic(_target_file(dst, DIFFUSERS_WEIGHTS_NAME), tensors, meta)
+        target = _target_file(dst, DIFFUSERS_WEIGHTS_NAME)
+        check_export_target(target, adapter.path, overwrite)
+        return write_safetensors_atomic(target, tensors, meta)
     arch = detect_architecture(adapter, architecture)
     tensors = to_kohya_state_dict(adapter, arch, unet_config, dtype)
-    return write_safetensors_atomic(
-        _target_file(dst, KOHYA_WEIGHTS_NAME), tensors, _kohya_metadata(adapter, arch)
-    )
+    target = _target_file(dst, KOHYA_WEIGHTS_NAME)
+    check_export_target(target, adapter.path, overwrite)
+    return write_safetensors_atomic(target, tensors, _kohya_metadata(adapter, arch))

@@ -28,6 +28,7 @@ from .safetensors_io import read_header, read_safetensors, write_safetensors_ato
 FORMAT_TAG = "moslora"
 FORMAT_VERSION = "1"
 PARTS = ("lora_A", "lora_mixer", "lora_B")
+FLOAT16_MAX = 65504.0  # the largest weight change a float16 pipeline can hold
 
 __all__ = [
     "FORMAT_TAG",
@@ -338,24 +339,32 @@ class MoSLoraFile:
                     f"key '{keys['lora_A']}': rank {A.shape[0]} (shape {tuple(A.shape)}) does not match rank {r} "
                     f"from moslora_config['{component}'] (r / rank_pattern)",
                 )
-            self._check_fold_finite(component, path, M, B, src)
+            self._check_fold_finite(component, path, A, M, B, src)
         arch = self.architecture
         if arch is not None and arch not in ARCHITECTURES:
             raise _fail(src, f"base_model architecture {arch!r} is not one of {ARCHITECTURES}")
 
     def _check_fold_finite(
-        self, component: str, path: str, M: torch.Tensor, B: torch.Tensor, src: str | None
+        self, component: str, path: str, A: torch.Tensor, M: torch.Tensor, B: torch.Tensor, src: str | None
     ) -> None:
-        """The scale and the folded up weights s·B·M must be finite: else the adapter draws black images."""
+        """The scale, the folded up weights s·B·M and the weight change s·B·M·A must stay finite, and the
+        change within float16's range (where pipelines usually run): else the adapter draws black images."""
         scale = self.config[component].scale(component, path)
         if not math.isfinite(scale):
             raise _fail(src, f"module '{component}.{path}': the scale alpha/r is {scale}")
-        if not torch.isfinite(fold_mixer(M, B, scale)).all():
-            raise _fail(
-                src,
-                f"module '{component}.{path}': the folded weights scale·B·M overflow (scale {scale:g}); "
-                "the adapter would give NaN or black images",
-            )
+        folded = fold_mixer(M.double(), B.double(), scale).flatten(1)
+        a = A.double().flatten(1)
+        # |(B'A)_ij| <= |B'_i| |A_:j| (Cauchy-Schwarz): the exact change is computed only when the bound is high.
+        bound = float(folded.norm(dim=1).max() * a.norm(dim=0).max())
+        if not bound <= FLOAT16_MAX:
+            largest = float((folded @ a).abs().max())
+            if not largest <= FLOAT16_MAX:  # also catches NaN and inf
+                raise _fail(
+                    src,
+                    f"module '{component}.{path}': the weight change scale·B·M·A would overflow "
+                    f"(max |scale·B·M·A| = {largest:.3g} with scale {scale:.3g}; float16 holds "
+                    f"{FLOAT16_MAX:g}); the adapter would give NaN or black images",
+                )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Validate and write atomically; a directory gets ``moslora_weights.safetensors`` inside it."""

@@ -235,8 +235,12 @@ def save_checkpoint(
     adapter = trainable_state(models)
     # Each process records a digest of its adapter: equal digests show the processes stayed in sync.
     meta["adapter_sha256"] = state_digest(adapter)
-    (tmp / f"rng-{rank}.json").write_text(json.dumps(meta))
-    save_file(tensors, str(tmp / f"rng-{rank}.safetensors"))
+    try:
+        (tmp / f"rng-{rank}.json").write_text(json.dumps(meta))
+        save_file(tensors, str(tmp / f"rng-{rank}.safetensors"))
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(out, final.name, exc) from None
     barrier()
     if is_main:
         try:

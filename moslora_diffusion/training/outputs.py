@@ -68,9 +68,20 @@ def write_adapter_files(
         )
     )
     if export_kohya:
+        # The run folder was checked to hold only this run's work: replace its own earlier export.
         files["kohya"] = Path(
-            fmt.export_adapter(file, out, "kohya", architecture=architecture, unet_config=unet_config)
+            fmt.export_adapter(
+                file, out, "kohya", architecture=architecture, unet_config=unet_config, overwrite=True
+            )
         )
+        gaps = fmt.kohya_unsupported_modules(file)
+        if gaps:
+            logger.warning(
+                "%d time/add-embedding module(s) in the kohya export are ignored by kohya-ss/sd-scripts' "
+                "loader (ComfyUI, AUTOMATIC1111 and diffusers apply them): %s",
+                len(gaps),
+                ", ".join(gaps[:4]),
+            )
     return files
 
 
