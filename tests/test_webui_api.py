@@ -330,3 +330,42 @@ def test_native_moslora_adapter_matches_unfolded_layers(server):
 def test_adapter_tagged_for_another_architecture_refused(server):
     with pytest.raises(Exception, match="was made for sdxl, but the pipeline is sd1"):
         _generate(server["client"], seed=1, adapter="native_xl_tag.safetensors")
+
+
+def test_train_request_with_a_blocked_upload_gets_a_message(tmp_path):
+    """Gradio refuses an upload over the size limit; the Train request that follows must get a message."""
+    import json
+
+    import httpx
+
+    from moslora_diffusion.webui.server import build_parser, create_app, launch
+
+    setup = make_tiny_setup(tmp_path)
+    port = free_port()
+    args = build_parser().parse_args(
+        ["--base-model", str(setup["base"]), "--adapters-dir", str(setup["adapters"]), "--output-dir",
+         str(setup["outputs"]), "--port", str(port), "--work-dir", str(tmp_path / "work")]
+    )  # fmt: skip
+    demo, engine, _ = create_app(args)
+    launch(demo, args, engine, prevent_thread_lock=True)
+    try:
+        base = f"http://127.0.0.1:{port}/gradio_api"
+        big = tmp_path / "huge.png"
+        big.write_bytes(b"\0" * (25 * 2**20))  # over the 20 MiB upload limit
+        with big.open("rb") as f:
+            refused = httpx.post(f"{base}/upload", files={"files": f}, timeout=60)
+        assert refused.status_code == 413 and "exceeded" in refused.text
+        images = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "train-images")
+        fn_index = next(i for i, fn in demo.fns.items() if images in fn.inputs)
+        n_inputs = len(demo.fns[fn_index].inputs)
+        data = [[{"path": str(big), "meta": {"_type": "gradio.FileData"}}]] + [None] * (n_inputs - 1)
+        httpx.post(f"{base}/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": "s1"})
+        with httpx.stream("GET", f"{base}/queue/data", params={"session_hash": "s1"}, timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:") and "process_completed" in line:
+                    message = json.loads(line[5:])["output"].get("error")
+                    break
+        assert message and "not uploaded" in message  # a reason, not {"error": null}
+        assert engine.pipe.get_list_adapters() == {}
+    finally:
+        demo.close()

@@ -107,7 +107,10 @@ def launch(demo, args: argparse.Namespace, engine, prevent_thread_lock: bool = F
         allowed_paths=[str(Path(engine.output_dir).resolve())],
         max_file_size=UploadLimits().max_file_bytes,
         prevent_thread_lock=prevent_thread_lock,
-        show_error=False,
+        # Our handlers turn every failure into a short gr.Error (never a traceback); what remains are Gradio's
+        # own refusals (an upload it blocked, a file type it rejects), whose message the client must see
+        # instead of {"error": null}.
+        show_error=True,
         inbrowser=False,
         quiet=prevent_thread_lock,
     )
