@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,8 @@ from moslora_diffusion.formats import (
     to_diffusers_state_dict,
     to_kohya_state_dict,
 )
+from tests.cli_support import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 Q = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 
 
@@ -51,18 +48,6 @@ def native(tmp_path) -> Path:
         training={"learning_rate": 1e-4, "max_train_steps": 500, "instance_prompt": "a photo of sks dog"},
     )
     return adapter.save(tmp_path / "moslora_weights.safetensors")
-
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "moslora_diffusion.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=REPO,
-    )
 
 
 def test_inspect_native_text(native, capsys):
@@ -156,24 +141,24 @@ def test_export_uses_unet_config_for_sgm_layout(native, tmp_path):
 
 
 def test_subprocess_export_and_inspect(native, tmp_path):
-    result = _run("export", str(native), "--format", "diffusers", "--output", str(tmp_path / "exp"))
+    result = run_cli("export", str(native), "--format", "diffusers", "--output", str(tmp_path / "exp"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "exp" / "pytorch_lora_weights.safetensors").is_file()
-    result = _run("inspect", str(tmp_path / "exp" / "pytorch_lora_weights.safetensors"))
+    result = run_cli("inspect", str(tmp_path / "exp" / "pytorch_lora_weights.safetensors"))
     assert result.returncode == 0, result.stderr
     assert "diffusers/PEFT LoRA" in result.stdout
 
 
 def test_subprocess_errors_are_clean(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "model.ckpt")
-    result = _run("inspect", str(tmp_path / "model.ckpt"))
+    result = run_cli("inspect", str(tmp_path / "model.ckpt"))
     assert result.returncode == 2
     assert "error:" in result.stderr and "pickle" in result.stderr and "Traceback" not in result.stderr
-    result = _run(
+    result = run_cli(
         "export", str(tmp_path / "missing.safetensors"), "--format", "kohya", "-o", str(tmp_path / "o")
     )
     assert result.returncode == 2 and "no such file" in result.stderr
-    result = _run("export", "x", "--format", "a1111", "-o", "y")
+    result = run_cli("export", "x", "--format", "a1111", "-o", "y")
     assert result.returncode == 2 and "invalid choice" in result.stderr  # argparse usage error
 
 

@@ -37,17 +37,10 @@ from moslora_diffusion.formats import (
 from moslora_diffusion.formats.inspect import describe_adapter_file
 from moslora_diffusion.training import checkpoint as ckpt
 from moslora_diffusion.training import parse_args, run_folder, run_training, validate_config
+from tests.cli_support import run_cli
 from tests.pipeline_support import load_tiny
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -391,16 +384,6 @@ def _small_native(path: Path, with_time_embedding: bool = False) -> Path:
     )
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "moslora_diffusion.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-
-
 def test_export_never_overwrites_its_source_nor_an_existing_file(tmp_path):
     src = _small_native(tmp_path / "a.safetensors")
     original = src.read_bytes()
@@ -411,14 +394,14 @@ def test_export_never_overwrites_its_source_nor_an_existing_file(tmp_path):
     for target in (src, link, hard):
         with pytest.raises(RequestError, match="is the source file itself"):
             export_adapter(src, target, "kohya", overwrite=True)
-    proc = _cli("export", str(src), "--format", "kohya", "--output", str(src), "--force")
+    proc = run_cli("export", str(src), "--format", "kohya", "--output", str(src), "--force")
     assert proc.returncode == 2 and "source file itself" in proc.stderr and "Traceback" not in proc.stderr
     assert src.read_bytes() == original and load_moslora_file(src).num_modules == 1
     out = export_adapter(src, tmp_path / "k.safetensors", "kohya")
     with pytest.raises(RequestError, match="exists"):
         export_adapter(src, out, "kohya")
-    assert _cli("export", str(src), "--format", "kohya", "--output", str(out)).returncode == 2
-    assert _cli("export", str(src), "--format", "kohya", "--output", str(out), "--force").returncode == 0
+    assert run_cli("export", str(src), "--format", "kohya", "--output", str(out)).returncode == 2
+    assert run_cli("export", str(src), "--format", "kohya", "--output", str(out), "--force").returncode == 0
 
 
 # ------------------------------------------------------------------------------ 12. kohya's blind spot
@@ -429,8 +412,10 @@ def test_kohya_export_names_modules_sd_scripts_ignores(tmp_path):
     with_time = _small_native(tmp_path / "time.safetensors", with_time_embedding=True)
     assert kohya_unsupported_modules(load_moslora_file(plain)) == []
     assert kohya_unsupported_modules(load_moslora_file(with_time)) == ["unet.time_embedding.linear_1"]
-    quiet = _cli("export", str(plain), "--format", "kohya", "--output", str(tmp_path / "p.safetensors"))
-    noted = _cli("export", str(with_time), "--format", "kohya", "--output", str(tmp_path / "t.safetensors"))
+    quiet = run_cli("export", str(plain), "--format", "kohya", "--output", str(tmp_path / "p.safetensors"))
+    noted = run_cli(
+        "export", str(with_time), "--format", "kohya", "--output", str(tmp_path / "t.safetensors")
+    )
     assert quiet.returncode == noted.returncode == 0
     assert "sd-scripts" not in quiet.stderr
     assert "unet.time_embedding.linear_1" in noted.stderr and "kohya-ss/sd-scripts" in noted.stderr
