@@ -5,9 +5,10 @@ architectures with random weights (nothing is downloaded). Every configuration i
 `run_training(cfg)` call in its own process; step times come from the `TrainEvent` that `run_training`
 sends after each optimizer step.
 
-Caches (see `moslora_diffusion/training/loop.py`, `_build_caches`): VAE latents are cached when no random
+Caches (see `moslora_diffusion/training/loop.py`, `_enable_caches`): VAE latents are cached when no random
 augmentation is on (square images, no `--random_flip`), prompt embeddings when the text encoder is not
-trained. The three modes, all with square instance images:
+trained. Both fill on first use, so steps of the first epoch also encode; use `--warmup` of at least the
+number of images (4) to time cached steps only. The three modes, all with square instance images:
 
     latents+text   no flags                                  both caches on
     text           --random_flip                             VAE encodes every step; prompts cached

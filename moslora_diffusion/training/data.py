@@ -53,6 +53,12 @@ def load_image(path: str | Path) -> Image.Image:
     return im.convert("RGB")
 
 
+def check_image(path: str | Path) -> None:
+    """Raise if `path` is not a readable image; reads the header and checksums, decodes no pixels."""
+    with Image.open(path) as im:
+        im.verify()
+
+
 def _read_metadata(folder: Path) -> dict[str, str]:
     path = folder / METADATA_NAME
     if not path.is_file():
@@ -75,13 +81,16 @@ def _read_metadata(folder: Path) -> dict[str, str]:
 
 
 def scan_images(folder: str | Path, default_caption: str | None = None) -> ImageSet:
-    """Read every image of `folder` once; unreadable files are listed in `.unreadable`, not raised."""
+    """Check every image of `folder` (headers, no decoding); unreadable files go to `.unreadable`, not raised.
+
+    Training decodes each image once, later (`load_image`); preflight only needs to know they are images.
+    """
     folder = Path(folder)
     metadata = _read_metadata(folder)
     paths, captions, unreadable = [], [], []
     for path in list_image_files(folder):
         try:
-            load_image(path)
+            check_image(path)
         except Exception as exc:  # PIL raises many types for broken files
             unreadable.append((path, f"{type(exc).__name__}: {exc}"))
             continue

@@ -101,7 +101,7 @@ def _latents_and_meta(
 ) -> tuple[torch.Tensor, list[data.Example]]:
     """Sampled, scaled VAE latents of the items (from the cache when there is one)."""
     if run.latent_cache is not None:
-        entries = [run.latent_cache[(kind, idx)] for kind, idx, _ in items]
+        entries = [_cached_latent(run, kind, idx) for kind, idx, _ in items]
         mean = torch.cat([e[0] for e in entries])
         std = torch.cat([e[1] for e in entries])
         examples = [e[2] for e in entries]
@@ -116,10 +116,31 @@ def _latents_and_meta(
     return latents * vae_cfg.scaling_factor, examples
 
 
+def _cached_latent(run: _Run, kind: str, idx: int) -> tuple[torch.Tensor, torch.Tensor, data.Example]:
+    """An image's latent distribution, encoded on first use (one image at a time, outside autocast) and kept."""
+    key = (kind, idx)
+    if key not in run.latent_cache:
+        ex = _example(run, kind, idx, 0)
+        with torch.autocast(device_type=run.device.type, enabled=False):
+            mean, std = _latent_stats(run, ex.pixels[None])
+        run.latent_cache[key] = (mean, std, ex)
+    return run.latent_cache[key]
+
+
+def _cached_text(run: _Run, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A caption's embeddings, encoded on first use with the frozen text encoders and kept."""
+    if caption not in run.text_cache:
+        ids = models.tokenize(run.comps.tokenizers, [caption])
+        with torch.no_grad():
+            run.text_cache[caption] = models.encode_tokens(run.comps.arch, run.comps.text_encoders, ids)
+    return run.text_cache[caption]
+
+
 def _conditioning(run: _Run, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
     if run.text_cache is not None:
-        embeds = torch.cat([run.text_cache[c][0] for c in captions])
-        pooled = [run.text_cache[c][1] for c in captions]
+        entries = [_cached_text(run, c) for c in captions]
+        embeds = torch.cat([e[0] for e in entries])
+        pooled = [e[1] for e in entries]
         return embeds, (torch.cat(pooled) if pooled[0] is not None else None)
     ids = models.tokenize(run.comps.tokenizers, captions)
     return models.encode_tokens(run.comps.arch, run.text_encoders, ids)
@@ -161,27 +182,23 @@ def _micro_batch_loss(run: _Run, micro_batch: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- caches
 
 
-def _build_caches(run: _Run) -> None:
+def _enable_caches(run: _Run) -> None:
+    """Turn on the latent cache (no random augmentation) and the text cache (frozen text encoders).
+
+    Both fill lazily, on first use, so nothing is encoded before the first step needs it; the values are the
+    same whenever they are computed, so a resumed run sees exactly what an uninterrupted one saw.
+    """
     cfg = run.cfg
     augment = cfg.random_flip or any(
         data.crop_is_random(s.image.size, cfg.center_crop) for s in run.instances + run.classes
     )
-    if not augment:
-        run.latent_cache = {}
-        for kind, sources in (("instance", run.instances), ("class", run.classes)):
-            for i in range(len(sources)):
-                ex = _example(run, kind, i, 0)
-                mean, std = _latent_stats(run, ex.pixels[None])
-                run.latent_cache[(kind, i)] = (mean, std, ex)
-        logger.info("cached VAE latents of %d images", len(run.latent_cache))
-    if not cfg.train_text_encoder:
-        run.text_cache = {}
-        captions = sorted({s.caption for s in run.instances + run.classes})
-        with torch.no_grad(), run.accelerator.autocast():
-            for caption in captions:
-                ids = models.tokenize(run.comps.tokenizers, [caption])
-                embeds, pooled = models.encode_tokens(run.comps.arch, run.comps.text_encoders, ids)
-                run.text_cache[caption] = (embeds, pooled)
+    run.latent_cache = None if augment else {}
+    run.text_cache = None if cfg.train_text_encoder else {}
+    logger.info(
+        "caches: VAE latents %s, text embeddings %s",
+        "off (random augmentation)" if augment else "on (filled on first use)",
+        "off (text encoder trained)" if cfg.train_text_encoder else "on (filled on first use)",
+    )
 
 
 # ----------------------------------------------------------------------------- setup helpers
@@ -283,15 +300,21 @@ def _enable_gradient_checkpointing(cfg: TrainConfig, comps: models.Components) -
             te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def _decode(path: Path, caption: str) -> _Source:
+    """The one decode of a training image (preflight only checked its header)."""
+    try:
+        return _Source(data.load_image(path), caption)
+    except Exception as exc:  # PIL raises many types for broken pixel data
+        raise TrainConfigError(f"{path}: the image cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
 def _load_sources(cfg: TrainConfig) -> tuple[list[_Source], list[_Source]]:
     images = data.check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
-    instances = [_Source(data.load_image(p), c) for p, c in zip(images.paths, images.captions)]
+    instances = [_decode(p, c) for p, c in zip(images.paths, images.captions)]
     classes: list[_Source] = []
     if cfg.with_prior_preservation:
         class_set = data.scan_images(cfg.class_data_dir, cfg.class_prompt)
-        classes = [
-            _Source(data.load_image(p), cfg.class_prompt) for p in class_set.paths[: cfg.num_class_images]
-        ]
+        classes = [_decode(p, cfg.class_prompt) for p in class_set.paths[: cfg.num_class_images]]
         if not classes:
             raise TrainConfigError(f"no readable class images in {cfg.class_data_dir}")
     return instances, classes
@@ -462,7 +485,7 @@ class Trainer:
             self.run.losses = list(state.get("losses", []))
             self.last_checkpoint = self.resume_path
             logger.info("resumed from %s at step %d", self.resume_path, self.global_step)
-        _build_caches(self.run)
+        _enable_caches(self.run)
         if self.cfg.report_to == "tensorboard":
             hparams = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
             self.accelerator.init_trackers("moslora-dreambooth", config=hparams)
