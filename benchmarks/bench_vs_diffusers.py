@@ -1,0 +1,275 @@
+"""Our DreamBooth script against diffusers' own `train_dreambooth_lora.py` on the same job, side by side.
+
+Each script runs as its own process, one at a time, at two step counts, so that the cost per step (the slope
+between the two runs' wall times) and the fixed start-up cost (the intercept) separate cleanly. Reported per
+job and script: time to the first step (from the scripts' own progress bars), seconds per step (fitted),
+start-up (fitted), a whole 500-step run (fitted from the two, not measured), peak RSS, and the ratios of the
+reference to ours. The table is appended to docs/benchmarks.md with command, machine and date.
+
+The same job for both: the same images and instance prompt, rank 4, UNet attention projections
+(to_q/k/v/out.0), batch 1, fp32, learning rate 1e-4 constant, seed 0, no validation, no checkpoints, no
+prior preservation. Jobs: the bundled toy-world model (32 px, 6 images) and the SD 1.5 architecture with
+random weights built offline (256 px, 6 images).
+
+diffusers' script is not part of the pip package and needs torchvision: take it from a diffusers checkout
+matching the installed version (never copy it into this repository), and run in a venv that has both:
+
+    python -m venv /tmp/refvenv
+    /tmp/refvenv/bin/pip install torch==2.14.1 torchvision==0.29.1   # from this machine's local disk
+    /tmp/refvenv/bin/pip install -e ".[train]"
+    /tmp/refvenv/bin/python benchmarks/bench_vs_diffusers.py \\
+        --reference-script /path/to/diffusers/examples/dreambooth/train_dreambooth_lora.py
+
+On a GPU: add `--device cuda` (SD 1.5 at 512 px in bf16; the toy job is skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import append_section, markdown_table  # noqa: E402
+
+OUR_SCRIPT = REPO / "train_scripts" / "train_dreambooth_moslora.py"
+INSTANCE_PROMPT = "a photo of sks toy"
+N_IMAGES = 6
+# The first progress-bar update of each script: "Steps: ... 1/N" (diffusers) and "training: ... 1/N" (ours).
+FIRST_STEP = {"reference": re.compile(r"Steps:.*?\b1/\d+"), "ours": re.compile(r"training:.*?\b1/\d+")}
+SCRIPTS = ("reference", "ours-lora", "ours-moslora")
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    resolution: int
+    steps: tuple[int, int]
+    mixed_precision: str = "no"
+
+
+@dataclass
+class Run:
+    job: str
+    script: str
+    steps: int
+    wall_s: float
+    first_step_s: float | None
+    rss_mib: float
+
+
+# ----------------------------------------------------------------------------- the job's inputs
+
+
+def prepare_job(job: Job, work: Path) -> tuple[Path, Path]:
+    """(model folder, image folder) for the job."""
+    from bench_training import Model, build_model_dir, make_instance_images
+
+    images = work / f"{job.name}-images"
+    if job.name == "toy":
+        from moslora_diffusion import toyworld
+
+        images.mkdir(parents=True, exist_ok=True)
+        for png in sorted(toyworld.subject_path().glob("*.png"))[:N_IMAGES]:
+            shutil.copy(png, images / png.name)  # images only: both scripts use the same instance prompt
+        return toyworld.base_model_path(), images
+    model_dir = work / "sd1-model"
+    if not (model_dir / "model_index.json").is_file():
+        print(f"building the SD 1.5 architecture with random weights in {model_dir} ...", flush=True)
+        build_model_dir(Model("sd1", job.resolution), False, "float32", str(model_dir))
+    make_instance_images(images, job.resolution, N_IMAGES)
+    return model_dir, images
+
+
+def command(script: str, python: str, reference: Path, model: Path, images: Path, out: Path, job: Job, steps: int) -> list[str]:  # fmt: skip
+    common = [
+        "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(images),
+        "--instance_prompt", INSTANCE_PROMPT, "--output_dir", str(out), "--resolution", str(job.resolution),
+        "--train_batch_size", "1", "--learning_rate", "1e-4", "--lr_scheduler", "constant",
+        "--max_train_steps", str(steps), "--rank", "4", "--seed", "0", "--mixed_precision", job.mixed_precision,
+    ]  # fmt: skip
+    if script == "reference":
+        return [
+            python,
+            str(reference),
+            *common,
+            "--checkpointing_steps",
+            str(10**6),
+            "--report_to",
+            "tensorboard",
+        ]
+    adapter = script.removeprefix("ours-")
+    return [python, str(OUR_SCRIPT), *common, "--adapter", adapter, "--unet_targets", "attn",
+            "--checkpointing_steps", "0", "--overwrite_output_dir"]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- one timed process
+
+
+def timed_run(cmd: list[str], env: dict[str, str], first_step: re.Pattern, log: Path) -> tuple[float, float | None, float]:  # fmt: skip
+    """(wall seconds, seconds to the first step or None, peak RSS MiB) of one process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    first, buffer = None, ""
+    with log.open("wb") as sink:
+        while chunk := os.read(proc.stderr.fileno(), 65536):
+            sink.write(chunk)
+            if first is None:
+                buffer = (buffer + chunk.decode(errors="replace"))[-4096:]
+                if any(first_step.search(part) for part in re.split(r"[\r\n]", buffer)):
+                    first = time.perf_counter() - t0
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed with exit code {proc.returncode}; log: {log}")
+    return wall, first, usage.ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def fit(runs: list[Run]) -> tuple[float, float]:
+    """(seconds per step, fixed seconds) from the wall times of runs at two step counts (medians per count)."""
+    by_steps: dict[int, list[float]] = {}
+    for r in runs:
+        by_steps.setdefault(r.steps, []).append(r.wall_s)
+    (n1, w1), (n2, w2) = sorted((n, statistics.median(w)) for n, w in by_steps.items())
+    slope = (w2 - w1) / (n2 - n1)
+    return slope, w1 - slope * n1
+
+
+def tables(runs: list[Run], jobs: list[Job]) -> str:
+    rows, ratio_rows = [], []
+    for job in jobs:
+        stats = {}
+        for script in SCRIPTS:
+            mine = [r for r in runs if r.job == job.name and r.script == script]
+            if not mine:
+                continue
+            per_step, fixed = fit(mine)
+            firsts = [r.first_step_s for r in mine if r.first_step_s is not None]
+            stats[script] = {
+                "first": statistics.median(firsts) if firsts else float("nan"),
+                "per_step": per_step,
+                "fixed": fixed,
+                "run500": fixed + 500 * per_step,
+                "rss": max(r.rss_mib for r in mine),
+            }
+            s = stats[script]
+            rows.append([f"{job.name} {job.resolution} px", script, f"{s['first']:.1f}", f"{per_step:.3f}",
+                         f"{fixed:.1f}", f"{s['run500']:.0f}", f"{s['rss']:.0f}"])  # fmt: skip
+        ref = stats.get("reference")
+        for script in ("ours-lora", "ours-moslora"):
+            if ref and script in stats:
+                s = stats[script]
+                ratio_rows.append([f"{job.name} {job.resolution} px", f"reference / {script}",
+                                   f"{ref['first'] / s['first']:.2f}", f"{ref['per_step'] / s['per_step']:.2f}",
+                                   f"{ref['run500'] / s['run500']:.2f}", f"{s['rss'] / ref['rss']:.2f}"])  # fmt: skip
+    head = ["job", "script", "first step s", "s/step (fitted)", "start-up s (fitted)", "500 steps s (fitted)", "peak RSS MiB"]  # fmt: skip
+    text = markdown_table(head, rows)
+    if ratio_rows:
+        text += "\n\nHow many times faster ours is (reference / ours; above 1 = ours faster), and our memory relative to the reference:\n\n"
+        text += markdown_table(["job", "comparison", "first step", "per step", "500-step run", "peak RSS ours/ref"], ratio_rows)  # fmt: skip
+    return text
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)  # fmt: skip
+    ap.add_argument(
+        "--reference-script",
+        required=True,
+        type=Path,
+        help="diffusers' examples/dreambooth/train_dreambooth_lora.py",
+    )
+    ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter of the venv with torchvision (default: this one)",
+    )
+    ap.add_argument("--jobs", default="toy,sd1", help="comma-separated: toy, sd1")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads per process on CPU (one run at a time)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="runs per script and step count (medians are fitted)"
+    )
+    ap.add_argument("--steps", default=None, help="override the jobs' two step counts, e.g. 3,11")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="models, images, outputs and logs (default: a temp folder)",
+    )
+    ap.add_argument("--no-docs", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    args = ap.parse_args(argv)  # fmt: skip
+    if not args.reference_script.is_file():
+        sys.exit(f"{args.reference_script}: no such file (take it from a diffusers checkout)")
+
+    cuda = args.device == "cuda"
+    all_jobs = {
+        "toy": Job("toy", 32, (20, 200)),
+        "sd1": Job("sd1", 512, (5, 25), "bf16") if cuda else Job("sd1", 256, (3, 11)),
+    }
+    jobs = [all_jobs[name] for name in args.jobs.split(",") if not (cuda and name == "toy")]
+    if args.steps:
+        low, high = (int(n) for n in args.steps.split(","))
+        jobs = [Job(j.name, j.resolution, (low, high), j.mixed_precision) for j in jobs]
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-vs-diffusers-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    if not cuda:
+        env.update(
+            OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), CUDA_VISIBLE_DEVICES=""
+        )
+    runs: list[Run] = []
+    for job in jobs:
+        model, images = prepare_job(job, work)
+        order = list(SCRIPTS)
+        for rep in range(args.repeats):
+            for steps in job.steps:
+                for script in order:
+                    out = work / f"out-{job.name}-{script}-{steps}-{rep}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    cmd = command(script, args.python, args.reference_script, model, images, out, job, steps)
+                    pattern = FIRST_STEP["reference" if script == "reference" else "ours"]
+                    wall, first, rss = timed_run(cmd, env, pattern, work / f"{out.name}.log")
+                    runs.append(Run(job.name, script, steps, wall, first, rss))
+                    print(f"{job.name} {script} {steps} steps: {wall:.1f} s, first step at {first} s, {rss:.0f} MiB", flush=True)  # fmt: skip
+                    shutil.rmtree(out, ignore_errors=True)
+                order.reverse()  # alternate who runs first
+    threads = "GPU" if cuda else f"{args.threads} torch thread(s) per process, one process at a time"
+    body = (
+        f"Each script a separate process ({threads}); step counts per job: "
+        + ", ".join(f"{j.name} {j.steps[0]} and {j.steps[1]}" for j in jobs)
+        + f"; {args.repeats} run(s) each. `s/step` and `start-up` are fitted from the two step counts' wall times; "
+        "`500 steps` is fitted from them, not measured; `first step` is when the script's progress bar first shows "
+        "step 1. Same job for both: rank 4, attention targets, batch 1, lr 1e-4 constant, seed 0, no validation, "
+        f"no checkpoints; {'bf16' if cuda else 'fp32'}.\n\n" + tables(runs, jobs)
+    )
+    print(body)
+    if not args.no_docs:
+        import torch
+
+        versions = f"torch {torch.__version__}, reference script {args.reference_script.name}"
+        append_section("DreamBooth start-up and speed: ours vs diffusers' train_dreambooth_lora.py", body + f"\n\n({versions})", device=args.device)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
