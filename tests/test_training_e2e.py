@@ -271,9 +271,10 @@ def test_sd1_refuses_to_resume_another_run(sd1_run, tiny_sd1, tiny_sdxl, subject
         (["--learning_rate", "1e-4"], "--learning_rate: 0.001 there, 0.0001 now"),
         (["--instance_prompt", "a zq blob"], "--instance_prompt"),
     ):
-        argv = [*model, *same, *change]
-        with pytest.raises(TrainConfigError, match=f"checkpoint-2 belongs to another run.*{message}"):
-            validate_config(parse_args(argv))
+        for extra in ([], ["--overwrite_output_dir"]):  # overwriting never means resuming another run
+            argv = [*model, *same, *change, *extra]
+            with pytest.raises(TrainConfigError, match=f"checkpoint-2 belongs to another run.*{message}"):
+                validate_config(parse_args(argv))
     # without --resume_from_checkpoint, the folder's earlier work is not overwritten either
     fresh = [a for a in [*model, *same] if a not in ("--resume_from_checkpoint", "latest")]
     with pytest.raises(TrainConfigError, match="holds another run's work .*checkpoint-2"):

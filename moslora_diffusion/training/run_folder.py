@@ -184,10 +184,10 @@ def resolve_resume_path(cfg: TrainConfig) -> Path | None:
 def check_output_dir(cfg: TrainConfig) -> None:
     """Refuse to resume another run's checkpoint, or to write over another run's work (see the module doc)."""
     check_output_location(cfg)
-    if cfg.overwrite_output_dir:
-        return
-    expected = fingerprint(cfg)
     resume = resolve_resume_path(cfg)
+    if cfg.overwrite_output_dir and resume is None:
+        return  # the old run's work is cleared when training starts
+    expected = fingerprint(cfg)
     if resume is not None:
         state = ckpt.read_state(resume)
         problem = _difference(state.get("fingerprint"), expected) or _seed_difference(state.get("seed"), cfg)
