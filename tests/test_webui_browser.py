@@ -199,3 +199,37 @@ def test_browser_train_tab(train_app_url):
         finally:
             browser.close()
     assert (setup["adapters"] / "subject-toy.safetensors").is_file()
+
+
+def test_browser_refused_adapter_unticks_and_lists_are_current_after_reload(train_app_url):
+    """Issue "Web UI for daily use", bugs 3 and 4: the refusal shows inline and the slot is unticked; a file
+    copied into the adapters folder is listed after a reload without pressing Refresh (Compare tab too)."""
+    from playwright.sync_api import sync_playwright
+
+    url, _, setup = train_app_url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="load", timeout=60_000)
+            page.locator("#adapter-1 input").fill("xl_only.safetensors")
+            page.keyboard.press("Enter")
+            page.locator("#adapter-info-1").get_by_text("refused").wait_for(timeout=30_000)
+            assert "lora_A.weight' has shape" in page.locator("#adapter-info-1").inner_text()
+            page.wait_for_function(
+                "() => !document.querySelector('#enable-1 input[type=checkbox]').checked", timeout=10_000
+            )
+            # a new file, then a reload: listed at once in Generate and Compare
+            (setup["adapters"] / "fresh.safetensors").write_bytes(
+                (setup["adapters"] / "plain.safetensors").read_bytes()
+            )
+            page.reload(wait_until="load")
+            page.locator("#adapter-2 input").click()
+            page.get_by_role("option", name="fresh.safetensors").wait_for(timeout=20_000)
+            page.keyboard.press("Escape")
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-adapter input").click()
+            page.get_by_role("option", name="fresh.safetensors").wait_for(timeout=20_000)
+            assert page.locator("#compare-refresh").is_visible()
+        finally:
+            browser.close()

@@ -312,3 +312,28 @@ def test_launcher_help_runs():
     assert out.returncode == 0, out.stderr
     for flag in ("--base-model", "--adapters-dir", "--host", "--port", "--auth", "--share"):
         assert flag in out.stdout
+
+
+def test_train_status_line_names_events_not_server_paths(tmp_path, lora_file):
+    """Issue "Web UI for daily use", bugs 1 and 2: no raw paths in the status; "cancelling" is not overwritten."""
+    from moslora_diffusion.training.events import TrainEvent
+
+    gate = threading.Event()
+    jobs = TrainingJobs(
+        "base", tmp_path / "adapters", tmp_path / "work", backend=FakeTraining(lora_file, gate=gate)
+    )
+    jobs.start(
+        TrainRequest(images=_images(tmp_path / "in", 3), instance_prompt="sks", adapter_name="a", steps=50)
+    )
+    server_path = str(tmp_path / "work" / "output")
+    jobs._on_event(TrainEvent("validation", 25, 50, message=f"{server_path}/validation/step-000025.png"))
+    assert jobs.status().message == "step 25: preview updated"
+    jobs._on_event(TrainEvent("checkpoint", 30, 50, message=f"{server_path}/checkpoint-30"))
+    assert jobs.status().message == "step 30: checkpoint saved"
+    jobs.cancel()
+    jobs._on_event(TrainEvent("checkpoint", 31, 50, message=f"{server_path}/checkpoint-31"))
+    st = jobs.status()
+    assert st.message.startswith("cancelling") and "step 31: checkpoint saved" in st.message
+    assert server_path not in st.message
+    gate.set()
+    assert jobs.wait(20).state == "cancelled"

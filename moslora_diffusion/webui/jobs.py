@@ -36,6 +36,11 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
+CANCELLING = "cancelling after the current step..."
+# The status line for training events (the events' own messages name server paths).
+_EVENT_NOTES = {"validation": "step {step}: preview updated", "checkpoint": "step {step}: checkpoint saved"}
+
+
 class JobBusy(BusyError):
     """A training job is already running."""
 
@@ -213,8 +218,10 @@ class TrainingJobs:
             images = getattr(event, "images", None)
             if images:
                 st.preview, st.preview_step = images[0], st.step
-            if event.kind in ("validation", "checkpoint") and getattr(event, "message", None):
-                st.message = str(event.message)
+            note = _EVENT_NOTES.get(event.kind)
+            if note:  # what happened, in words: never the server's file paths
+                text = note.format(step=st.step)
+                st.message = f"{CANCELLING} ({text})" if st.state == "cancelling" else text
 
     # ---- control ------------------------------------------------------------------------------------
 
@@ -302,7 +309,7 @@ class TrainingJobs:
             if self._status.active:
                 self._cancel.set()
                 self._status.state = "cancelling"
-                self._status.message = "cancelling after the current step..."
+                self._status.message = CANCELLING
         return self.status()
 
     def wait(self, timeout: float | None = None) -> JobStatus:

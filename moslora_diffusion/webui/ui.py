@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 GENERATE_CONCURRENCY_ID = "device"
 _DEVICE = {"concurrency_id": GENERATE_CONCURRENCY_ID, "concurrency_limit": 1}
 _PRIVATE = {"api_visibility": "private"}
+REFUSED = "**refused:**"
 
 
 @contextmanager
@@ -87,7 +88,7 @@ def _adapter_info_markdown(engine: Engine, name: str | None) -> str:
         return format_info(engine.adapter_info(name))
     except MoSLoraError as exc:
         gr.Warning(str(exc))
-        return f"**refused:** {html.escape(str(exc))}"
+        return f"{REFUSED} {html.escape(str(exc))}"
 
 
 def _refreshed(engine: Engine, values: tuple[Any, ...]) -> list[Any]:
@@ -133,8 +134,13 @@ def _adapter_slot(engine: Engine, i: int, choices: list[str]) -> tuple[Any, Any,
         )
         strength = gr.Slider(*STRENGTH_RANGE, value=1.0, step=0.05, label="Strength", scale=2)
     info = gr.Markdown("", elem_id=f"adapter-info-{i + 1}")
-    name.change(lambda v: _adapter_info_markdown(engine, v), name, info, **_PRIVATE, queue=False)
-    name.change(lambda v: gr.update(value=bool(v)), name, enable, **_PRIVATE, queue=False)
+
+    def picked(value: str | None) -> tuple[str, Any]:
+        """The adapter's description, and the slot ticked; a refused adapter unticks it, with the reason."""
+        text = _adapter_info_markdown(engine, value)
+        return text, gr.update(value=bool(value) and not text.startswith(REFUSED))
+
+    name.change(picked, name, [info, enable], **_PRIVATE, queue=False)
     return enable, name, strength
 
 
@@ -166,7 +172,7 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
                 label="Images", format="png", columns=2, height="auto", elem_id="gallery", type="filepath"
             )
             files = gr.File(label="Download PNG files", file_count="multiple", interactive=False)
-            used_seed = gr.Number(label="Seed used (first image)", precision=0, interactive=False)
+            used_seed = gr.Number(value=None, label="Seed used (first image)", precision=0, interactive=False)
             params_box = gr.Textbox(label="Parameters (PNG 'parameters' chunk)", lines=4, interactive=False)
 
     def ui_generate(prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n, *slot_values,
@@ -203,8 +209,8 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
 # -------------------------------------------------------------------------------------------- Compare
 
 
-def build_compare_tab(engine: Engine, sampler_inputs: list[Any]) -> Any:
-    """One adapter at several strengths x seeds with the baseline; returns its adapter dropdown."""
+def build_compare_tab(engine: Engine, sampler_inputs: list[Any]) -> tuple[Any, Any]:
+    """One adapter at several strengths x seeds with the baseline; returns its adapter dropdown and refresh."""
     gr.Markdown(
         "One adapter at several strengths × several seeds, always with the no-adapter baseline. "
         "Steps, CFG, sampler and size come from the Generate tab."
@@ -220,7 +226,8 @@ def build_compare_tab(engine: Engine, sampler_inputs: list[Any]) -> Any:
                 allow_custom_value=True,
                 elem_id="compare-adapter",
             )
-            info = gr.Markdown("")
+            info = gr.Markdown("", elem_id="compare-adapter-info")
+            refresh = gr.Button("Refresh adapter list", size="sm", elem_id="compare-refresh")
             strengths = gr.Textbox(value="0.5, 1.0", label="Strengths (comma separated, -2..2)")
             seeds = gr.Textbox(value="1, 2", label="Seeds (comma separated)")
             compare_btn = gr.Button("Render grid", variant="primary", elem_id="compare-btn")
@@ -258,7 +265,7 @@ def build_compare_tab(engine: Engine, sampler_inputs: list[Any]) -> Any:
         **_DEVICE,
     )
     adapter.change(lambda v: _adapter_info_markdown(engine, v), adapter, info, **_PRIVATE, queue=False)
-    return adapter
+    return adapter, refresh
 
 
 # ---------------------------------------------------------------------------------------------- Train
@@ -463,15 +470,24 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
             with gr.Tab("Generate", id="generate"):
                 generate = build_generate_tab(engine)
             with gr.Tab("Compare", id="compare"):
-                compare_adapter = build_compare_tab(engine, generate.sampler_inputs)
+                compare_adapter, compare_refresh = build_compare_tab(engine, generate.sampler_inputs)
             if jobs is not None:
                 with gr.Tab("Train", id="train"):
                     train = build_train_tab(jobs)
         build_api_endpoint(engine)
 
         dropdowns = [*generate.dropdowns, compare_adapter]
-        generate.refresh.click(
-            lambda *v: _refreshed(engine, v), dropdowns, dropdowns, **_PRIVATE, queue=False
+        refresh = (lambda *v: _refreshed(engine, v), dropdowns, dropdowns)
+        generate.refresh.click(*refresh, **_PRIVATE, queue=False)
+        compare_refresh.click(*refresh, **_PRIVATE, queue=False)
+        # Lists are current after a reload, without a click; only the choices change, so a pick the user makes
+        # while the page is still loading is kept.
+        demo.load(
+            lambda: [gr.update(choices=engine.list_adapters())] * len(dropdowns),
+            None,
+            dropdowns,
+            **_PRIVATE,
+            queue=False,
         )
         seen_finished = gr.State(0)
         outputs = [busy_note, seen_finished, *(train.outputs if train else []), *dropdowns]
