@@ -369,3 +369,11 @@ def test_train_request_with_a_blocked_upload_gets_a_message(tmp_path):
         assert engine.pipe.get_list_adapters() == {}
     finally:
         demo.close()
+
+
+def test_user_errors_leave_no_traceback_in_the_server_log(server, capfd):
+    """Issue "Web UI for daily use", bug 7: an empty prompt is the user's mistake, not a server fault."""
+    with pytest.raises(Exception, match="prompt is empty"):
+        _generate(server["client"], prompt="   ", seed=1)
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out

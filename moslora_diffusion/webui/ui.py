@@ -48,8 +48,8 @@ def user_errors(what: str) -> Iterator[None]:
         yield
     except gr.Error:
         raise
-    except MoSLoraError as exc:
-        raise gr.Error(str(exc)) from None
+    except MoSLoraError as exc:  # the user's mistake: a message on the page, no traceback in the server log
+        raise gr.Error(str(exc), print_exception=False) from None
     except Exception as exc:
         if type(exc).__name__ == "OutOfMemoryError":
             raise gr.Error(f"{what}: out of device memory; try a smaller size or fewer images") from None
@@ -172,7 +172,10 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
                 label="Images", format="png", columns=2, height="auto", elem_id="gallery", type="filepath"
             )
             files = gr.File(label="Download PNG files", file_count="multiple", interactive=False)
-            used_seed = gr.Number(value=None, label="Seed used (first image)", precision=0, interactive=False)
+            # a read-only text box: a Number would show 0 before any image exists
+            used_seed = gr.Textbox(
+                value="", label="Seed used (first image)", interactive=False, elem_id="used-seed"
+            )
             params_box = gr.Textbox(label="Parameters (PNG 'parameters' chunk)", lines=4, interactive=False)
 
     def ui_generate(prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n, *slot_values,
@@ -193,7 +196,7 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
             )
         results = _generate(engine, req, progress)
         gallery_items = [(str(r.path), f"seed {r.seed}") for r in results]
-        return gallery_items, [str(r.path) for r in results], results[0].parameters, results[0].seed
+        return gallery_items, [str(r.path) for r in results], results[0].parameters, str(results[0].seed)
 
     inputs = [prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n_images]
     generate_btn.click(
