@@ -63,8 +63,9 @@ def test_train_job_end_to_end(tmp_path, kind):
     assert st.adapter_name == name and name in engine.list_adapters()
     info = engine.adapter_info(name)
     assert info["rank"] == 4
-    if kind == "moslora":
-        assert info["kind"] == "moslora" and info["prompt"] == "a sks blob"
+    # one describer for every file kind: a plain LoRA trained here still names its base model and prompt
+    assert info["kind"] == ("moslora" if kind == "moslora" else "diffusers")
+    assert info["architecture"] == engine.architecture and info["prompt"] == "a sks blob" and info["steps"] == 4
     common = {"prompt": "a sks blob", "steps": 2, "width": 32, "height": 32, "seed": 3}
     base = np.asarray(engine.generate(GenerationRequest(**common))[0].image, dtype=np.int16)
     tuned = engine.generate(GenerationRequest(**common, adapters=[(name, 1.0)]))[0]
