@@ -118,6 +118,8 @@ def test_browser_generates_an_image(app_url):
             assert "plain.safetensors: 1" in text
             used = page.locator("#used-seed textarea").input_value()
             assert used.isdigit() and f"Seed: {used}," in text
+            assert page.locator("#downloads a[download]").count() >= 1
+            assert page.locator("#downloads button").count() == 0  # read-only: download links, no delete buttons
             page.screenshot(path=str(ARTIFACTS / "webui_generate.png"), full_page=True)
             if os.environ.get("WEBUI_SCREENSHOT_TO"):  # refresh docs/images/webui_generate.png
                 page.screenshot(path=os.environ["WEBUI_SCREENSHOT_TO"], full_page=True)
@@ -214,9 +216,16 @@ def test_browser_refused_adapter_unticks_and_lists_are_current_after_reload(trai
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url, wait_until="load", timeout=60_000)
-            assert (
-                page.get_by_label("Seed used (first image)").input_value() == ""
-            )  # not 0 before a generation
+            assert page.locator("#used-seed textarea").input_value() == ""  # not 0 before a generation
+            page.locator("#prompt textarea").fill(
+                "a red circle on a blue background " * 10
+            )  # live token count
+            page.locator("#prompt-tokens").get_by_text("cut off").wait_for(timeout=20_000)
+            page.locator("#prompt textarea").fill("a red circle")
+            page.wait_for_function(
+                "() => !document.querySelector('#prompt-tokens').innerText.includes('cut off')",
+                timeout=20_000,
+            )
             page.locator("#adapter-1 input").fill("xl_only.safetensors")
             page.keyboard.press("Enter")
             page.locator("#adapter-info-1").get_by_text("refused").wait_for(timeout=30_000)

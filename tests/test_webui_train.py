@@ -65,7 +65,9 @@ def test_train_job_end_to_end(tmp_path, kind):
     assert info["rank"] == 4
     # one describer for every file kind: a plain LoRA trained here still names its base model and prompt
     assert info["kind"] == ("moslora" if kind == "moslora" else "diffusers")
-    assert info["architecture"] == engine.architecture and info["prompt"] == "a sks blob" and info["steps"] == 4
+    assert (
+        info["architecture"] == engine.architecture and info["prompt"] == "a sks blob" and info["steps"] == 4
+    )
     common = {"prompt": "a sks blob", "steps": 2, "width": 32, "height": 32, "seed": 3}
     base = np.asarray(engine.generate(GenerationRequest(**common))[0].image, dtype=np.int16)
     tuned = engine.generate(GenerationRequest(**common, adapters=[(name, 1.0)]))[0]

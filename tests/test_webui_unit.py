@@ -337,3 +337,25 @@ def test_train_status_line_names_events_not_server_paths(tmp_path, lora_file):
     assert server_path not in st.message
     gate.set()
     assert jobs.wait(20).state == "cancelled"
+
+
+def test_prompt_token_count_against_the_encoder_limit(tmp_path):
+    """Issue "Web UI for daily use", bug 6: the count the page shows, and when a prompt is cut off."""
+    from moslora_diffusion.webui.engine import Engine
+    from moslora_diffusion.webui.ui import _token_count
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    tok = engine.pipe.tokenizer
+    short, limit = engine.prompt_tokens("a red square")
+    assert limit == tok.model_max_length - 2  # start and end tokens take two places
+    assert short == len(tok("a red square").input_ids) - 2 > 0
+    long_prompt = "a red square on a blue background " * 10
+    used, _ = engine.prompt_tokens(long_prompt)
+    assert used > limit
+    assert "cut off" in _token_count(engine, long_prompt) and "cut off" not in _token_count(
+        engine, "a red square"
+    )
+    # what the pipeline really encodes stops at the limit: the tail makes no difference
+    ids = tok(long_prompt, padding="max_length", truncation=True, max_length=tok.model_max_length).input_ids
+    assert len(ids) == tok.model_max_length

@@ -295,6 +295,22 @@ class Engine:
     ) -> Engine:
         return cls(load_pipeline(base_model, device, dtype), base_model, adapters_dir, output_dir, limits)
 
+    # ---- prompts --------------------------------------------------------------------------------------
+
+    def prompt_tokens(self, text: str) -> tuple[int, int]:
+        """(tokens in ``text``, tokens the text encoders read): beyond the second, the prompt is cut off.
+
+        SDXL's two tokenizers may count differently; the larger count is reported against the smaller limit.
+        """
+        counts, limits = [], []
+        for tok in (getattr(self.pipe, "tokenizer", None), getattr(self.pipe, "tokenizer_2", None)):
+            if tok is None:
+                continue
+            special = tok.num_special_tokens_to_add()
+            counts.append(len(tok(text or "", truncation=False).input_ids) - special)
+            limits.append(tok.model_max_length - special)
+        return (max(counts), min(limits)) if counts else (0, 0)
+
     # ---- adapters -------------------------------------------------------------------------------------
 
     def list_adapters(self) -> list[str]:

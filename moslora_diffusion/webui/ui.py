@@ -91,6 +91,16 @@ def _adapter_info_markdown(engine: Engine, name: str | None) -> str:
         return f"{REFUSED} {html.escape(str(exc))}"
 
 
+def _token_count(engine: Engine, text: str | None) -> str:
+    """The live counter under a prompt: tokens against the text encoder's limit, and a warning beyond it."""
+    used, limit = engine.prompt_tokens(text or "")
+    if used > limit:
+        return (
+            f"**{used} / {limit} tokens: the text encoder reads only the first {limit}; the rest is cut off**"
+        )
+    return f"{used} / {limit} tokens"
+
+
 def _refreshed(engine: Engine, values: tuple[Any, ...]) -> list[Any]:
     choices = engine.list_adapters()
     return [gr.update(choices=choices, value=v if v in choices else None) for v in values]
@@ -150,7 +160,9 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+            tokens = gr.Markdown(_token_count(engine, ""), elem_id="prompt-tokens")
             negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative-prompt")
+            negative_tokens = gr.Markdown(_token_count(engine, ""), elem_id="negative-tokens")
             with gr.Row():
                 steps = gr.Slider(1, lim.max_steps, value=d["steps"], step=1, label="Steps", elem_id="steps")
                 cfg = gr.Slider(0, lim.max_guidance, value=d["guidance_scale"], step=0.5, label="CFG scale")
@@ -171,7 +183,9 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
             gallery = gr.Gallery(
                 label="Images", format="png", columns=2, height="auto", elem_id="gallery", type="filepath"
             )
-            files = gr.File(label="Download PNG files", file_count="multiple", interactive=False)
+            files = gr.File(
+                label="Download PNG files", file_count="multiple", interactive=False, elem_id="downloads"
+            )
             # a read-only text box: a Number would show 0 before any image exists
             used_seed = gr.Textbox(
                 value="", label="Seed used (first image)", interactive=False, elem_id="used-seed"
@@ -195,9 +209,14 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
                 adapters=[(a, s) for e, a, s in triples if e and a],
             )
         results = _generate(engine, req, progress)
+        used, limit = engine.prompt_tokens(req.prompt)
+        if used > limit:
+            gr.Warning(f"the prompt has {used} tokens; the text encoder read only the first {limit}")
         gallery_items = [(str(r.path), f"seed {r.seed}") for r in results]
         return gallery_items, [str(r.path) for r in results], results[0].parameters, str(results[0].seed)
 
+    for box, counter in ((prompt, tokens), (negative, negative_tokens)):
+        box.change(lambda text: _token_count(engine, text), box, counter, **_PRIVATE, queue=False)
     inputs = [prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n_images]
     generate_btn.click(
         ui_generate,
