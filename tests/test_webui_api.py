@@ -377,3 +377,19 @@ def test_user_errors_leave_no_traceback_in_the_server_log(server, capfd):
         _generate(server["client"], prompt="   ", seed=1)
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err + captured.out
+
+
+def test_lora_tags_in_the_prompt_work_like_a_slot(server):
+    """Issue "Web UI for daily use": A1111's <lora:name:weight>, name = file stem in the adapters folder."""
+    client = server["client"]
+    tagged = _generate(client, prompt="a red circle <lora:plain:0.8> on blue", seed=5)[0]
+    slotted = _generate(
+        client, prompt="a red circle on blue", seed=5, adapter="plain.safetensors", adapter_scale=0.8
+    )[0]
+    assert np.array_equal(_pixels(tagged), _pixels(slotted))
+    params = parse_parameters(read_parameters(tagged))
+    assert params["Prompt"] == "a red circle on blue" and "plain.safetensors: 0.8" in params["Adapters"]
+    with pytest.raises(Exception, match="no adapter named 'nope.safetensors'"):
+        _generate(client, prompt="a red circle <lora:nope:1>", seed=5)
+    with pytest.raises(Exception, match=r"weight in <lora:plain:lots> must be a number"):
+        _generate(client, prompt="a red circle <lora:plain:lots>", seed=5)

@@ -119,7 +119,9 @@ def test_browser_generates_an_image(app_url):
             used = page.locator("#used-seed textarea").input_value()
             assert used.isdigit() and f"Seed: {used}," in text
             assert page.locator("#downloads a[download]").count() >= 1
-            assert page.locator("#downloads button").count() == 0  # read-only: download links, no delete buttons
+            assert (
+                page.locator("#downloads button").count() == 0
+            )  # read-only: download links, no delete buttons
             page.screenshot(path=str(ARTIFACTS / "webui_generate.png"), full_page=True)
             if os.environ.get("WEBUI_SCREENSHOT_TO"):  # refresh docs/images/webui_generate.png
                 page.screenshot(path=os.environ["WEBUI_SCREENSHOT_TO"], full_page=True)

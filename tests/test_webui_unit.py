@@ -359,3 +359,28 @@ def test_prompt_token_count_against_the_encoder_limit(tmp_path):
     # what the pipeline really encodes stops at the limit: the tail makes no difference
     ids = tok(long_prompt, padding="max_length", truncation=True, max_length=tok.model_max_length).input_ids
     assert len(ids) == tok.model_max_length
+
+
+@pytest.mark.parametrize(
+    ("prompt", "clean", "adapters"),
+    [
+        ("a cat <lora:style:0.6>", "a cat", [("style.safetensors", 0.6)]),
+        ("<lora:a><LORA:b.safetensors:-1> dog", "dog", [("a.safetensors", 1.0), ("b.safetensors", -1.0)]),
+        ("no tags here", "no tags here", []),
+    ],
+)
+def test_lora_tags_parsed_out_of_prompts(prompt, clean, adapters):
+    from moslora_diffusion.webui.engine import parse_lora_tags
+
+    assert parse_lora_tags(prompt) == (clean, adapters)
+
+
+def test_lora_tags_count_with_slots_and_are_bounded():
+    req = GenerationRequest(prompt="x <lora:a:3>", adapters=[])
+    with pytest.raises(ValueError, match="strength of a.safetensors must be between"):
+        validate_request(req, Limits())
+    req = GenerationRequest(
+        prompt="x <lora:a> <lora:b> <lora:c>", adapters=[("d.safetensors", 1), ("e.safetensors", 1)]
+    )
+    with pytest.raises(ValueError, match="at most 4 adapters"):
+        validate_request(req, Limits())

@@ -14,6 +14,7 @@ import itertools
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from .. import architectures, toyworld
 from ..errors import AdapterMismatchError, BusyError, MoSLoraError, RequestError
 from ..formats.inspect import describe_adapter_file
 from ..loading import check_file_fits, install_pipeline_methods
-from .adapter_files import list_adapters, safe_adapter_path
+from .adapter_files import ADAPTER_SUFFIX, list_adapters, safe_adapter_path
 from .pngmeta import format_adapters, format_parameters, save_png
 
 __all__ = [
@@ -128,9 +129,34 @@ def _in_range(name: str, value: float, low: float, high: float) -> None:
         raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
 
 
+_LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^<>]*))?>", re.IGNORECASE)
+
+
+def parse_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """AUTOMATIC1111's ``<lora:name:weight>`` prompt syntax: (prompt without the tags, [(file name, weight)]).
+
+    ``name`` is a file stem in the adapters folder (``.safetensors`` is added); the weight defaults to 1.
+    """
+    adapters = []
+    for match in _LORA_TAG.finditer(prompt):
+        name, weight = match.group(1).strip(), match.group(2)
+        if not name.endswith(ADAPTER_SUFFIX):
+            name += ADAPTER_SUFFIX
+        value = _as_float(f"weight in {match.group(0)}", weight if weight not in (None, "") else 1.0)
+        adapters.append((name, value))
+    cleaned = re.sub(r"\s{2,}", " ", _LORA_TAG.sub(" ", prompt)).strip()
+    return cleaned, adapters
+
+
 def validate_request(req: GenerationRequest, limits: Limits) -> GenerationRequest:
-    """Check and normalise a request; raise ValueError naming the offending input."""
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
+    """Check and normalise a request; raise ValueError naming the offending input.
+
+    ``<lora:name:weight>`` tags are taken out of the prompt and added to ``adapters``.
+    """
+    if not isinstance(req.prompt, str):
+        raise RequestError("prompt must be text")
+    prompt, tagged = parse_lora_tags(req.prompt)
+    if not prompt:
         raise RequestError("prompt is empty")
     negative = req.negative_prompt or ""
     if not isinstance(negative, str):
@@ -156,16 +182,17 @@ def validate_request(req: GenerationRequest, limits: Limits) -> GenerationReques
     _in_range("number of images", n, 1, limits.max_images)
     if req.scheduler not in SCHEDULERS:
         raise RequestError(f"unknown scheduler {req.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-    if len(req.adapters) > MAX_ADAPTER_SLOTS:
-        raise RequestError(f"at most {MAX_ADAPTER_SLOTS} adapters at once")
+    requested = [*req.adapters, *tagged]
+    if len(requested) > MAX_ADAPTER_SLOTS:
+        raise RequestError(f"at most {MAX_ADAPTER_SLOTS} adapters at once (slots and <lora:…> tags together)")
     adapters = []
-    for name, strength in req.adapters:
+    for name, strength in requested:
         strength = _as_float(f"strength of {name}", strength)
         _in_range(f"strength of {name}", strength, *STRENGTH_RANGE)
         adapters.append((name, strength))
     return replace(
         req,
-        prompt=req.prompt.strip(),
+        prompt=prompt,
         negative_prompt=negative.strip(),
         steps=steps,
         guidance_scale=guidance,
