@@ -99,7 +99,8 @@ def test_browser_generates_an_image(app_url):
             assert page.locator("#enable-1 input[type=checkbox]").is_checked()
             page.locator("#steps input[type=number]").fill("4")
             page.locator("#steps input[type=number]").press("Enter")
-            page.locator("#generate-btn").click()
+            assert page.locator("#stop-btn").is_visible()
+            page.locator("#prompt textarea").press("Control+Enter")  # generates, as in AUTOMATIC1111
             image = page.locator("#gallery img").first
             image.wait_for(state="visible", timeout=120_000)
             src = image.get_attribute("src") or ""

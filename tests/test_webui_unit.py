@@ -384,3 +384,34 @@ def test_lora_tags_count_with_slots_and_are_bounded():
     )
     with pytest.raises(ValueError, match="at most 4 adapters"):
         validate_request(req, Limits())
+
+
+def test_stop_interrupts_within_one_denoising_step(tmp_path):
+    """Issue "Web UI for daily use": Stop ends a generation after its current step; finished images are kept."""
+    from moslora_diffusion.webui.engine import Engine, GenerationStopped
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        if done == 3:  # the user presses Stop during the third step
+            engine.stop()
+
+    with pytest.raises(GenerationStopped):
+        engine.generate(GenerationRequest(prompt="a", steps=40, width=32, height=32, seed=1), progress)
+    assert max(seen) == 3  # stopped right after the step in which Stop was pressed, not at step 40
+    assert not list(Path(setup["outputs"]).rglob("*.png"))
+    seen.clear()
+
+    def stop_in_second_image(done, total):
+        seen.append(done)
+        if done == 45:  # image 1 of 2 is done after step 40
+            engine.stop()
+
+    req = GenerationRequest(prompt="a", steps=40, width=32, height=32, seed=1, num_images=2)
+    results = engine.generate(req, stop_in_second_image)
+    assert len(results) == 1 and results[0].path.is_file() and max(seen) == 45
+    engine.stop()  # nothing running: no stale stop for the next request
+    assert len(engine.generate(GenerationRequest(prompt="a", steps=2, width=32, height=32, seed=1))) == 1

@@ -37,6 +37,7 @@ __all__ = [
     "GenerationRequest",
     "GeneratedImage",
     "EngineBusy",
+    "GenerationStopped",
     "Engine",
     "validate_request",
     "load_pipeline",
@@ -58,6 +59,10 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "UniPC": ("UniPCMultistepScheduler", {}),
 }
+
+
+class GenerationStopped(RequestError):
+    """The user stopped a generation before its first image was done."""
 
 
 class EngineBusy(BusyError):
@@ -303,6 +308,7 @@ class Engine:
         self.architecture = architectures.detect_pipeline(pipe)
         self.defaults = _default_settings(pipe, self.base_model)
         self.lock = threading.Lock()
+        self._stop = threading.Event()
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._schedulers: dict[str, Any] = {}
         self._loaded: OrderedDict[str, tuple[tuple[int, int], str]] = OrderedDict()
@@ -441,6 +447,8 @@ class Engine:
         import torch
 
         def callback(pipe, step, timestep, kwargs):
+            if self._stop.is_set():  # checked after every denoising step
+                raise GenerationStopped("stopped on request")
             if on_step is not None:
                 on_step()
             return kwargs
@@ -464,10 +472,18 @@ class Engine:
         stem = f"{time.strftime('%H%M%S')}-{os.getpid()}-{next(self._files):05d}-{seed}"
         return save_png(image, self.output_dir / day, stem, parameters)
 
+    def stop(self) -> None:
+        """Interrupt the running generation or comparison grid after its current denoising step."""
+        if self.lock.locked():
+            self._stop.set()
+
     def generate(
         self, req: GenerationRequest, progress: Callable[[int, int], None] | None = None
     ) -> list[GeneratedImage]:
-        """Validate, then render ``req.num_images`` images with seeds seed, seed+1, ...; save PNGs."""
+        """Validate, then render ``req.num_images`` images with seeds seed, seed+1, ...; save PNGs.
+
+        After :meth:`stop`, the images finished so far are returned (``GenerationStopped`` if none is).
+        """
         req = validate_request(req, self.limits)
         for name, _ in req.adapters:
             self.adapter_path(name)  # refuse bad names before waiting for the lock
@@ -475,17 +491,24 @@ class Engine:
         on_step = _step_counter(req.steps * req.num_images, progress)
 
         self._acquire()
+        self._stop.clear()
         try:
             self._activate(req.adapters)
             self.pipe.scheduler = self._scheduler(req.scheduler)
             results = []
             for i in range(req.num_images):
                 s = (seed + i) % (MAX_SEED + 1)
-                image = self._render(req, s, on_step)
+                try:
+                    image = self._render(req, s, on_step)
+                except GenerationStopped:
+                    if results:
+                        return results
+                    raise
                 text = self.parameters_text(req, s)
                 results.append(GeneratedImage(self._save(image, s, text), s, text, image))
             return results
         finally:
+            self._stop.clear()
             self.lock.release()
 
     def render_many(
@@ -499,6 +522,7 @@ class Engine:
         on_step = _step_counter(req.steps * len(jobs), progress)
 
         self._acquire()
+        self._stop.clear()
         try:
             self.pipe.scheduler = self._scheduler(req.scheduler)
             images = []
@@ -507,4 +531,5 @@ class Engine:
                 images.append(self._render(replace(req, adapters=adapters), seed, on_step))
             return images
         finally:
+            self._stop.clear()
             self.lock.release()

@@ -179,7 +179,11 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
                 slots = [_adapter_slot(engine, i, choices) for i in range(MAX_ADAPTER_SLOTS)]
                 refresh = gr.Button("Refresh adapter list", size="sm")
         with gr.Column(scale=2):
-            generate_btn = gr.Button("Generate", variant="primary", size="lg", elem_id="generate-btn")
+            with gr.Row():
+                generate_btn = gr.Button(
+                    "Generate (Ctrl+Enter)", variant="primary", size="lg", elem_id="generate-btn", scale=3
+                )
+                stop_btn = gr.Button("Stop", variant="stop", size="lg", elem_id="stop-btn", scale=1)
             gallery = gr.Gallery(
                 label="Images", format="png", columns=2, height="auto", elem_id="gallery", type="filepath"
             )
@@ -217,6 +221,7 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
 
     for box, counter in ((prompt, tokens), (negative, negative_tokens)):
         box.change(lambda text: _token_count(engine, text), box, counter, **_PRIVATE, queue=False)
+    stop_btn.click(engine.stop, None, None, **_PRIVATE, queue=False)  # outside the queue the generation holds
     inputs = [prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n_images]
     generate_btn.click(
         ui_generate,
@@ -252,7 +257,9 @@ def build_compare_tab(engine: Engine, sampler_inputs: list[Any]) -> tuple[Any, A
             refresh = gr.Button("Refresh adapter list", size="sm", elem_id="compare-refresh")
             strengths = gr.Textbox(value="0.5, 1.0", label="Strengths (comma separated, -2..2)")
             seeds = gr.Textbox(value="1, 2", label="Seeds (comma separated)")
-            compare_btn = gr.Button("Render grid", variant="primary", elem_id="compare-btn")
+            with gr.Row():
+                compare_btn = gr.Button("Render grid", variant="primary", elem_id="compare-btn", scale=3)
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="compare-stop-btn", scale=1)
         with gr.Column():
             grid = gr.Image(
                 label="Grid", type="filepath", format="png", interactive=False, elem_id="compare-grid"
@@ -287,6 +294,7 @@ def build_compare_tab(engine: Engine, sampler_inputs: list[Any]) -> tuple[Any, A
         **_DEVICE,
     )
     adapter.change(lambda v: _adapter_info_markdown(engine, v), adapter, info, **_PRIVATE, queue=False)
+    stop_btn.click(engine.stop, None, None, **_PRIVATE, queue=False)
     return adapter, refresh
 
 
@@ -479,9 +487,22 @@ def build_api_endpoint(engine: Engine) -> None:
 # ------------------------------------------------------------------------------------------------ app
 
 
+# Ctrl+Enter (Cmd+Enter on a Mac) anywhere on the page presses Generate, as in AUTOMATIC1111.
+_CTRL_ENTER_JS = """
+() => {
+  document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
+      const button = document.querySelector("#generate-btn");
+      if (button && button.offsetParent !== null) { event.preventDefault(); button.click(); }
+    }
+  });
+}
+"""
+
+
 def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoSLoRA diffusion") -> gr.Blocks:
     """Build the Blocks app for ``engine`` (and the Train tab when ``jobs`` is given)."""
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    with gr.Blocks(title=title, analytics_enabled=False, js=_CTRL_ENTER_JS) as demo:
         gr.Markdown(
             f"## {html.escape(title)}\nBase model: `{html.escape(engine.base_name)}` ({engine.architecture}) · "
             f"adapters folder: `{html.escape(str(engine.adapters_dir))}`"
