@@ -502,7 +502,7 @@ _CTRL_ENTER_JS = """
 
 def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoSLoRA diffusion") -> gr.Blocks:
     """Build the Blocks app for ``engine`` (and the Train tab when ``jobs`` is given)."""
-    with gr.Blocks(title=title, analytics_enabled=False, js=_CTRL_ENTER_JS) as demo:
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(
             f"## {html.escape(title)}\nBase model: `{html.escape(engine.base_name)}` ({engine.architecture}) · "
             f"adapters folder: `{html.escape(str(engine.adapters_dir))}`"
@@ -525,6 +525,7 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
         compare_refresh.click(*refresh, **_PRIVATE, queue=False)
         # Lists are current after a reload, without a click; only the choices change, so a pick the user makes
         # while the page is still loading is kept.
+        demo.load(None, None, None, js=_CTRL_ENTER_JS)  # runs in the browser once the page is up
         demo.load(
             lambda: [gr.update(choices=engine.list_adapters())] * len(dropdowns),
             None,
