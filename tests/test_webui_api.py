@@ -155,7 +155,7 @@ def test_traversal_names_refused(server, name):
         ({"seed": -5}, "seed must be between"),
         ({"num_images": 100}, "number of images"),
         ({"adapter": "plain.safetensors", "adapter_scale": 5}, "strength"),
-        ({"scheduler": "nonsense"}, "unknown scheduler"),
+        ({"scheduler": "nonsense"}, "not in the list of choices"),
         ({"prompt": ""}, "prompt is empty"),
     ],
 )
@@ -393,3 +393,41 @@ def test_lora_tags_in_the_prompt_work_like_a_slot(server):
         _generate(client, prompt="a red circle <lora:nope:1>", seed=5)
     with pytest.raises(Exception, match=r"weight in <lora:plain:lots> must be a number"):
         _generate(client, prompt="a red circle <lora:plain:lots>", seed=5)
+
+
+def test_api_adapters_list_scheduler_choices_and_png_info(server, tmp_path):
+    """Issue "Web UI for daily use", API: a list of adapters with strengths (the single form still works),
+    `scheduler` as a choice list, and `/png_info` for our PNGs and AUTOMATIC1111's."""
+    from PIL.PngImagePlugin import PngInfo
+
+    client = server["client"]
+    single = _generate(client, seed=9, adapter="plain.safetensors", adapter_scale=0.8)[0]
+    listed = _generate(client, seed=9, adapters=[["plain.safetensors", 0.8]])[0]
+    assert np.array_equal(_pixels(single), _pixels(listed))
+    both = _generate(
+        client, seed=9, adapter="plain.safetensors", adapter_scale=0.5, adapters=[["other.safetensors", 0.5]]
+    )[0]
+    assert "other.safetensors: 0.5" in read_parameters(both) and "plain.safetensors: 0.5" in read_parameters(
+        both
+    )
+    with pytest.raises(Exception, match="not in the list of choices"):
+        _generate(client, seed=9, scheduler="PNDM")
+    text, fields = client.predict(gradio_client.handle_file(single), api_name="/png_info")
+    assert text == read_parameters(single) and fields["Seed"] == "9" and fields["Prompt"] == COMMON["prompt"]
+    a1111 = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text(
+        "parameters",
+        "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512",
+    )
+    Image.new("RGB", (8, 8)).save(a1111, pnginfo=info)
+    _, fields = client.predict(gradio_client.handle_file(str(a1111)), api_name="/png_info")
+    assert (
+        fields["Prompt"] == "a cat"
+        and fields["Negative prompt"] == "blurry"
+        and fields["Sampler"] == "Euler a"
+    )
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(Exception, match="no 'parameters' text chunk"):
+        client.predict(gradio_client.handle_file(str(plain)), api_name="/png_info")

@@ -30,6 +30,7 @@ from .engine import (
     GenerationRequest,
 )
 from .jobs import TrainingJobs, TrainRequest
+from .pngmeta import parse_parameters, read_parameters
 
 __all__ = ["build_ui", "GENERATE_CONCURRENCY_ID"]
 
@@ -99,6 +100,22 @@ def _token_count(engine: Engine, text: str | None) -> str:
             f"**{used} / {limit} tokens: the text encoder reads only the first {limit}; the rest is cut off**"
         )
     return f"{used} / {limit} tokens"
+
+
+def _png_info(path: str | None) -> tuple[str, dict[str, Any]]:
+    """(the parameters text, its parsed fields) of a PNG; a message for files without one."""
+    if not path:
+        return "", {}
+    try:
+        text = read_parameters(path)
+    except (OSError, ValueError) as exc:
+        raise gr.Error(f"not a readable image ({type(exc).__name__})", print_exception=False) from None
+    if not text:
+        raise gr.Error(
+            "this image has no 'parameters' text chunk (not made by this app or AUTOMATIC1111?)",
+            print_exception=False,
+        )
+    return text, parse_parameters(text)
 
 
 def _refreshed(engine: Engine, values: tuple[Any, ...]) -> list[Any]:
@@ -444,8 +461,20 @@ def _training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | 
 # ------------------------------------------------------------------------------------------ scripting
 
 
+def _api_adapters(adapter: str | None, adapter_scale: float | None, adapters: Any) -> list[tuple[str, float]]:
+    """The single ``adapter`` / ``adapter_scale`` form plus the ``adapters`` list ([[name, strength], ...])."""
+    out = [(adapter, 1.0 if adapter_scale is None else adapter_scale)] if adapter else []
+    if adapters in (None, "", []):
+        return out
+    if not isinstance(adapters, list) or not all(
+        isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str) for item in adapters
+    ):
+        raise gr.Error("adapters must be a list of [file name, strength] pairs", print_exception=False)
+    return out + [(name, strength) for name, strength in adapters]
+
+
 def build_api_endpoint(engine: Engine) -> None:
-    """Hidden widgets behind the named ``/generate`` endpoint (gradio_client, scripts)."""
+    """Hidden widgets behind the named ``/generate`` and ``/png_info`` endpoints (gradio_client, scripts)."""
     d = engine.defaults
     with gr.Column(visible=False):
         inputs = [
@@ -456,17 +485,22 @@ def build_api_endpoint(engine: Engine) -> None:
             gr.Number(value=d["guidance_scale"], label="guidance_scale"),
             gr.Number(value=d["width"], label="width"),
             gr.Number(value=d["height"], label="height"),
-            gr.Textbox(value=d["scheduler"], label="scheduler"),
+            gr.Dropdown(list(SCHEDULERS), value=d["scheduler"], label="scheduler"),
             gr.Textbox(value="", label="adapter"),
             gr.Number(value=1.0, label="adapter_scale"),
             gr.Number(value=1, label="num_images"),
+            gr.JSON(value=[], label="adapters"),
         ]
         output = gr.File(file_count="multiple", label="images")
         button = gr.Button("api")
+        png_in = gr.File(type="filepath", label="image")
+        png_out = [gr.Textbox(label="parameters"), gr.JSON(label="fields")]
+        png_button = gr.Button("png_info")
 
     def api_generate(prompt, negative_prompt, seed, steps, guidance_scale, width, height, scheduler, adapter,
-                     adapter_scale, num_images):  # fmt: skip
-        """Generate PNG images (with an A1111 `parameters` chunk); `adapter` is a file name in the adapters folder."""
+                     adapter_scale, num_images, adapters):  # fmt: skip
+        """Generate PNG images (with an A1111 `parameters` chunk). Adapters are file names in the adapters folder:
+        `adapter` + `adapter_scale` for one, `adapters` = [[name, strength], ...] for several (both may be given)."""
         req = GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt or "",
@@ -477,11 +511,16 @@ def build_api_endpoint(engine: Engine) -> None:
             height=height,
             scheduler=scheduler,
             num_images=num_images if num_images is not None else 1,
-            adapters=[(adapter, adapter_scale)] if adapter else [],
+            adapters=_api_adapters(adapter, adapter_scale, adapters),
         )
         return [str(r.path) for r in _generate(engine, req)]
 
+    def api_png_info(path):
+        """The `parameters` text chunk of a PNG (ours or AUTOMATIC1111's) and its fields."""
+        return _png_info(path)
+
     button.click(api_generate, inputs, output, api_name="generate", **_DEVICE)
+    png_button.click(api_png_info, png_in, png_out, api_name="png_info")
 
 
 # ------------------------------------------------------------------------------------------------ app
