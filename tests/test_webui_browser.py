@@ -123,6 +123,13 @@ def test_browser_generates_an_image(app_url):
             assert (
                 page.locator("#downloads button").count() == 0
             )  # read-only: download links, no delete buttons
+            page.locator("#reuse-seed").click()  # "reuse seed": the seed box takes it, random seed goes off
+            page.wait_for_function(
+                "(used) => [...document.querySelectorAll('input[type=number]')].some(i => i.value === used)",
+                arg=used,
+                timeout=10_000,
+            )
+            assert not page.get_by_label("Random seed").is_checked()
             page.screenshot(path=str(ARTIFACTS / "webui_generate.png"), full_page=True)
             if os.environ.get("WEBUI_SCREENSHOT_TO"):  # refresh docs/images/webui_generate.png
                 page.screenshot(path=os.environ["WEBUI_SCREENSHOT_TO"], full_page=True)
@@ -248,5 +255,49 @@ def test_browser_refused_adapter_unticks_and_lists_are_current_after_reload(trai
             page.locator("#compare-adapter input").click()
             page.get_by_role("option", name="fresh.safetensors").wait_for(timeout=20_000)
             assert page.locator("#compare-refresh").is_visible()
+        finally:
+            browser.close()
+
+
+def test_browser_png_info_sends_every_field_to_generate(app_url, tmp_path):
+    """Issue "Web UI for daily use": drop a PNG, read its parameters, Send to Generate fills the fields."""
+    from PIL.PngImagePlugin import PngInfo
+    from playwright.sync_api import sync_playwright
+
+    from moslora_diffusion.webui.pngmeta import format_adapters, format_parameters
+
+    text = format_parameters(
+        "a blue square on a red background",
+        "blurry",
+        {"Steps": 3, "Sampler": "Euler a", "CFG scale": "4.5", "Seed": 123, "Size": "32x40",
+         "Adapters": format_adapters([("plain.safetensors", 0.7)])},
+    )  # fmt: skip
+    png = tmp_path / "made_elsewhere.png"
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (32, 40), "white").save(png, pnginfo=info)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url, wait_until="load", timeout=60_000)
+            page.get_by_role("tab", name="PNG info").click()
+            page.locator("#png-info-file input[type=file]").set_input_files(str(png))
+            page.wait_for_function(
+                "() => document.querySelector('#png-info-text textarea').value.includes('Seed: 123')",
+                timeout=30_000,
+            )
+            page.locator("#png-info-send").click()
+            page.locator("#prompt textarea").wait_for(state="visible", timeout=20_000)
+            page.wait_for_function(
+                "() => document.querySelector('#prompt textarea').value === 'a blue square on a red background'",
+                timeout=20_000,
+            )
+            assert page.locator("#negative-prompt textarea").input_value() == "blurry"
+            assert page.get_by_label("Seed", exact=True).input_value() == "123"
+            assert not page.get_by_label("Random seed").is_checked()
+            assert page.locator("#steps input[type=number]").input_value() == "3"
+            assert page.locator("#adapter-1 input").input_value() == "plain.safetensors"
+            assert page.locator("#enable-1 input[type=checkbox]").is_checked()
         finally:
             browser.close()

@@ -415,3 +415,22 @@ def test_stop_interrupts_within_one_denoising_step(tmp_path):
     assert len(results) == 1 and results[0].path.is_file() and max(seen) == 45
     engine.stop()  # nothing running: no stale stop for the next request
     assert len(engine.generate(GenerationRequest(prompt="a", steps=2, width=32, height=32, seed=1))) == 1
+
+
+def test_generation_settings_from_our_infotext_and_a1111s():
+    from moslora_diffusion.webui.pngmeta import format_adapters, generation_settings, parse_adapters
+
+    ours = format_parameters(
+        "a cat", "dog", {"Steps": 3, "Sampler": "Euler a", "CFG scale": "5", "Seed": 7, "Size": "32x48",
+                         "Adapters": format_adapters([("p.safetensors", 0.8), ("o.safetensors", -1.0)])},
+    )  # fmt: skip
+    assert generation_settings(parse_parameters(ours)) == {
+        "prompt": "a cat", "negative_prompt": "dog", "seed": 7, "steps": 3, "guidance_scale": 5.0,
+        "sampler": "Euler a", "width": 32, "height": 48, "adapters": [("p.safetensors", 0.8), ("o.safetensors", -1.0)],
+    }  # fmt: skip
+    a1111 = (
+        "portrait\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 42, Size: 512x768, Model: sd15"
+    )
+    settings = generation_settings(parse_parameters(a1111))
+    assert settings["width"] == 512 and settings["height"] == 768 and "adapters" not in settings
+    assert parse_adapters("a: 1, broken, b.safetensors: x, c: -0.5") == [("a", 1.0), ("c", -0.5)]

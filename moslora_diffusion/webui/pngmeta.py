@@ -22,7 +22,15 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-__all__ = ["format_parameters", "parse_parameters", "save_png", "read_parameters", "format_adapters"]
+__all__ = [
+    "format_parameters",
+    "parse_parameters",
+    "save_png",
+    "read_parameters",
+    "format_adapters",
+    "parse_adapters",
+    "generation_settings",
+]
 
 _FIELD_RE = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
@@ -37,6 +45,55 @@ def _quote(value: Any) -> str:
 def format_adapters(adapters: list[tuple[str, float]]) -> str:
     """``name: strength`` pairs joined with commas (the value of the ``Adapters`` field)."""
     return ", ".join(f"{name}: {strength:g}" for name, strength in adapters)
+
+
+def parse_adapters(text: str) -> list[tuple[str, float]]:
+    """The ``Adapters`` field back into (name, strength) pairs; malformed items are skipped."""
+    pairs = []
+    for item in (text or "").split(","):
+        name, sep, strength = item.strip().rpartition(":")
+        try:
+            value = float(strength)
+        except ValueError:
+            continue
+        if sep and name.strip():
+            pairs.append((name.strip(), value))
+    return pairs
+
+
+def _number(fields: Mapping[str, Any], key: str, kind: type) -> Any:
+    try:
+        return kind(float(fields[key])) if key in fields else None
+    except (TypeError, ValueError):
+        return None
+
+
+def generation_settings(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """What a parsed infotext (ours or AUTOMATIC1111's) says about generating the image again.
+
+    Keys present only when the infotext has them: prompt, negative_prompt, seed, steps, guidance_scale,
+    sampler, width, height, adapters ([(name, strength)]).
+    """
+    out: dict[str, Any] = {
+        "prompt": fields.get("Prompt", ""),
+        "negative_prompt": fields.get("Negative prompt", ""),
+    }
+    for key, field, kind in (
+        ("seed", "Seed", int),
+        ("steps", "Steps", int),
+        ("guidance_scale", "CFG scale", float),
+    ):
+        value = _number(fields, field, kind)
+        if value is not None:
+            out[key] = value
+    if fields.get("Sampler"):
+        out["sampler"] = str(fields["Sampler"])
+    width, _, height = str(fields.get("Size", "")).partition("x")
+    if width.isdigit() and height.isdigit():
+        out["width"], out["height"] = int(width), int(height)
+    if fields.get("Adapters"):
+        out["adapters"] = parse_adapters(str(fields["Adapters"]))
+    return out
 
 
 def format_parameters(prompt: str, negative_prompt: str, fields: Mapping[str, Any]) -> str:

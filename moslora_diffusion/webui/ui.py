@@ -30,7 +30,7 @@ from .engine import (
     GenerationRequest,
 )
 from .jobs import TrainingJobs, TrainRequest
-from .pngmeta import parse_parameters, read_parameters
+from .pngmeta import generation_settings, parse_parameters, read_parameters
 
 __all__ = ["build_ui", "GENERATE_CONCURRENCY_ID"]
 
@@ -129,6 +129,9 @@ def _refreshed(engine: Engine, values: tuple[Any, ...]) -> list[Any]:
 @dataclass
 class GenerateTab:
     prompt: Any
+    negative: Any
+    random_seed: Any
+    seed: Any
     steps: Any
     cfg: Any
     scheduler: Any
@@ -144,6 +147,20 @@ class GenerateTab:
     @property
     def dropdowns(self) -> list[Any]:
         return [name for _, name, _ in self.slots]
+
+    @property
+    def settings_outputs(self) -> list[Any]:
+        """The widgets `_settings_updates` fills, in its order."""
+        fixed = [
+            self.prompt,
+            self.negative,
+            self.random_seed,
+            self.seed,
+            self.steps,
+            self.cfg,
+            self.scheduler,
+        ]
+        return [*fixed, self.width, self.height, *[w for slot in self.slots for w in slot]]
 
 
 def _generate(engine: Engine, req: GenerationRequest, progress: Any = None) -> list[Any]:
@@ -207,10 +224,12 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
             files = gr.File(
                 label="Download PNG files", file_count="multiple", interactive=False, elem_id="downloads"
             )
-            # a read-only text box: a Number would show 0 before any image exists
-            used_seed = gr.Textbox(
-                value="", label="Seed used (first image)", interactive=False, elem_id="used-seed"
-            )
+            with gr.Row(equal_height=True):
+                # a read-only text box: a Number would show 0 before any image exists
+                used_seed = gr.Textbox(
+                    value="", label="Seed used (first image)", interactive=False, elem_id="used-seed", scale=3
+                )
+                reuse_seed = gr.Button("Reuse seed", size="sm", elem_id="reuse-seed", scale=1)
             params_box = gr.Textbox(label="Parameters (PNG 'parameters' chunk)", lines=4, interactive=False)
 
     def ui_generate(prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n, *slot_values,
@@ -247,7 +266,16 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
         **_PRIVATE,
         **_DEVICE,
     )
-    return GenerateTab(prompt, steps, cfg, scheduler, width, height, slots, refresh)
+    reuse_seed.click(
+        lambda used: (gr.update(value=False), int(used)) if str(used).isdigit() else (gr.skip(), gr.skip()),
+        used_seed,
+        [random_seed, seed],
+        **_PRIVATE,
+        queue=False,
+    )
+    return GenerateTab(
+        prompt, negative, random_seed, seed, steps, cfg, scheduler, width, height, slots, refresh
+    )
 
 
 # -------------------------------------------------------------------------------------------- Compare
@@ -458,6 +486,57 @@ def _training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | 
     return tick
 
 
+# ------------------------------------------------------------------------------------------- PNG info
+
+
+def _settings_updates(fields: dict[str, Any]) -> list[Any]:
+    """Updates for `GenerateTab.settings_outputs` from a parsed infotext; fields it lacks stay as they are."""
+    s = generation_settings(fields)
+    keep = gr.skip()
+    sampler = s.get("sampler") if s.get("sampler") in SCHEDULERS else None
+    updates = [
+        s["prompt"],
+        s["negative_prompt"],
+        gr.update(value=False) if "seed" in s else keep,
+        s.get("seed", keep),
+        s.get("steps", keep),
+        s.get("guidance_scale", keep),
+        sampler or keep,
+        s.get("width", keep),
+        s.get("height", keep),
+    ]
+    adapters = s.get("adapters", [])[:MAX_ADAPTER_SLOTS]
+    for i in range(MAX_ADAPTER_SLOTS):
+        name, strength = adapters[i] if i < len(adapters) else (None, 1.0)
+        updates += [bool(name), name, strength]
+    return updates
+
+
+def build_png_info_tab(generate: GenerateTab, tabs: Any) -> None:
+    """Drop a PNG (ours or AUTOMATIC1111's) to read its `parameters`; Send to Generate fills every field."""
+    with gr.Row():
+        with gr.Column():
+            # a File, not an Image: an Image upload may be re-encoded, which drops the text chunk
+            upload = gr.File(label="PNG", file_types=[".png"], type="filepath", elem_id="png-info-file")
+        with gr.Column():
+            text = gr.Textbox(label="parameters", lines=6, interactive=False, elem_id="png-info-text")
+            fields = gr.JSON(label="fields", visible=False)
+            send = gr.Button("Send to Generate", variant="primary", elem_id="png-info-send")
+
+    def read(path):
+        with user_errors("reading the PNG"):
+            return _png_info(path)
+
+    upload.change(read, upload, [text, fields], **_PRIVATE)
+    send.click(
+        lambda f: [*_settings_updates(f or {}), gr.Tabs(selected="generate")],
+        fields,
+        [*generate.settings_outputs, tabs],
+        **_PRIVATE,
+        queue=False,
+    )
+
+
 # ------------------------------------------------------------------------------------------ scripting
 
 
@@ -548,7 +627,7 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
         )
         busy_note = gr.Markdown("", elem_id="busy-note")
         train = None
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 generate = build_generate_tab(engine)
             with gr.Tab("Compare", id="compare"):
@@ -556,6 +635,8 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
             if jobs is not None:
                 with gr.Tab("Train", id="train"):
                     train = build_train_tab(jobs)
+            with gr.Tab("PNG info", id="png-info"):
+                build_png_info_tab(generate, tabs)
         build_api_endpoint(engine)
 
         dropdowns = [*generate.dropdowns, compare_adapter]
