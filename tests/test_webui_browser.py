@@ -123,6 +123,13 @@ def test_browser_generates_an_image(app_url):
             assert (
                 page.locator("#downloads button").count() == 0
             )  # read-only: download links, no delete buttons
+            rendering = page.locator("#gallery img").first.evaluate(
+                "img => getComputedStyle(img).imageRendering"
+            )
+            assert rendering == "pixelated"  # small images enlarged pixel by pixel, not blurred
+            assert (
+                page.locator("#width input[type=range]").get_attribute("max") == "128"
+            )  # 4x the native 32 px
             page.locator("#reuse-seed").click()  # "reuse seed": the seed box takes it, random seed goes off
             page.wait_for_function(
                 "(used) => [...document.querySelectorAll('input[type=number]')].some(i => i.value === used)",

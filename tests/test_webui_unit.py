@@ -434,3 +434,16 @@ def test_generation_settings_from_our_infotext_and_a1111s():
     settings = generation_settings(parse_parameters(a1111))
     assert settings["width"] == 512 and settings["height"] == 768 and "adapters" not in settings
     assert parse_adapters("a: 1, broken, b.safetensors: x, c: -0.5") == [("a", 1.0), ("c", -0.5)]
+
+
+def test_size_sliders_bounded_around_the_native_size(tmp_path):
+    """Issue "Web UI for daily use": sizes default to and are bounded around the model's own (32 px here)."""
+    from moslora_diffusion.webui.engine import Engine
+    from moslora_diffusion.webui.ui import _size_note, size_bounds
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    assert engine.defaults["width"] == engine.defaults["height"] == 32
+    assert size_bounds(engine) == (32, 32, 128)  # Limits.min_size caps the low end
+    assert _size_note(engine, 32, 64) == ""  # 2x: fine
+    assert "height 72" in _size_note(engine, 32, 72) and "native 32 px" in _size_note(engine, 32, 72)

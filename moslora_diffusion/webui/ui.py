@@ -118,6 +118,28 @@ def _png_info(path: str | None) -> tuple[str, dict[str, Any]]:
     return text, parse_parameters(text)
 
 
+def size_bounds(engine: Engine) -> tuple[int, int, int]:
+    """(smallest, native, largest) width/height the sliders offer: ¼× to 4× the model's native size."""
+    native = int(engine.defaults["width"])
+    low = max(engine.limits.min_size, (native // 4) // 8 * 8 or 8)
+    high = min(engine.limits.max_size, native * 4)
+    return low, native, high
+
+
+def _size_note(engine: Engine, width: float, height: float) -> str:
+    """A warning when a size is outside 0.5×–2× of what the model was trained on."""
+    _, native, _ = size_bounds(engine)
+    off = [
+        f"{name} {int(v)}" for name, v in (("width", width), ("height", height)) if not 0.5 <= v / native <= 2
+    ]
+    if not off:
+        return ""
+    return (
+        f"**{' and '.join(off)} px: far from the model's native {native} px** (outside 0.5×–2×); "
+        "expect repeated or broken subjects"
+    )
+
+
 def _refreshed(engine: Engine, values: tuple[Any, ...]) -> list[Any]:
     choices = engine.list_adapters()
     return [gr.update(choices=choices, value=v if v in choices else None) for v in values]
@@ -201,10 +223,12 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
                 steps = gr.Slider(1, lim.max_steps, value=d["steps"], step=1, label="Steps", elem_id="steps")
                 cfg = gr.Slider(0, lim.max_guidance, value=d["guidance_scale"], step=0.5, label="CFG scale")
                 scheduler = gr.Dropdown(list(SCHEDULERS), value=d["scheduler"], label="Sampler")
+            low, native, high = size_bounds(engine)
             with gr.Row():
-                width = gr.Slider(lim.min_size, lim.max_size, value=d["width"], step=8, label="Width")
-                height = gr.Slider(lim.min_size, lim.max_size, value=d["height"], step=8, label="Height")
+                width = gr.Slider(low, high, value=d["width"], step=8, label="Width", elem_id="width")
+                height = gr.Slider(low, high, value=d["height"], step=8, label="Height", elem_id="height")
                 n_images = gr.Slider(1, lim.max_images, value=1, step=1, label="Images")
+            size_note = gr.Markdown("", elem_id="size-note")
             with gr.Row():
                 random_seed = gr.Checkbox(value=True, label="Random seed")
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
@@ -255,6 +279,10 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
         gallery_items = [(str(r.path), f"seed {r.seed}") for r in results]
         return gallery_items, [str(r.path) for r in results], results[0].parameters, str(results[0].seed)
 
+    for slider in (width, height):
+        slider.change(
+            lambda w, h: _size_note(engine, w, h), [width, height], size_note, **_PRIVATE, queue=False
+        )
     for box, counter in ((prompt, tokens), (negative, negative_tokens)):
         box.change(lambda text: _token_count(engine, text), box, counter, **_PRIVATE, queue=False)
     stop_btn.click(engine.stop, None, None, **_PRIVATE, queue=False)  # outside the queue the generation holds
@@ -605,9 +633,14 @@ def build_api_endpoint(engine: Engine) -> None:
 # ------------------------------------------------------------------------------------------------ app
 
 
-# Ctrl+Enter (Cmd+Enter on a Mac) anywhere on the page presses Generate, as in AUTOMATIC1111.
-_CTRL_ENTER_JS = """
+# Ctrl+Enter (Cmd+Enter on a Mac) anywhere on the page presses Generate, as in AUTOMATIC1111; small images
+# (a 32 px toy model's) are shown enlarged pixel by pixel, not blurred.
+_PAGE_JS = """
 () => {
+  const style = document.createElement("style");
+  style.textContent = "#gallery img, #compare-grid img, #train-preview img, #history img, #img2img-input img"
+    + " { image-rendering: pixelated; }";
+  document.head.appendChild(style);
   document.addEventListener("keydown", (event) => {
     if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
       const button = document.querySelector("#generate-btn");
@@ -645,7 +678,7 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
         compare_refresh.click(*refresh, **_PRIVATE, queue=False)
         # Lists are current after a reload, without a click; only the choices change, so a pick the user makes
         # while the page is still loading is kept.
-        demo.load(None, None, None, js=_CTRL_ENTER_JS)  # runs in the browser once the page is up
+        demo.load(None, None, None, js=_PAGE_JS)  # runs in the browser once the page is up
         demo.load(
             lambda: [gr.update(choices=engine.list_adapters())] * len(dropdowns),
             None,
