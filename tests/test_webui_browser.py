@@ -137,6 +137,17 @@ def test_browser_generates_an_image(app_url):
                 timeout=10_000,
             )
             assert not page.get_by_label("Random seed").is_checked()
+            # History: the new image is on the first page; picking it shows its parameters
+            page.get_by_role("tab", name="History").click()
+            page.locator("#history-refresh").click()
+            page.locator("#history img").first.wait_for(state="visible", timeout=20_000)
+            page.locator("#history img").first.click()
+            page.wait_for_function(
+                "(used) => document.querySelector('#history-parameters textarea').value.includes('Seed: ' + used)",
+                arg=used,
+                timeout=20_000,
+            )
+            page.get_by_role("tab", name="Generate").click()
             page.screenshot(path=str(ARTIFACTS / "webui_generate.png"), full_page=True)
             if os.environ.get("WEBUI_SCREENSHOT_TO"):  # refresh docs/images/webui_generate.png
                 page.screenshot(path=os.environ["WEBUI_SCREENSHOT_TO"], full_page=True)

@@ -447,3 +447,27 @@ def test_size_sliders_bounded_around_the_native_size(tmp_path):
     assert size_bounds(engine) == (32, 32, 128)  # Limits.min_size caps the low end
     assert _size_note(engine, 32, 64) == ""  # 2x: fine
     assert "height 72" in _size_note(engine, 32, 72) and "native 32 px" in _size_note(engine, 32, 72)
+
+
+def test_history_newest_first_in_pages(tmp_path):
+    from moslora_diffusion.webui.engine import Engine
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    assert engine.history() == ([], 1)
+    made = [
+        r.path
+        for r in engine.generate(
+            GenerationRequest(prompt="a", steps=1, width=32, height=32, seed=1, num_images=3)
+        )
+    ]
+    import os
+
+    for i, path in enumerate(made):  # distinct times, oldest first
+        os.utime(path, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+    (engine.output_dir / "notes.txt").write_text("not an image")
+    page1, pages = engine.history(1, per_page=2)
+    assert pages == 2 and page1 == [made[2], made[1]]
+    assert engine.history(2, per_page=2)[0] == [made[0]]
+    with pytest.raises(ValueError, match="start at 1"):
+        engine.history(0)

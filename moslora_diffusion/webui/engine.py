@@ -467,6 +467,16 @@ class Engine:
             )
         return out.images[0]
 
+    def history(self, page: int = 1, per_page: int = 24) -> tuple[list[Path], int]:
+        """PNGs written to the outputs folder, newest first: (this page's files, number of pages)."""
+        if per_page < 1 or page < 1:
+            raise RequestError("page and page size start at 1")
+        root = self.output_dir
+        found = [p for p in root.glob("*/*.png") if not p.name.startswith(".")] if root.is_dir() else []
+        found.sort(key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+        pages = max(1, math.ceil(len(found) / per_page))
+        return found[(page - 1) * per_page : page * per_page], pages
+
     def _save(self, image: Any, seed: int, parameters: str) -> Path:
         day = time.strftime("%Y-%m-%d")
         stem = f"{time.strftime('%H%M%S')}-{os.getpid()}-{next(self._files):05d}-{seed}"

@@ -514,6 +514,53 @@ def _training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | 
     return tick
 
 
+# -------------------------------------------------------------------------------------------- History
+
+
+def build_history_tab(engine: Engine, generate: GenerateTab, tabs: Any) -> Any:
+    """Past outputs, newest first, a page at a time; a picked image shows its parameters. Returns the
+    refresh button (pressed after each generation)."""
+    with gr.Row():
+        prev_btn = gr.Button("◀ Newer", size="sm", elem_id="history-prev")
+        page_label = gr.Markdown("page 1 / 1", elem_id="history-page")
+        next_btn = gr.Button("Older ▶", size="sm", elem_id="history-next")
+        refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh")
+    page = gr.State(1)
+    gallery = gr.Gallery(
+        label="History", format="png", columns=6, height="auto", elem_id="history", type="filepath"
+    )
+    text = gr.Textbox(label="parameters", lines=4, interactive=False, elem_id="history-parameters")
+    fields = gr.JSON(visible=False)
+    send = gr.Button("Send to Generate", elem_id="history-send")
+
+    def show(number: int, step: int = 0):
+        with user_errors("history"):
+            _, pages = engine.history(1)
+            number = min(max(1, int(number) + step), pages)
+            files, pages = engine.history(number)
+        return number, [str(p) for p in files], f"page {number} / {pages}"
+
+    def picked(evt: gr.SelectData, number: int):
+        files, _ = engine.history(int(number))
+        if evt.index is None or evt.index >= len(files):
+            return "", {}
+        return _png_info(str(files[evt.index]))
+
+    outputs = [page, gallery, page_label]
+    refresh.click(lambda n: show(n), page, outputs, **_PRIVATE, queue=False)
+    prev_btn.click(lambda n: show(n, -1), page, outputs, **_PRIVATE, queue=False)
+    next_btn.click(lambda n: show(n, +1), page, outputs, **_PRIVATE, queue=False)
+    gallery.select(picked, page, [text, fields], **_PRIVATE, queue=False)
+    send.click(
+        lambda f: [*_settings_updates(f or {}), gr.Tabs(selected="generate")],
+        fields,
+        [*generate.settings_outputs, tabs],
+        **_PRIVATE,
+        queue=False,
+    )
+    return refresh, (lambda: show(1)), outputs
+
+
 # ------------------------------------------------------------------------------------------- PNG info
 
 
@@ -668,6 +715,8 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
             if jobs is not None:
                 with gr.Tab("Train", id="train"):
                     train = build_train_tab(jobs)
+            with gr.Tab("History", id="history-tab"):
+                _, first_page, history_outputs = build_history_tab(engine, generate, tabs)
             with gr.Tab("PNG info", id="png-info"):
                 build_png_info_tab(generate, tabs)
         build_api_endpoint(engine)
@@ -679,6 +728,7 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
         # Lists are current after a reload, without a click; only the choices change, so a pick the user makes
         # while the page is still loading is kept.
         demo.load(None, None, None, js=_PAGE_JS)  # runs in the browser once the page is up
+        demo.load(first_page, None, history_outputs, **_PRIVATE, queue=False)
         demo.load(
             lambda: [gr.update(choices=engine.list_adapters())] * len(dropdowns),
             None,
