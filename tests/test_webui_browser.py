@@ -205,6 +205,10 @@ def test_browser_train_tab(train_app_url):
             except Exception:
                 page.screenshot(path=str(ARTIFACTS / "webui_train_failure.png"), full_page=True)
                 raise
+            page.locator("#train-thumbnails img").nth(2).wait_for(
+                state="visible", timeout=20_000
+            )  # thumbnails
+            assert page.locator("#train-keep-on-cancel input[type=checkbox]").is_checked()
             page.locator("#train-prompt textarea").fill("a photo of sks toy")
             page.locator("#train-name textarea").fill("subject-toy")
             page.locator("#train-start").click()
@@ -223,6 +227,10 @@ def test_browser_train_tab(train_app_url):
                 timeout=10_000,
             )
             page.locator("#train-preview img").wait_for(state="visible", timeout=10_000)
+            page.locator("#train-preview").get_by_text("a photo of sks toy").wait_for(
+                timeout=10_000
+            )  # labelled
+            assert "step 200" in page.locator("#train-preview").inner_text()
             page.screenshot(path=str(ARTIFACTS / "webui_train.png"), full_page=True)
             # the new adapter is selectable at once in the Generate tab
             page.get_by_role("tab", name="Generate").click()

@@ -471,3 +471,36 @@ def test_history_newest_first_in_pages(tmp_path):
     assert engine.history(2, per_page=2)[0] == [made[0]]
     with pytest.raises(ValueError, match="start at 1"):
         engine.history(0)
+
+
+def test_cancelled_job_can_keep_the_adapter_trained_so_far(tmp_path, lora_file):
+    gate = threading.Event()
+    jobs = TrainingJobs(
+        "base",
+        tmp_path / "adapters",
+        tmp_path / "work",
+        backend=FakeTraining(lora_file, step_delay=0.05, gate=gate),
+    )
+    req = TrainRequest(images=_images(tmp_path / "in", 3), instance_prompt="sks", adapter_name="partial",
+                       steps=1000, keep_on_cancel=True)  # fmt: skip
+    jobs.start(req)
+    gate.set()
+    for _ in range(200):
+        if jobs.status().step >= 3:
+            break
+        threading.Event().wait(0.02)
+    jobs.cancel()
+    st = jobs.wait(20)
+    assert st.state == "cancelled" and "the adapter trained so far is partial.safetensors" in st.message
+    assert (tmp_path / "adapters" / "partial.safetensors").read_bytes() == lora_file.read_bytes()
+
+
+def test_loss_frame_raw_and_smoothed():
+    from moslora_diffusion.webui.ui import loss_frame
+
+    losses = [(i, float(i % 2)) for i in range(1, 41)]  # 0/1 alternating: the mean of 2 is 0.5
+    frame = loss_frame(losses)
+    raw = frame[frame["curve"] == "raw"]
+    smooth = frame[frame["curve"].str.startswith("smoothed")]
+    assert list(raw["loss"]) == [v for _, v in losses] and list(raw["step"]) == list(range(1, 41))
+    assert smooth["curve"].iloc[0] == "smoothed (mean of 2)" and all(smooth["loss"].iloc[1:] == 0.5)

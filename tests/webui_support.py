@@ -87,7 +87,7 @@ class FakeTraining:
                                          lr=None, images=[Image.new("RGB", (32, 32), "green")], message=None))  # fmt: skip
         cancelled = done < cfg.max_train_steps
         weights = None
-        if done and not cancelled:
+        if done:  # like the real trainer: a stopped run still writes the adapter of the steps done
             weights = out / "pytorch_lora_weights.safetensors"
             weights.write_bytes(self.lora_source.read_bytes())
         return SimpleNamespace(output_dir=out, weights_path=weights, steps_done=done, cancelled=cancelled,

@@ -71,6 +71,7 @@ class TrainRequest:
     num_class_images: int = 20
     resolution: int | None = None
     validation_every: int | None = None
+    keep_on_cancel: bool = False  # a cancelled job still installs the adapter trained so far
 
 
 @dataclass
@@ -83,6 +84,7 @@ class JobStatus:
     losses: list[tuple[int, float]] = field(default_factory=list)
     preview: Any = None  # PIL image of the latest validation sample
     preview_step: int | None = None
+    preview_prompt: str = ""  # the prompt the previews are drawn with
     message: str = ""
     adapter_name: str | None = None
     finished: int = 0  # increases each time a job ends (lets the UI refresh its adapter lists once)
@@ -291,11 +293,15 @@ class TrainingJobs:
                 state="running",
                 max_steps=steps,
                 message=f"training {name} ({req.adapter}, rank {rank}, {steps} steps)",
+                preview_prompt=prompt,
                 finished=finished,
                 started_at=time.time(),
             )
             self._thread = threading.Thread(
-                target=self._run, args=(cfg, name), name="moslora-train", daemon=True
+                target=self._run,
+                args=(cfg, name, bool(req.keep_on_cancel)),
+                name="moslora-train",
+                daemon=True,
             )
             self._thread.start()
         return self.status()
@@ -318,11 +324,19 @@ class TrainingJobs:
             thread.join(timeout)
         return self.status()
 
-    def _run(self, cfg: Any, name: str) -> None:
+    def _run(self, cfg: Any, name: str, keep_on_cancel: bool = False) -> None:
         backend = self.backend()
         try:
             result = backend.run_training(cfg, callback=self._on_event, should_stop=self._cancel.is_set)
-            if result.cancelled or self._cancel.is_set():
+            written = result.weights_path is not None and Path(result.weights_path).is_file()
+            if (result.cancelled or self._cancel.is_set()) and keep_on_cancel and written:
+                adapter = _install_adapter(Path(result.weights_path), self.adapters_dir, name)
+                state, message = (
+                    "cancelled",
+                    f"cancelled after {result.steps_done} steps; the adapter trained so far is {adapter} "
+                    "in the adapters folder",
+                )
+            elif result.cancelled or self._cancel.is_set():
                 state, adapter, message = (
                     "cancelled",
                     None,

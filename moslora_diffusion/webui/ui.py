@@ -408,6 +408,9 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
                 type="filepath",
                 elem_id="train-images",
             )
+            thumbnails = gr.Gallery(
+                label="Uploaded", columns=6, height=120, allow_preview=False, elem_id="train-thumbnails"
+            )
             prompt = gr.Textbox(
                 label="Instance prompt", placeholder="a photo of sks toy", elem_id="train-prompt"
             )
@@ -423,6 +426,9 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
             with gr.Accordion("More", open=False):
                 seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=MAX_SEED)
                 n_class = _number(20, "Class images", 500)
+            keep = gr.Checkbox(
+                value=True, label="On cancel, keep the adapter trained so far", elem_id="train-keep-on-cancel"
+            )
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -430,7 +436,9 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
             tab = TrainTab(
                 gr.HTML(_progress_html(0, 0, "idle")),
                 gr.Markdown("", elem_id="train-message"),
-                gr.LinePlot(x="step", y="loss", title="Training loss", height=220),
+                gr.LinePlot(
+                    x="step", y="loss", color="curve", title="Training loss", height=220, elem_id="train-loss"
+                ),
                 gr.Image(
                     label="Latest preview",
                     type="pil",
@@ -440,7 +448,15 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
                 ),
             )
 
-    def ui_train(images, instance_prompt, class_prompt, n_steps, rank, lr, kind, name, seed, n_class):
+    images.change(
+        lambda files: [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])],
+        images,
+        thumbnails,
+        **_PRIVATE,
+        queue=False,
+    )
+
+    def ui_train(images, instance_prompt, class_prompt, n_steps, rank, lr, kind, name, seed, n_class, keep):
         with user_errors("training"):
             files_in = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (images or [])]
             st = jobs.start(
@@ -455,13 +471,14 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
                     adapter=kind,
                     seed=seed or 0,
                     num_class_images=n_class or 20,
+                    keep_on_cancel=bool(keep),
                 )
             )
         return st.message
 
     start.click(
         ui_train,
-        [images, prompt, class_prompt, steps, rank, lr, kind, name, seed, n_class],
+        [images, prompt, class_prompt, steps, rank, lr, kind, name, seed, n_class, keep],
         tab.message,
         **_PRIVATE,
         concurrency_id="train",
@@ -475,6 +492,23 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
         queue=False,
     )
     return tab
+
+
+def loss_frame(losses: list[tuple[int, float]]) -> Any:
+    """The loss curve for the plot: every step ("raw") and a moving average ("smoothed")."""
+    import pandas as pd
+
+    steps = [s for s, _ in losses]
+    raw = pd.Series([v for _, v in losses], dtype="float64")
+    window = max(1, len(losses) // 20)
+    smooth = raw.rolling(window, min_periods=1).mean()
+    return pd.DataFrame(
+        {
+            "step": pd.Series(steps + steps, dtype="int64"),
+            "loss": pd.concat([raw, smooth], ignore_index=True),
+            "curve": ["raw"] * len(steps) + [f"smoothed (mean of {window})"] * len(steps),
+        }
+    )
 
 
 def _training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | None):
@@ -494,19 +528,16 @@ def _training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | 
         text = f"{st.state}: step {st.step}/{st.max_steps}"
         if st.losses:
             text += f", loss {st.losses[-1][1]:.4f}"
-        import pandas as pd
-
-        loss_df = pd.DataFrame(
-            {
-                "step": pd.Series([s for s, _ in st.losses], dtype="int64"),
-                "loss": pd.Series([v for _, v in st.losses], dtype="float64"),
-            }
-        )
+        preview = gr.skip()
+        if st.preview is not None:
+            preview = gr.update(
+                value=_enlarge(st.preview), label=f"step {st.preview_step}: {st.preview_prompt}"
+            )
         outs = [
             _progress_html(st.step, st.max_steps, text),
             html.escape(st.message),
-            loss_df,
-            _enlarge(st.preview) if st.preview is not None else gr.skip(),
+            loss_frame(st.losses),
+            preview,
         ]
         drops = _refreshed(engine, values) if st.finished != seen else [gr.skip()] * len(values)
         return [note, st.finished, *outs, *drops]
