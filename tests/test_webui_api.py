@@ -431,3 +431,27 @@ def test_api_adapters_list_scheduler_choices_and_png_info(server, tmp_path):
     Image.new("RGB", (8, 8)).save(plain)
     with pytest.raises(Exception, match="no 'parameters' text chunk"):
         client.predict(gradio_client.handle_file(str(plain)), api_name="/png_info")
+
+
+def test_img2img_endpoint(server, tmp_path):
+    """Issue "Web UI for daily use": img2img with a strength; the same seed and image give the same result."""
+    client = server["client"]
+    start = tmp_path / "start.png"
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(start)  # resized to the requested size
+    other = tmp_path / "other.png"
+    Image.new("RGB", (32, 32), (20, 30, 220)).save(other)
+
+    def img2img(path, strength, **kw):
+        return client.predict(**{**COMMON, "steps": 6, "seed": 4, **kw}, image=gradio_client.handle_file(str(path)),
+                              strength=strength, api_name="/img2img")[0]  # fmt: skip
+
+    a, b = img2img(start, 0.5), img2img(start, 0.5)
+    assert np.array_equal(_pixels(a), _pixels(b)) and Image.open(a).size == (32, 32)
+    assert not np.array_equal(_pixels(a), _pixels(img2img(other, 0.5)))  # the start image matters
+    params = parse_parameters(read_parameters(a))
+    assert params["Denoising strength"] == "0.5"
+    with pytest.raises(Exception, match="denoising strength must be above 0"):
+        img2img(start, 0.0)
+    with_adapter = img2img(start, 0.5, adapter="plain.safetensors")
+    assert "plain.safetensors: 1" in read_parameters(with_adapter)
+    assert not np.array_equal(_pixels(a), _pixels(with_adapter))  # adapters apply to img2img too

@@ -504,3 +504,22 @@ def test_loss_frame_raw_and_smoothed():
     smooth = frame[frame["curve"].str.startswith("smoothed")]
     assert list(raw["loss"]) == [v for _, v in losses] and list(raw["step"]) == list(range(1, 41))
     assert smooth["curve"].iloc[0] == "smoothed (mean of 2)" and all(smooth["loss"].iloc[1:] == 0.5)
+
+
+def test_img2img_runs_the_strength_share_of_the_steps(tmp_path):
+    from moslora_diffusion.webui.engine import Engine
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    start = Image.new("RGB", (32, 32), (200, 30, 30))
+    for strength, steps_run in ((0.2, 2), (1.0, 10)):
+        seen = []
+        req = GenerationRequest(
+            prompt="a", steps=10, width=32, height=32, seed=3, init_image=start, strength=strength
+        )
+        engine.generate(req, lambda done, total, seen=seen: seen.append((done, total)))
+        assert seen[-1] == (steps_run, steps_run)
+    with pytest.raises(ValueError, match="img2img input must be an image"):
+        engine.generate(
+            GenerationRequest(prompt="a", steps=2, width=32, height=32, init_image="not an image")
+        )

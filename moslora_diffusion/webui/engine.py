@@ -85,7 +85,11 @@ class Limits:
 
 @dataclass
 class GenerationRequest:
-    """One text-to-image request. ``seed`` -1 means random; ``adapters`` are (file name, strength)."""
+    """One request. ``seed`` -1 means random; ``adapters`` are (file name, strength).
+
+    With ``init_image`` (a PIL image) it is img2img: the image, resized to width x height, is noised to
+    ``strength`` (0 keeps it, 1 replaces it) and denoised with the prompt.
+    """
 
     prompt: str
     negative_prompt: str = ""
@@ -97,6 +101,8 @@ class GenerationRequest:
     scheduler: str = "DDIM"
     num_images: int = 1
     adapters: list[tuple[str, float]] = field(default_factory=list)
+    init_image: Any = None
+    strength: float = 0.75
 
 
 @dataclass
@@ -187,6 +193,13 @@ def validate_request(req: GenerationRequest, limits: Limits) -> GenerationReques
     _in_range("number of images", n, 1, limits.max_images)
     if req.scheduler not in SCHEDULERS:
         raise RequestError(f"unknown scheduler {req.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    denoise = req.strength
+    if req.init_image is not None:
+        if not hasattr(req.init_image, "convert"):
+            raise RequestError("the img2img input must be an image")
+        denoise = _as_float("denoising strength", req.strength)
+        if not 0.0 < denoise <= 1.0:
+            raise RequestError(f"denoising strength must be above 0 and at most 1, got {denoise:g}")
     requested = [*req.adapters, *tagged]
     if len(requested) > MAX_ADAPTER_SLOTS:
         raise RequestError(f"at most {MAX_ADAPTER_SLOTS} adapters at once (slots and <lora:…> tags together)")
@@ -204,6 +217,7 @@ def validate_request(req: GenerationRequest, limits: Limits) -> GenerationReques
         seed=seed,
         num_images=n,
         adapters=adapters,
+        strength=denoise,
         **sizes,
     )
 
@@ -309,6 +323,7 @@ class Engine:
         self.defaults = _default_settings(pipe, self.base_model)
         self.lock = threading.Lock()
         self._stop = threading.Event()
+        self._img2img: Any = None
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._schedulers: dict[str, Any] = {}
         self._loaded: OrderedDict[str, tuple[tuple[int, int], str]] = OrderedDict()
@@ -438,6 +453,7 @@ class Engine:
             "Size": f"{req.width}x{req.height}",
             "Model": self.base_name,
             "Adapters": format_adapters(req.adapters) or None,
+            "Denoising strength": f"{req.strength:g}" if req.init_image is not None else None,
             **(extra or {}),
             "Version": f"moslora-diffusion {__version__}",
         }
@@ -453,19 +469,35 @@ class Engine:
                 on_step()
             return kwargs
 
+        kwargs: dict[str, Any] = dict(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt or None,
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance_scale,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            callback_on_step_end=callback,
+            output_type="pil",
+        )
+        if req.init_image is None:
+            pipe = self.pipe
+            kwargs.update(width=req.width, height=req.height)
+        else:
+            pipe = self._img2img_pipe()
+            pipe.scheduler = self.pipe.scheduler
+            image = req.init_image.convert("RGB").resize((req.width, req.height), 1)  # 1 = Lanczos
+            kwargs.update(image=image, strength=req.strength)
         with torch.inference_mode():
-            out = self.pipe(
-                prompt=req.prompt,
-                negative_prompt=req.negative_prompt or None,
-                num_inference_steps=req.steps,
-                guidance_scale=req.guidance_scale,
-                width=req.width,
-                height=req.height,
-                generator=torch.Generator(device="cpu").manual_seed(seed),
-                callback_on_step_end=callback,
-                output_type="pil",
-            )
+            out = pipe(**kwargs)
         return out.images[0]
+
+    def _img2img_pipe(self) -> Any:
+        """The img2img pipeline of the loaded model, sharing its modules (and so its adapters)."""
+        if self._img2img is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
 
     def history(self, page: int = 1, per_page: int = 24) -> tuple[list[Path], int]:
         """PNGs written to the outputs folder, newest first: (this page's files, number of pages)."""
@@ -498,7 +530,9 @@ class Engine:
         for name, _ in req.adapters:
             self.adapter_path(name)  # refuse bad names before waiting for the lock
         seed = random.randint(0, MAX_SEED - req.num_images) if req.seed == -1 else req.seed
-        on_step = _step_counter(req.steps * req.num_images, progress)
+        # img2img runs only the last `strength` share of the schedule
+        steps = req.steps if req.init_image is None else max(1, int(req.steps * req.strength))
+        on_step = _step_counter(steps * req.num_images, progress)
 
         self._acquire()
         self._stop.clear()

@@ -232,6 +232,15 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
             with gr.Row():
                 random_seed = gr.Checkbox(value=True, label="Random seed")
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+            with gr.Accordion("img2img: start from an image", open=False):
+                init_image = gr.Image(
+                    label="Start image (resized to width x height)", type="pil", sources=["upload", "clipboard"],
+                    elem_id="img2img-input",
+                )  # fmt: skip
+                denoise = gr.Slider(
+                    0.05, 1.0, value=0.75, step=0.05, label="Denoising strength (0 keeps the image, 1 replaces it)",
+                    elem_id="img2img-strength",
+                )  # fmt: skip
             with gr.Accordion("Adapters", open=True):
                 choices = engine.list_adapters()
                 slots = [_adapter_slot(engine, i, choices) for i in range(MAX_ADAPTER_SLOTS)]
@@ -256,8 +265,8 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
                 reuse_seed = gr.Button("Reuse seed", size="sm", elem_id="reuse-seed", scale=1)
             params_box = gr.Textbox(label="Parameters (PNG 'parameters' chunk)", lines=4, interactive=False)
 
-    def ui_generate(prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n, *slot_values,
-                    progress=gr.Progress()):  # fmt: skip
+    def ui_generate(prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n, init, strength,
+                    *slot_values, progress=gr.Progress()):  # fmt: skip
         triples = [slot_values[i : i + 3] for i in range(0, len(slot_values), 3)]
         with user_errors("generation"):
             req = GenerationRequest(
@@ -271,6 +280,8 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
                 scheduler=scheduler,
                 num_images=n,
                 adapters=[(a, s) for e, a, s in triples if e and a],
+                init_image=init,
+                strength=strength,
             )
         results = _generate(engine, req, progress)
         used, limit = engine.prompt_tokens(req.prompt)
@@ -286,7 +297,20 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
     for box, counter in ((prompt, tokens), (negative, negative_tokens)):
         box.change(lambda text: _token_count(engine, text), box, counter, **_PRIVATE, queue=False)
     stop_btn.click(engine.stop, None, None, **_PRIVATE, queue=False)  # outside the queue the generation holds
-    inputs = [prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n_images]
+    inputs = [
+        prompt,
+        negative,
+        steps,
+        cfg,
+        random_seed,
+        seed,
+        scheduler,
+        width,
+        height,
+        n_images,
+        init_image,
+        denoise,
+    ]
     generate_btn.click(
         ui_generate,
         inputs + [w for slot in slots for w in slot],
@@ -678,6 +702,7 @@ def build_api_endpoint(engine: Engine) -> None:
         ]
         output = gr.File(file_count="multiple", label="images")
         button = gr.Button("api")
+        img_in = [gr.Image(type="pil", label="image"), gr.Number(value=0.75, label="strength")]
         png_in = gr.File(type="filepath", label="image")
         png_out = [gr.Textbox(label="parameters"), gr.JSON(label="fields")]
         png_button = gr.Button("png_info")
@@ -700,11 +725,35 @@ def build_api_endpoint(engine: Engine) -> None:
         )
         return [str(r.path) for r in _generate(engine, req)]
 
+    def api_img2img(prompt, negative_prompt, seed, steps, guidance_scale, width, height, scheduler, adapter,
+                    adapter_scale, num_images, adapters, image, strength):  # fmt: skip
+        """img2img: `image` (resized to width x height) denoised from `strength` (0 keeps it, 1 replaces it)
+        with the prompt; the other arguments as for /generate."""
+        if image is None:
+            raise gr.Error("give an image to start from", print_exception=False)
+        req = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt or "",
+            steps=steps,
+            guidance_scale=guidance_scale,
+            seed=seed if seed is not None else -1,
+            width=width,
+            height=height,
+            scheduler=scheduler,
+            num_images=num_images if num_images is not None else 1,
+            adapters=_api_adapters(adapter, adapter_scale, adapters),
+            init_image=image,
+            strength=0.75 if strength is None else strength,
+        )
+        return [str(r.path) for r in _generate(engine, req)]
+
     def api_png_info(path):
         """The `parameters` text chunk of a PNG (ours or AUTOMATIC1111's) and its fields."""
         return _png_info(path)
 
     button.click(api_generate, inputs, output, api_name="generate", **_DEVICE)
+    img_button = gr.Button("img2img", visible=False)
+    img_button.click(api_img2img, [*inputs, *img_in], output, api_name="img2img", **_DEVICE)
     png_button.click(api_png_info, png_in, png_out, api_name="png_info")
 
 
