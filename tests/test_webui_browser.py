@@ -59,6 +59,10 @@ def app_url(tmp_path_factory):
     base = os.environ.get("WEBUI_BASE_MODEL") or str(setup["base"])
     adapters = os.environ.get("WEBUI_ADAPTERS_DIR") or str(setup["adapters"])
     cmd = [sys.executable, str(ROOT / "app" / "app.py"), "--base-model", base]
+    from moslora_diffusion.tiny import save_tiny_pipeline
+
+    models = setup["root"] / "models"
+    save_tiny_pipeline("sdxl", models / "tiny-xl")  # a second base model for the model menu
     cmd += [
         "--adapters-dir",
         adapters,
@@ -66,6 +70,8 @@ def app_url(tmp_path_factory):
         str(setup["outputs"]),
         "--port",
         str(port),
+        "--models-dir",
+        str(models),
     ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=setup["root"])
     try:
@@ -325,5 +331,29 @@ def test_browser_png_info_sends_every_field_to_generate(app_url, tmp_path):
             assert page.locator("#steps input[type=number]").input_value() == "3"
             assert page.locator("#adapter-1 input").input_value() == "plain.safetensors"
             assert page.locator("#enable-1 input[type=checkbox]").is_checked()
+        finally:
+            browser.close()
+
+
+def test_browser_switches_the_base_model(app_url):
+    """Issue "Web UI for daily use": the base-model menu loads another model; picked adapters are re-checked."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url, wait_until="load", timeout=60_000)
+            page.locator("#adapter-1 input").fill("plain.safetensors")
+            page.keyboard.press("Enter")
+            page.locator("#adapter-info-1").get_by_text("LoRA (diffusers/PEFT)").wait_for(timeout=30_000)
+            page.locator("#base-model input").click()
+            page.get_by_role("option", name="tiny-xl").click()
+            page.locator("#header").get_by_text("(sdxl)").wait_for(timeout=120_000)
+            page.locator("#adapter-info-1").get_by_text("refused").wait_for(timeout=30_000)  # SD1 adapter
+            assert not page.locator("#enable-1 input[type=checkbox]").is_checked()
+            page.locator("#base-model input").click()
+            page.get_by_role("option", name="base").click()  # back, for the other tests of this app
+            page.locator("#header").get_by_text("(sd1)").wait_for(timeout=120_000)
         finally:
             browser.close()

@@ -523,3 +523,40 @@ def test_img2img_runs_the_strength_share_of_the_steps(tmp_path):
         engine.generate(
             GenerationRequest(prompt="a", steps=2, width=32, height=32, init_image="not an image")
         )
+
+
+def test_switching_the_base_model_rechecks_adapters(tmp_path):
+    """Issue "Web UI for daily use": switching unloads the old model; adapters are checked against the new one."""
+    from moslora_diffusion.errors import AdapterMismatchError
+    from moslora_diffusion.tiny import save_tiny_pipeline
+    from moslora_diffusion.webui.engine import Engine
+
+    setup = make_tiny_setup(tmp_path)
+    xl = save_tiny_pipeline("sdxl", tmp_path / "models" / "tiny-xl")
+    engine = Engine.from_pretrained(
+        setup["base"], setup["adapters"], setup["outputs"], models={"tiny-xl": str(xl)}
+    )
+    assert set(engine.models) == {"tiny-xl", "base"} and engine.model_name == "base"
+    req = GenerationRequest(
+        prompt="a", steps=1, width=32, height=32, seed=1, adapters=[("plain.safetensors", 1.0)]
+    )
+    engine.generate(req)
+    assert engine.pipe.get_list_adapters()
+    with pytest.raises(ValueError, match="unknown base model"):
+        engine.switch_model("/etc")  # names from the list only, never a path
+    engine.switch_model("tiny-xl")
+    assert (
+        engine.architecture == "sdxl"
+        and engine.model_name == "tiny-xl"
+        and engine.pipe.get_list_adapters() == {}
+    )
+    with pytest.raises(AdapterMismatchError):
+        engine.adapter_info("plain.safetensors")  # an SD1 adapter does not fit the SDXL model
+    assert engine.adapter_info("xl_only.safetensors")["kind"] == "diffusers"
+    assert engine.generate(
+        GenerationRequest(
+            prompt="a", steps=1, width=32, height=32, seed=1, adapters=[("xl_only.safetensors", 1.0)]
+        )
+    )
+    engine.switch_model("base")
+    assert engine.architecture == "sd1"

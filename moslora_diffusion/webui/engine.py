@@ -10,6 +10,7 @@ Everything here is plain Python (no Gradio), so it can be used and tested direct
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import os
@@ -241,6 +242,20 @@ def _resolve_device(device: str | None) -> str:
     return device
 
 
+def list_models(models_dir: str | os.PathLike | None) -> dict[str, str]:
+    """Base models a server offers: the bundled toy-world model and every diffusers folder in ``models_dir``."""
+    found: dict[str, str] = {}
+    toy = toyworld.base_model_path()
+    if (toy / "model_index.json").is_file():
+        found["toy-world (bundled)"] = str(toy)
+    root = Path(models_dir) if models_dir else None
+    if root is not None and root.is_dir():
+        for entry in sorted(root.iterdir()):
+            if (entry / "model_index.json").is_file() and not entry.name.startswith("."):
+                found[entry.name] = str(entry)
+    return found
+
+
 def load_pipeline(base_model: str | os.PathLike, device: str | None = None, dtype: str | None = None):
     """Load a diffusers text-to-image pipeline (folder or hub id; safetensors weights only)."""
     from diffusers import DiffusionPipeline
@@ -312,24 +327,59 @@ class Engine:
         output_dir: str | os.PathLike,
         limits: Limits | None = None,
         max_loaded_adapters: int = 8,
+        models: dict[str, str] | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
     ):
-        self.pipe = pipe
-        self.base_model = str(base_model)
-        self.base_name = Path(self.base_model).name or self.base_model
         self.adapters_dir = Path(adapters_dir)
         self.output_dir = Path(output_dir)
         self.limits = limits or Limits()
-        self.architecture = architectures.detect_pipeline(pipe)
-        self.defaults = _default_settings(pipe, self.base_model)
         self.lock = threading.Lock()
         self._stop = threading.Event()
-        self._img2img: Any = None
-        self._base_scheduler_config = dict(pipe.scheduler.config)
-        self._schedulers: dict[str, Any] = {}
-        self._loaded: OrderedDict[str, tuple[tuple[int, int], str]] = OrderedDict()
         self._ids = itertools.count()
         self._files = itertools.count()
         self._max_loaded = max_loaded_adapters
+        self._device, self._dtype = device, dtype
+        self._use_pipeline(pipe, base_model)
+        # the base models this server may switch to, by name (never a path a client sends)
+        self.models = dict(models or {})
+        if self.base_model not in self.models.values():
+            self.models[self.base_name] = self.base_model
+
+    @property
+    def model_name(self) -> str:
+        """The name of the loaded base model in :attr:`models`."""
+        return next(name for name, path in self.models.items() if path == self.base_model)
+
+    def _use_pipeline(self, pipe: Any, base_model: str | os.PathLike) -> None:
+        """Make ``pipe`` the loaded model; everything derived from the previous one is dropped."""
+        self.pipe = pipe
+        self.base_model = str(base_model)
+        self.base_name = Path(self.base_model).name or self.base_model
+        self.architecture = architectures.detect_pipeline(pipe)
+        self.defaults = _default_settings(pipe, self.base_model)
+        self._img2img: Any = None
+        self._base_scheduler_config = dict(pipe.scheduler.config)
+        self._schedulers: dict[str, Any] = {}
+        # adapters live in the old pipeline's layers: they go with it, and are checked afresh on next use
+        self._loaded: OrderedDict[str, tuple[tuple[int, int], str]] = OrderedDict()
+
+    def switch_model(self, name: str) -> None:
+        """Load the base model called ``name`` in :attr:`models` and drop the old one (waits for the device)."""
+        if name not in self.models:
+            raise RequestError(f"unknown base model {name!r}; choose one of {', '.join(self.models)}")
+        if self.models[name] == self.base_model:
+            return
+        pipe = None
+        self._acquire()
+        try:
+            old = self.pipe
+            pipe = load_pipeline(self.models[name], self._device, self._dtype)
+            self._use_pipeline(pipe, self.models[name])
+            del old
+            gc.collect()
+        finally:
+            self.lock.release()
 
     @classmethod
     def from_pretrained(
@@ -340,8 +390,18 @@ class Engine:
         device: str | None = None,
         dtype: str | None = None,
         limits: Limits | None = None,
+        models: dict[str, str] | None = None,
     ) -> Engine:
-        return cls(load_pipeline(base_model, device, dtype), base_model, adapters_dir, output_dir, limits)
+        return cls(
+            load_pipeline(base_model, device, dtype),
+            base_model,
+            adapters_dir,
+            output_dir,
+            limits,
+            models=models,
+            device=device,
+            dtype=dtype,
+        )
 
     # ---- prompts --------------------------------------------------------------------------------------
 

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="diffusers pipeline folder or hub id (default: the bundled toy-world base model)",
     )
     p.add_argument(
+        "--models-dir",
+        default=None,
+        help="folder of diffusers model folders offered in the base-model menu (the bundled toy model always is)",
+    )
+    p.add_argument(
         "--adapters-dir", default="adapters", help="folder of .safetensors adapters (default: ./adapters)"
     )
     p.add_argument(
@@ -72,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def create_app(args: argparse.Namespace):
     """Load the model and build the Blocks app; returns (demo, engine, jobs)."""
-    from .engine import Engine, Limits
+    from .engine import Engine, Limits, list_models
     from .jobs import TrainingJobs
     from .ui import build_ui
 
@@ -84,7 +89,15 @@ def create_app(args: argparse.Namespace):
     adapters_dir = Path(args.adapters_dir)
     adapters_dir.mkdir(parents=True, exist_ok=True)
     limits = Limits(max_size=args.max_size, max_images=args.max_images)
-    engine = Engine.from_pretrained(base, adapters_dir, args.output_dir, args.device, args.dtype, limits)
+    engine = Engine.from_pretrained(
+        base,
+        adapters_dir,
+        args.output_dir,
+        args.device,
+        args.dtype,
+        limits,
+        models=list_models(args.models_dir),
+    )
     jobs = None
     if not args.no_train:
         work = args.work_dir or tempfile.mkdtemp(prefix="moslora-webui-train-")

@@ -160,6 +160,7 @@ class GenerateTab:
     width: Any
     height: Any
     slots: list[tuple[Any, Any, Any]]  # (enable, adapter name, strength)
+    infos: list[Any]  # each slot's description / refusal
     refresh: Any
 
     @property
@@ -190,7 +191,7 @@ def _generate(engine: Engine, req: GenerationRequest, progress: Any = None) -> l
         return engine.generate(req, _step_reporter(progress))
 
 
-def _adapter_slot(engine: Engine, i: int, choices: list[str]) -> tuple[Any, Any, Any]:
+def _adapter_slot(engine: Engine, i: int, choices: list[str]) -> tuple[Any, Any, Any, Any]:
     with gr.Row(equal_height=True):
         enable = gr.Checkbox(
             value=False, label=f"Slot {i + 1}", scale=0, min_width=90, elem_id=f"enable-{i + 1}"
@@ -207,7 +208,7 @@ def _adapter_slot(engine: Engine, i: int, choices: list[str]) -> tuple[Any, Any,
         return text, gr.update(value=bool(value) and not text.startswith(REFUSED))
 
     name.change(picked, name, [info, enable], **_PRIVATE, queue=False)
-    return enable, name, strength
+    return enable, name, strength, info
 
 
 def build_generate_tab(engine: Engine) -> GenerateTab:
@@ -243,7 +244,8 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
                 )  # fmt: skip
             with gr.Accordion("Adapters", open=True):
                 choices = engine.list_adapters()
-                slots = [_adapter_slot(engine, i, choices) for i in range(MAX_ADAPTER_SLOTS)]
+                slot_parts = [_adapter_slot(engine, i, choices) for i in range(MAX_ADAPTER_SLOTS)]
+                slots, infos = [part[:3] for part in slot_parts], [part[3] for part in slot_parts]
                 refresh = gr.Button("Refresh adapter list", size="sm")
         with gr.Column(scale=2):
             with gr.Row():
@@ -326,7 +328,7 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
         queue=False,
     )
     return GenerateTab(
-        prompt, negative, random_seed, seed, steps, cfg, scheduler, width, height, slots, refresh
+        prompt, negative, random_seed, seed, steps, cfg, scheduler, width, height, slots, infos, refresh
     )
 
 
@@ -778,12 +780,43 @@ _PAGE_JS = """
 """
 
 
+def _header(engine: Engine, title: str) -> str:
+    return (
+        f"## {html.escape(title)}\nBase model: `{html.escape(engine.base_name)}` ({engine.architecture}) · "
+        f"adapters folder: `{html.escape(str(engine.adapters_dir))}`"
+    )
+
+
+def _switch_model(engine: Engine, jobs: TrainingJobs | None, generate: GenerateTab, title: str):
+    """The base-model menu's handler: load the model, then refresh what depends on it."""
+
+    def switch(name, *slot_names, progress=gr.Progress()):
+        progress(0.1, desc=f"loading {name}")
+        with user_errors("switching the base model"):
+            engine.switch_model(name)
+        if jobs is not None:  # the Train tab trains on the model shown
+            jobs.base_model, jobs.sampler_defaults = engine.base_model, engine.defaults
+        low, native, high = size_bounds(engine)
+        sizes = [gr.update(minimum=low, maximum=high, value=native)] * 2
+        sampler = [engine.defaults["steps"], engine.defaults["guidance_scale"], engine.defaults["scheduler"]]
+        checks = []
+        for value in slot_names:  # adapters picked for the old model are checked against the new one
+            text = _adapter_info_markdown(engine, value)
+            checks += [text, gr.update(value=bool(value) and not text.startswith(REFUSED))]
+        return [_header(engine, title), *sizes, *sampler, *checks]
+
+    outputs = [generate.width, generate.height, generate.steps, generate.cfg, generate.scheduler]
+    for info, (enable, _, _) in zip(generate.infos, generate.slots):
+        outputs += [info, enable]
+    return switch, outputs
+
+
 def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoSLoRA diffusion") -> gr.Blocks:
     """Build the Blocks app for ``engine`` (and the Train tab when ``jobs`` is given)."""
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
-        gr.Markdown(
-            f"## {html.escape(title)}\nBase model: `{html.escape(engine.base_name)}` ({engine.architecture}) · "
-            f"adapters folder: `{html.escape(str(engine.adapters_dir))}`"
+        header = gr.Markdown(_header(engine, title), elem_id="header")
+        model_menu = gr.Dropdown(
+            list(engine.models), value=engine.model_name, label="Base model", elem_id="base-model"
         )
         busy_note = gr.Markdown("", elem_id="busy-note")
         train = None
@@ -801,6 +834,10 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                 build_png_info_tab(generate, tabs)
         build_api_endpoint(engine)
 
+        switch, switch_outputs = _switch_model(engine, jobs, generate, title)
+        model_menu.change(
+            switch, [model_menu, *generate.dropdowns], [header, *switch_outputs], **_PRIVATE, **_DEVICE
+        )
         dropdowns = [*generate.dropdowns, compare_adapter]
         refresh = (lambda *v: _refreshed(engine, v), dropdowns, dropdowns)
         generate.refresh.click(*refresh, **_PRIVATE, queue=False)
