@@ -17,6 +17,8 @@ from tests.webui_support import FakeTraining, free_port, make_tiny_setup
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
+# WEBUI_PROMPT with WEBUI_BASE_MODEL / WEBUI_ADAPTERS_DIR: the docs screenshots with a real model and adapter
+PROMPT = os.environ.get("WEBUI_PROMPT", "a red circle on a blue background")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -96,7 +98,7 @@ def test_browser_generates_an_image(app_url):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(app_url, wait_until="load", timeout=60_000)
             page.locator("#prompt textarea").wait_for(state="visible", timeout=60_000)
-            page.locator("#prompt textarea").fill("a red circle on a blue background")
+            page.locator("#prompt textarea").fill(PROMPT)
             # pick the adapter in slot 1 through the UI, as a user would
             page.locator("#adapter-1 input").fill("plain.safetensors")
             page.keyboard.press("Enter")
@@ -118,7 +120,7 @@ def test_browser_generates_an_image(app_url):
             )
             text = params.input_value()
             assert (
-                text.startswith("a red circle on a blue background")
+                text.startswith(PROMPT)
                 and "Seed:" in text
                 and "Steps: 4," in text
             )
@@ -159,12 +161,14 @@ def test_browser_generates_an_image(app_url):
                 page.screenshot(path=os.environ["WEBUI_SCREENSHOT_TO"], full_page=True)
             # Compare tab: baseline + strengths 0.5, 1 for seeds 1, 2 in one labelled grid
             page.get_by_role("tab", name="Compare").click()
-            page.locator("#compare-prompt textarea").fill("a red circle on a blue background")
+            page.locator("#compare-prompt textarea").fill(PROMPT)
             page.locator("#compare-adapter input").fill("plain.safetensors")
             page.keyboard.press("Enter")
             page.locator("#compare-btn").click()
             page.locator("#compare-grid img").wait_for(state="visible", timeout=120_000)
             page.screenshot(path=str(ARTIFACTS / "webui_compare.png"), full_page=True)
+            if os.environ.get("WEBUI_COMPARE_SCREENSHOT_TO"):  # refresh docs/images/webui_compare.png
+                page.screenshot(path=os.environ["WEBUI_COMPARE_SCREENSHOT_TO"], full_page=True)
         finally:
             browser.close()
     assert (ARTIFACTS / "webui_generate.png").stat().st_size > 10_000
