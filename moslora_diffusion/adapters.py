@@ -12,6 +12,7 @@ from torch import nn
 from .config import MoSLoraConfig
 from .errors import AdapterMismatchError
 from .layer import MoSLoraConv2d, MoSLoraLinear
+from .quiet import adding_an_adapter
 
 
 def _target_matches(name: str, targets: str | list[str] | set[str]) -> bool:
@@ -46,10 +47,11 @@ def add_moslora_adapter(model: nn.Module, config: MoSLoraConfig, adapter_name: s
                     "add the MoSLoRA adapter first, or remove the LoRA adapters"
                 )
     # diffusers' ModelMixin.add_adapter wraps this same call and records the config for set_adapters.
-    if hasattr(model, "add_adapter") and type(model).__module__.startswith("diffusers"):
-        model.add_adapter(config, adapter_name=adapter_name)
-    else:
-        inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    with adding_an_adapter():
+        if hasattr(model, "add_adapter") and type(model).__module__.startswith("diffusers"):
+            model.add_adapter(config, adapter_name=adapter_name)
+        else:
+            inject_adapter_in_model(config, model, adapter_name=adapter_name)
     return model
 
 

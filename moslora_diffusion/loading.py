@@ -26,7 +26,7 @@ from .formats.inspect import AdapterHeader, ModuleShape, header_of_state_dict, r
 from .formats.naming import kohya_module_name, path_variants
 from .formats.native import FORMAT_TAG, FORMAT_VERSION, MoSLoraFile, load_moslora_file
 from .formats.safetensors_io import check_not_pickle
-from .quiet import dropping
+from .quiet import adding_an_adapter, dropping
 
 __all__ = [
     "install_pipeline_methods",
@@ -254,13 +254,16 @@ def load_moslora_weights(
         plain_kwargs = {**plain, **kwargs}
         if isinstance(plain_kwargs["pretrained_model_name_or_path_or_dict"], str):
             plain_kwargs["use_safetensors"] = True  # never fall back to unpickling a .bin
-        with _quiet_about_absent_components(self, {m.component for m in header.modules}):
+        with _quiet_about_absent_components(self, {m.component for m in header.modules}), adding_an_adapter():
             self.load_lora_weights(adapter_name=name, **plain_kwargs)
         return name
 
     state_dict = fold_for_pipeline(self, adapter)
     try:
-        with _quiet_about_absent_components(self, {m.component for m in adapter.modules()}):
+        with (
+            _quiet_about_absent_components(self, {m.component for m in adapter.modules()}),
+            adding_an_adapter(),
+        ):
             self.load_lora_weights(state_dict, adapter_name=name, **kwargs)
     except Exception:
         if name not in in_use:

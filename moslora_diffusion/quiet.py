@@ -7,10 +7,11 @@ at the source instead (e.g. ``dtype=`` rather than the deprecated ``torch_dtype=
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["MessageFilter", "dropping", "quiet_entry_point"]
+__all__ = ["MessageFilter", "dropping", "quiet_entry_point", "adding_an_adapter"]
 
 # transformers notes that the safety checker's image processors fall back to PIL without torchvision;
 # Stable Diffusion pipelines never need torchvision for that.
@@ -46,6 +47,17 @@ def dropping(logger_name: str, fragments: Iterable[str]) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(flt)
+
+
+@contextmanager
+def adding_an_adapter() -> Iterator[None]:
+    """PEFT warns "Already found a `peft_config` attribute in the model ... multiple adapters" whenever a second
+    adapter is added to a model: that is what adding one more adapter means, so drop exactly that warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Already found a `peft_config` attribute", category=UserWarning
+        )
+        yield
 
 
 def quiet_entry_point() -> None:

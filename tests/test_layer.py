@@ -12,6 +12,7 @@ from torch import nn
 
 from moslora_diffusion import MoSLoraConfig, add_moslora_adapter, moslora_state_dict
 from moslora_diffusion.layer import MoSLoraConv2d, MoSLoraLinear
+from moslora_diffusion.quiet import adding_an_adapter
 
 
 class Net(nn.Module):
@@ -182,7 +183,10 @@ def test_moslora_on_plain_lora_layer_fails_loudly():
     with pytest.raises(ValueError, match="plain LoRA"):
         add_moslora_adapter(net, MoSLoraConfig(r=4, target_modules=["lin"]), adapter_name="mos")
     # Even through PEFT directly, the mixer is never silently dropped.
-    with pytest.raises(ValueError, match="use_moslora"):
+    with (
+        pytest.raises(ValueError, match="use_moslora"),
+        adding_an_adapter(),
+    ):  # PEFT's "second adapter" notice
         peft.inject_adapter_in_model(MoSLoraConfig(r=4, target_modules=["lin"]), net, adapter_name="mos2")
 
 

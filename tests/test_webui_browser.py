@@ -119,11 +119,7 @@ def test_browser_generates_an_image(app_url):
                 timeout=30_000,
             )
             text = params.input_value()
-            assert (
-                text.startswith(PROMPT)
-                and "Seed:" in text
-                and "Steps: 4," in text
-            )
+            assert text.startswith(PROMPT) and "Seed:" in text and "Steps: 4," in text
             assert "plain.safetensors: 1" in text
             used = page.locator("#used-seed textarea").input_value()
             assert used.isdigit() and f"Seed: {used}," in text

@@ -87,8 +87,7 @@ def _adapter_info_markdown(engine: Engine, name: str | None) -> str:
         return ""
     try:
         return format_info(engine.adapter_info(name))
-    except MoSLoraError as exc:
-        gr.Warning(str(exc))
+    except MoSLoraError as exc:  # shown inline (a toast cannot reach the page from this unqueued event)
         return f"{REFUSED} {html.escape(str(exc))}"
 
 
@@ -709,11 +708,9 @@ def build_api_endpoint(engine: Engine) -> None:
         png_out = [gr.Textbox(label="parameters"), gr.JSON(label="fields")]
         png_button = gr.Button("png_info")
 
-    def api_generate(prompt, negative_prompt, seed, steps, guidance_scale, width, height, scheduler, adapter,
-                     adapter_scale, num_images, adapters):  # fmt: skip
-        """Generate PNG images (with an A1111 `parameters` chunk). Adapters are file names in the adapters folder:
-        `adapter` + `adapter_scale` for one, `adapters` = [[name, strength], ...] for several (both may be given)."""
-        req = GenerationRequest(
+    def request(prompt, negative_prompt, seed, steps, guidance_scale, width, height, scheduler, adapter,
+                adapter_scale, num_images, adapters, **extra) -> GenerationRequest:  # fmt: skip
+        return GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt or "",
             steps=steps,
@@ -724,7 +721,15 @@ def build_api_endpoint(engine: Engine) -> None:
             scheduler=scheduler,
             num_images=num_images if num_images is not None else 1,
             adapters=_api_adapters(adapter, adapter_scale, adapters),
+            **extra,
         )
+
+    def api_generate(prompt, negative_prompt, seed, steps, guidance_scale, width, height, scheduler, adapter,
+                     adapter_scale, num_images, adapters):  # fmt: skip
+        """Generate PNG images (with an A1111 `parameters` chunk). Adapters are file names in the adapters folder:
+        `adapter` + `adapter_scale` for one, `adapters` = [[name, strength], ...] for several (both may be given)."""
+        req = request(prompt, negative_prompt, seed, steps, guidance_scale, width, height, scheduler, adapter,
+                      adapter_scale, num_images, adapters)  # fmt: skip
         return [str(r.path) for r in _generate(engine, req)]
 
     def api_img2img(prompt, negative_prompt, seed, steps, guidance_scale, width, height, scheduler, adapter,
@@ -733,20 +738,9 @@ def build_api_endpoint(engine: Engine) -> None:
         with the prompt; the other arguments as for /generate."""
         if image is None:
             raise gr.Error("give an image to start from", print_exception=False)
-        req = GenerationRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt or "",
-            steps=steps,
-            guidance_scale=guidance_scale,
-            seed=seed if seed is not None else -1,
-            width=width,
-            height=height,
-            scheduler=scheduler,
-            num_images=num_images if num_images is not None else 1,
-            adapters=_api_adapters(adapter, adapter_scale, adapters),
-            init_image=image,
-            strength=0.75 if strength is None else strength,
-        )
+        req = request(prompt, negative_prompt, seed, steps, guidance_scale, width, height, scheduler, adapter,
+                      adapter_scale, num_images, adapters, init_image=image,
+                      strength=0.75 if strength is None else strength)  # fmt: skip
         return [str(r.path) for r in _generate(engine, req)]
 
     def api_png_info(path):
