@@ -156,9 +156,10 @@ def test_multiple_adapters_and_plain_lora_side_by_side():
     torch.manual_seed(0)
     net = Net()
     add_moslora_adapter(net, MoSLoraConfig(r=4, lora_alpha=4, target_modules=["lin"]), adapter_name="mos")
-    peft.inject_adapter_in_model(
-        LoraConfig(r=2, lora_alpha=2, target_modules=["lin"]), net, adapter_name="plain"
-    )
+    with adding_an_adapter():
+        peft.inject_adapter_in_model(
+            LoraConfig(r=2, lora_alpha=2, target_modules=["lin"]), net, adapter_name="plain"
+        )
     assert isinstance(net.lin, MoSLoraLinear)
     assert "mos" in net.lin.lora_mixer and "plain" not in net.lin.lora_mixer
     assert "plain" not in net.lin.lora_variant
