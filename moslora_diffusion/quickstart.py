@@ -52,8 +52,12 @@ def run_quickstart(argv: Sequence[str] | None = None) -> Path:
 
     started = time.time()
     args = list(argv or [])
-    # A demo is re-run as is: its own output folder is replaced unless told otherwise.
-    quickstart_defaults = {"output_dir": "outputs/quickstart", "overwrite_output_dir": True}
+    # A demo is re-run as is: its own folder, outputs/quickstart, is replaced each time; a folder the user
+    # names keeps the usual protection of another run's work.
+    own_folder = parse_args(args, defaults={"output_dir": None}).output_dir is None
+    quickstart_defaults = (
+        {"output_dir": "outputs/quickstart", "overwrite_output_dir": True} if own_folder else {}
+    )
     cfg = parse_args(args, defaults={**quickstart_defaults, **training_defaults(args)})
     result = run_training(cfg)
     if result.weights_path is None:

@@ -24,3 +24,18 @@ def test_quickstart_writes_grid(tmp_path, capsys):
     assert grid.height >= len(prompts) * 128
     assert (out / "moslora_weights.safetensors").is_file()
     assert str(out / GRID_NAME) in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quickstart_replaces_its_own_folder_but_not_a_named_one(tmp_path, monkeypatch, capsys):
+    from moslora_diffusion.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # a demo is re-run as is: outputs/quickstart is replaced
+        assert main(["quickstart", "--max_train_steps", "2"]) == 0
+    assert (tmp_path / "outputs" / "quickstart" / "moslora_weights.safetensors").is_file()
+    named = ["quickstart", "--max_train_steps", "2", "--output_dir", str(tmp_path / "mine")]
+    assert main(named) == 0
+    capsys.readouterr()
+    assert main(named) == 2  # a folder the user named keeps another run's work
+    assert "holds another run's work" in capsys.readouterr().err
