@@ -17,6 +17,7 @@ resuming) are not part of the fingerprint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -68,13 +69,22 @@ def resolved_path(name: str | None) -> str | None:
 
 
 def data_digest(cfg: TrainConfig) -> str:
-    """SHA-256 over the instance images (name and bytes) and their captions, in file order."""
+    """SHA-256 over the instance images (name and bytes) and their captions, in file order.
+
+    Computed once per state of the files (preflight and the trainer both ask for it).
+    """
     images = check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
+    stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in images.paths)
+    return _digest(stats, tuple(c or "" for c in images.captions))
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(files: tuple[tuple[str, int, int], ...], captions: tuple[str, ...]) -> str:
     h = hashlib.sha256()
-    for path, caption in zip(images.paths, images.captions):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-        h.update((caption or "").encode())
+    for (path, _, _), caption in zip(files, captions):
+        h.update(Path(path).name.encode())
+        h.update(Path(path).read_bytes())
+        h.update(caption.encode())
     return h.hexdigest()
 
 
