@@ -57,14 +57,20 @@ def detect_pipeline(pipe: Any) -> str:
     return detect(dict(getattr(unet, "config", None) or {}), index)
 
 
-def from_adapter_modules(components: Iterable[str], cross_attention_widths: Iterable[int]) -> str | None:
+def from_adapter_modules(modules: Iterable[tuple[str, str, int]]) -> str | None:
     """Best guess for an adapter file without architecture metadata, or None when it cannot tell.
 
-    ``cross_attention_widths``: input widths of the adapted ``attn2.to_k`` / ``attn2.to_v`` layers.
+    ``modules``: (component, module path, input width) of each adapted module. A second text encoder means
+    SDXL; otherwise the input width of the UNet's cross-attention key/value projections is the text width.
     """
-    if "text_encoder_2" in set(components):
+    modules = list(modules)
+    if any(component == "text_encoder_2" for component, _, _ in modules):
         return "sdxl"
-    widths = set(cross_attention_widths)
+    widths = {
+        width
+        for component, path, width in modules
+        if component == "unet" and path.endswith(("attn2.to_k", "attn2.to_v"))
+    }
     if len(widths) == 1:
         return from_text_width(next(iter(widths)))
     return None

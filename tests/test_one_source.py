@@ -149,3 +149,12 @@ def test_one_describer_for_every_file_kind(tiny_dirs, tmp_path):
         assert info["rank"] == 4 and info["modules"] == describe_adapter_file(files["native"][0])["modules"]
         assert info["steps"] == 1, label  # training metadata survives the export
         json.dumps(info)
+
+
+def test_architecture_of_an_adapter_without_metadata():
+    to_k = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    guess = architectures.from_adapter_modules
+    assert guess([("unet", to_k, 768)]) == "sd1" and guess([("unet", to_k, 1024)]) == "sd2"
+    assert guess([("text_encoder_2", "encoder.layers.0.self_attn.q_proj", 1280)]) == "sdxl"
+    assert guess([("unet", "down_blocks.1.attentions.0.proj_in", 320)]) is None  # no evidence: no guess
+    assert guess([("unet", to_k, 768), ("unet", to_k.replace("blocks.1", "blocks.2"), 1024)]) is None

@@ -65,12 +65,9 @@ def detect_architecture(adapter: MoSLoraFile, architecture: str | None = None) -
     """
     arch = architecture or adapter.architecture
     if arch is None:
-        widths = [
-            int(m.A.shape[1])
-            for m in adapter.modules()
-            if m.component == "unet" and m.module_path.endswith(("attn2.to_k", "attn2.to_v"))
-        ]
-        arch = architectures.from_adapter_modules(adapter.config, widths)
+        arch = architectures.from_adapter_modules(
+            (m.component, m.module_path, int(m.A.shape[1])) for m in adapter.modules()
+        )
     if arch not in ARCHITECTURES:
         raise MoSLoraFormatError(
             f"{adapter.path or '<adapter>'}: cannot tell the base architecture ({arch!r}); "

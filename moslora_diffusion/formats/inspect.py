@@ -98,14 +98,10 @@ class AdapterHeader:
         )
         if stated:
             return architectures.normalize(stated)
-        if self.kind == "kohya":
-            return "sdxl" if any(m.component == "text_encoder_2" for m in self.modules) else None
-        widths = [
-            m.a_shape[1]
-            for m in self.modules
-            if m.component == "unet" and m.module_path.endswith(("attn2.to_k", "attn2.to_v"))
-        ]
-        return architectures.from_adapter_modules({m.component for m in self.modules}, widths)
+        # kohya names are not module paths, so only the second text encoder tells there
+        return architectures.from_adapter_modules(
+            (m.component, m.module_path, m.a_shape[1]) for m in self.modules
+        )
 
     @property
     def ranks(self) -> list[int]:
