@@ -247,15 +247,17 @@ def _alpha(header: AdapterHeader, components: dict[str, dict[str, Any]]) -> Any:
     return _one_or_list(header.ranks)  # PEFT / diffusers files without alphas mean alpha = r
 
 
-def describe_adapter_file(path: str | os.PathLike, header_only: bool = False) -> dict[str, Any]:
-    """A JSON-able summary of any adapter file the toolkit reads.
+def describe_adapter_file(
+    path: str | os.PathLike | AdapterHeader, header_only: bool = False
+) -> dict[str, Any]:
+    """A JSON-able summary of any adapter file the toolkit reads (or of a header already read).
 
     Keys: file, file_size, kind (moslora / diffusers / kohya), format (readable kind), version,
     architecture (sd1 / sd2 / sdxl or None), base_model, rank, alpha, prompt, steps, components, modules,
     parameters, dtypes, training. Native files are fully validated unless ``header_only`` (then only
     the header is read, as the web UI's picker does for large files).
     """
-    header = read_adapter_header(path)
+    header = path if isinstance(path, AdapterHeader) else read_adapter_header(path)
     validated = None
     if header.kind == "moslora" and not header_only:
         validated = load_moslora_file(header.path)

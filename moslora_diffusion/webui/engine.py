@@ -429,9 +429,8 @@ class Engine:
 
     def adapter_info(self, name: str) -> dict[str, Any]:
         """The adapter's description (header only), after checking that it fits the loaded base model."""
-        path = self.adapter_path(name)
-        check_file_fits(self.pipe, path)
-        return describe_adapter_file(path, header_only=True)
+        header = check_file_fits(self.pipe, self.adapter_path(name))
+        return describe_adapter_file(header, header_only=True)  # the header just read, not read again
 
     def _ensure_loaded(self, name: str) -> str:
         path = self.adapter_path(name)
