@@ -157,10 +157,11 @@ def build_model_dir(model: Model, tiny: bool, save_dtype: str, path: str) -> Non
         pad_token_id=2,
     )
     torch.manual_seed(0)
+    text_config = A.OPENCLIP_H_TEXT if model.arch == "sd2" else A.CLIP_L_TEXT
     components: dict[str, Any] = dict(
         unet=A.build_unet(model.arch),
         vae=A.build_vae(model.arch),
-        text_encoder=A.build_text_encoder({**A.CLIP_L_TEXT, **ids}),
+        text_encoder=A.build_text_encoder({**text_config, **ids}),
         tokenizer=tokenizer,
         scheduler=DDIMScheduler(
             beta_start=0.00085,
@@ -169,6 +170,7 @@ def build_model_dir(model: Model, tiny: bool, save_dtype: str, path: str) -> Non
             clip_sample=False,
             set_alpha_to_one=False,
             steps_offset=1,
+            prediction_type="v_prediction" if model.arch == "sd2" else "epsilon",  # SD 2.1 (768) is v-pred
         ),
     )
     if model.arch == "sdxl":

@@ -17,6 +17,7 @@ __all__ = [
     "BusyError",
     "OutputWriteError",
     "RequestError",
+    "BaseModelError",
 ]
 
 
@@ -42,6 +43,10 @@ class ConfigError(MoSLoraError):
 
 class TrainConfigError(ConfigError):
     """A bad training setting or input file, found before any model is loaded."""
+
+
+class BaseModelError(MoSLoraError):
+    """A base model that cannot be opened as asked: a pickle, not a Stable Diffusion checkpoint, no configs."""
 
 
 class RequestError(MoSLoraError):

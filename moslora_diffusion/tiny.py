@@ -44,14 +44,14 @@ def load_tokenizer(directory: str | Path, model_max_length: int = TINY_MAX_LENGT
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length, pad_token="!")
 
 
-def _text_config(projection_dim: int | None = None):
+def _text_config(projection_dim: int | None = None, hidden_size: int = 32):
     from transformers import CLIPTextConfig
 
     kwargs = dict(
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=2,
-        hidden_size=32,
+        hidden_size=hidden_size,
         intermediate_size=37,
         layer_norm_eps=1e-5,
         num_attention_heads=4,
@@ -65,8 +65,12 @@ def _text_config(projection_dim: int | None = None):
     return CLIPTextConfig(**kwargs)
 
 
-def build_tiny_components(arch: str = "sd1", seed: int = 0) -> dict:
-    """Return the components dict of a tiny pipeline of the given architecture."""
+def build_tiny_components(arch: str = "sd1", seed: int = 0, text_width_2: int = 32) -> dict:
+    """Return the components dict of a tiny pipeline of the given architecture.
+
+    ``text_width_2``: hidden size of SDXL's second text encoder (real SDXL: 768 and 1280 differ; diffusers'
+    single-file loader tells the two encoders apart by that width).
+    """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -94,7 +98,7 @@ def build_tiny_components(arch: str = "sd1", seed: int = 0) -> dict:
             addition_time_embed_dim=8,
             transformer_layers_per_block=(1, 2),
             projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + 32 pooled
-            cross_attention_dim=64,
+            cross_attention_dim=32 + text_width_2,
         )
     else:
         unet = UNet2DConditionModel(
@@ -132,7 +136,9 @@ def build_tiny_components(arch: str = "sd1", seed: int = 0) -> dict:
     if arch == "sdxl":
         components["text_encoder"] = CLIPTextModel(_text_config())
         torch.manual_seed(seed + 3)
-        components["text_encoder_2"] = CLIPTextModelWithProjection(_text_config(projection_dim=32))
+        components["text_encoder_2"] = CLIPTextModelWithProjection(
+            _text_config(projection_dim=32, hidden_size=text_width_2)
+        )
         components["tokenizer_2"] = load_tokenizer(tok_dir)
     else:
         components["text_encoder"] = CLIPTextModel(_text_config())
@@ -141,11 +147,11 @@ def build_tiny_components(arch: str = "sd1", seed: int = 0) -> dict:
     return components
 
 
-def make_tiny_pipeline(arch: str = "sd1", seed: int = 0, pipeline_cls=None):
+def make_tiny_pipeline(arch: str = "sd1", seed: int = 0, pipeline_cls=None, text_width_2: int = 32):
     """A tiny text-to-image pipeline (or `pipeline_cls`) with random weights; 32 px images."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    components = build_tiny_components(arch, seed)
+    components = build_tiny_components(arch, seed, text_width_2)
     if pipeline_cls is None:
         pipeline_cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
     if arch != "sdxl":
@@ -155,8 +161,8 @@ def make_tiny_pipeline(arch: str = "sd1", seed: int = 0, pipeline_cls=None):
     return pipe
 
 
-def save_tiny_pipeline(arch: str, path: str | Path, seed: int = 0) -> Path:
+def save_tiny_pipeline(arch: str, path: str | Path, seed: int = 0, text_width_2: int = 32) -> Path:
     """Save a tiny pipeline with `save_pretrained`, so that `from_pretrained(path)` loads it offline."""
     path = Path(path)
-    make_tiny_pipeline(arch, seed).save_pretrained(path)
+    make_tiny_pipeline(arch, seed, text_width_2=text_width_2).save_pretrained(path)
     return path
