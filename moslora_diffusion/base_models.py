@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from . import architectures
+from .constants import PREDICTION_TYPES
 from .errors import BaseModelError, MoSLoraFormatError
 from .formats.safetensors_io import PICKLE_SUFFIXES, read_header
+from .quiet import dropping
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -36,11 +38,14 @@ __all__ = [
     "is_single_file",
     "inspect_checkpoint",
     "check_config_folder",
+    "config_folders",
+    "config_for",
+    "folder_architecture",
+    "list_single_files",
     "load_pipeline",
     "file_sha256",
 ]
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 UNET_PREFIX = "model.diffusion_model."
 # diffusers' default repository per architecture (whose configs from_single_file uses without `config`).
 DEFAULT_CONFIG_REPOS = {
@@ -159,9 +164,13 @@ def inspect_checkpoint(
     )
 
 
-def _folder_architecture(folder: Path) -> str:
+def folder_architecture(folder: str | os.PathLike) -> str:
+    """The architecture of a diffusers folder, from its model_index.json and UNet config (small JSON files)."""
+    folder = Path(folder)
     import json
 
+    if not (folder / "model_index.json").is_file():
+        raise BaseModelError(f"{folder}: not a diffusers-format folder (no model_index.json)")
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     unet_config = folder / "unet" / "config.json"
     unet = json.loads(unet_config.read_text(encoding="utf-8")) if unet_config.is_file() else {}
@@ -182,7 +191,7 @@ def check_config_folder(checkpoint: Checkpoint, config: str | os.PathLike | None
                 f"--config {config}: not a diffusers-format folder (no model_index.json); it must hold the "
                 "component configs and tokenizers of a model of the same architecture"
             )
-        arch = _folder_architecture(folder)
+        arch = folder_architecture(folder)
         if arch != checkpoint.architecture:
             raise BaseModelError(
                 f"--config {config} is an {arch} model but {checkpoint.path.name} is {checkpoint.architecture}; "
@@ -201,6 +210,38 @@ def check_config_folder(checkpoint: Checkpoint, config: str | os.PathLike | None
         f"diffusers-format folder of an {checkpoint.architecture} model (its weights are not used, only "
         "model_index.json, the component config.json files, the scheduler config and the tokenizer folders)"
     )
+
+
+def config_folders(folders: list[str] | None) -> dict[str, str]:
+    """Architecture -> config folder, for callers that offer single files of several architectures."""
+    found: dict[str, str] = {}
+    for folder in folders or []:
+        arch = folder_architecture(Path(folder).expanduser())
+        if arch in found:
+            raise BaseModelError(f"--config: two config folders for {arch}: {found[arch]} and {folder}")
+        found[arch] = str(folder)
+    return found
+
+
+def config_for(name_or_path: str | os.PathLike, configs: dict[str, str] | None) -> str | None:
+    """The folder of ``configs`` (from :func:`config_folders`) that fits a single file; None otherwise."""
+    if not configs or not is_single_file(name_or_path):
+        return None
+    return configs.get(inspect_checkpoint(name_or_path).architecture)
+
+
+def list_single_files(folder: str | os.PathLike) -> list[Path]:
+    """The single-file base models directly in ``folder`` (headers read; adapters and other files skipped)."""
+    found = []
+    for p in sorted(Path(folder).glob("*.safetensors")):
+        if p.name.startswith("."):
+            continue
+        try:
+            inspect_checkpoint(p)
+        except BaseModelError:
+            continue
+        found.append(p)
+    return found
 
 
 def load_pipeline(
@@ -231,10 +272,13 @@ def load_pipeline(
         if checkpoint.architecture != "sdxl":
             kwargs.setdefault("safety_checker", None)
             kwargs.setdefault("requires_safety_checker", False)
-        pipe = cls.from_single_file(
-            str(checkpoint.path), config=config_source, dtype=dtype, local_files_only=config_source is not None,
-            **kwargs,
-        )  # fmt: skip
+        # diffusers casts the single-file VAE with `.to(dtype)` itself and then warns about its own cast,
+        # listing no module ("should be kept in float32: []"): nothing a user can act on.
+        with dropping("diffusers.models.modeling_utils", ["should be kept in float32: []"]):
+            pipe = cls.from_single_file(
+                str(checkpoint.path), config=config_source, dtype=dtype, local_files_only=config_source is not None,
+                **kwargs,
+            )  # fmt: skip
         prediction_type = checkpoint.prediction_type
     else:
         if architecture is not None:

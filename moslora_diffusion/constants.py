@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # Base-model families, as recorded in a native file's ``base_model.architecture``.
 ARCHITECTURES = ("sd1", "sd2", "sdxl")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # Pipeline components an adapter can live in, and the text encoders among them.
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")

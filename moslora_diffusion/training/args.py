@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..constants import ADAPTER_TYPES as ADAPTERS
-from ..constants import MIXER_INITS
+from ..constants import ARCHITECTURES, MIXER_INITS, PREDICTION_TYPES
 from ..errors import TrainConfigError
 from ..targets import resolve_targets
 
@@ -51,7 +51,24 @@ class TrainConfig:
 
     # --- model
     pretrained_model_name_or_path: str | None = _f(
-        None, "Base model: a local diffusers folder or a hub id. Default: the bundled toy-world model."
+        None,
+        "Base model: a local diffusers folder, a hub id, or a single-file .safetensors checkpoint (A1111 / "
+        "model-site layout). Default: the bundled toy-world model.",
+    )
+    config: str | None = _f(
+        None,
+        "For a single-file checkpoint: a local diffusers-format folder of the same architecture whose configs "
+        "and tokenizers to use (works offline; its weights are not read). Default: diffusers' own repository "
+        "of the architecture, from the hub cache or the hub.",
+    )
+    architecture: str | None = _f(
+        None, "Architecture of a single-file checkpoint, when its keys say otherwise.", ARCHITECTURES
+    )
+    prediction_type: str | None = _f(
+        None,
+        "What the base model predicts. Default: its scheduler config; for single files v_prediction for SD 2.x "
+        "(use epsilon for SD 2.x base 512) and files marked v_pred, else epsilon.",
+        PREDICTION_TYPES,
     )
     revision: str | None = _f(None, "Hub revision of the base model.")
     variant: str | None = _f(None, "Weight variant of the base model files, e.g. fp16.")
@@ -201,7 +218,7 @@ def _check_choices(cfg: TrainConfig) -> None:
     for f in dataclasses.fields(TrainConfig):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
-        if choices and value not in choices:
+        if choices and value not in choices and not (value is None and f.default is None):
             raise TrainConfigError(f"--{f.name} must be one of {', '.join(choices)}; got {value!r}")
 
 

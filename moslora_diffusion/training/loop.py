@@ -337,18 +337,26 @@ def _base_model_metadata(cfg: TrainConfig, comps: models.Components) -> dict[str
     """The native file's `base_model`: architecture, name, UNet layout (formats.base_model_info) and more."""
     from types import SimpleNamespace
 
+    from .. import base_models
     from ..formats import base_model_info
 
     unet = getattr(comps.unet, "module", comps.unet)
+    name = cfg.pretrained_model_name_or_path
+    single_file = base_models.is_single_file(name)
     info = base_model_info(
-        SimpleNamespace(unet=unet), name_or_path=cfg.pretrained_model_name_or_path, architecture=comps.arch
+        SimpleNamespace(unet=unet),
+        name_or_path=Path(name).name if single_file else name,
+        hash=f"sha256:{base_models.file_sha256(name)}" if single_file else None,
+        architecture=comps.arch,
     )
     extra = {
         "revision": cfg.revision,
         "variant": cfg.variant,
         "vae": cfg.pretrained_vae_model_name_or_path,
         "prediction_type": comps.prediction_type,
-        "resolved_path": run_folder.resolved_path(cfg.pretrained_model_name_or_path),
+        "resolved_path": run_folder.resolved_path(name),
+        "single_file": single_file or None,
+        "config": run_folder.resolved_path(cfg.config) if cfg.config else None,
     }
     return {**info, **{k: v for k, v in extra.items() if v is not None}}
 

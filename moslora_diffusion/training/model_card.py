@@ -15,6 +15,24 @@ def _rel(path: Path | None, root: Path) -> str | None:
     return None if path is None else Path(os.path.relpath(path, root)).as_posix()
 
 
+def _load_base_lines(cfg: TrainConfig, arch: str) -> list[str]:
+    """Python lines that open the base model the way it was given (folder / hub id, or single file)."""
+    base = cfg.pretrained_model_name_or_path
+    if Path(base).is_file():
+        cls = "StableDiffusionXLPipeline" if arch == "sdxl" else "StableDiffusionPipeline"
+        config = f", config={cfg.config!r}" if cfg.config else ""
+        return [
+            f"from diffusers import {cls}",
+            "",
+            f'pipe = {cls}.from_single_file("{base}"{config}, dtype=torch.float16).to("cuda")',
+        ]
+    return [
+        "from diffusers import DiffusionPipeline",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{base}", dtype=torch.float16).to("cuda")',
+    ]
+
+
 def render_model_card(
     cfg: TrainConfig,
     arch: str,
@@ -79,9 +97,7 @@ def render_model_card(
         "",
         "```python",
         "import torch",
-        "from diffusers import DiffusionPipeline",
-        "",
-        f'pipe = DiffusionPipeline.from_pretrained("{base}", dtype=torch.float16).to("cuda")',
+        *_load_base_lines(cfg, arch),
         f'pipe.load_lora_weights("{root.as_posix()}")  # pytorch_lora_weights.safetensors',
         f'image = pipe("{prompt}").images[0]',
         "```",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import architectures
+from .. import architectures, base_models
 from ..adapters import add_moslora_adapter, matched_modules
 from ..config import MoSLoraConfig
 from ..constants import TEXT_ENCODERS as TEXT_COMPONENTS
@@ -95,10 +95,45 @@ class Components:
 
 
 def load_components(cfg: TrainConfig, weight_dtype: torch.dtype, device: torch.device) -> Components:
-    """Load tokenizers, text encoders, VAE, UNet and schedulers; freeze them; move to `device`."""
+    """Load tokenizers, text encoders, VAE, UNet and schedulers; freeze them; move to `device`.
+
+    A diffusers folder or hub id loads component by component; a single-file checkpoint loads as a
+    pipeline through `moslora_diffusion.base_models` (diffusers' ``from_single_file``) and is taken apart.
+    """
+    if base_models.is_single_file(cfg.pretrained_model_name_or_path):
+        comps = _components_of_single_file(cfg, weight_dtype)
+    else:
+        comps = _components_of_folder(cfg, weight_dtype)
+    if cfg.pretrained_vae_model_name_or_path:
+        from diffusers import AutoencoderKL
+
+        comps.vae = AutoencoderKL.from_pretrained(cfg.pretrained_vae_model_name_or_path, dtype=weight_dtype)
+    for model in (comps.unet, comps.vae, *comps.text_encoders):
+        model.requires_grad_(False)
+        model.eval()
+    # The SDXL VAE overflows in fp16 unless it is a fixed one: keep it in fp32 then.
+    if getattr(comps.vae.config, "force_upcast", False) and weight_dtype == torch.float16:
+        comps.vae.to(dtype=torch.float32)
+    for model in (comps.unet, comps.vae, *comps.text_encoders):
+        model.to(device)
+    return comps
+
+
+def _schedulers(scheduler_config: Any, inference_cls: type, prediction_type: str | None) -> tuple[Any, Any]:
+    """(DDPM training scheduler, the model's own sampler) from one scheduler config."""
+    from diffusers import DDPMScheduler
+
+    extra = {"prediction_type": prediction_type} if prediction_type else {}
+    return (
+        DDPMScheduler.from_config(scheduler_config, **extra),
+        inference_cls.from_config(scheduler_config, **extra),
+    )
+
+
+def _components_of_folder(cfg: TrainConfig, weight_dtype: torch.dtype) -> Components:
     import diffusers
     import transformers
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     name = cfg.pretrained_model_name_or_path
     index = read_model_index(cfg)
@@ -115,24 +150,31 @@ def load_components(cfg: TrainConfig, weight_dtype: torch.dtype, device: torch.d
         getattr(transformers, index[sub][1]).from_pretrained(name, subfolder=sub, revision=cfg.revision)
         for sub in tokenizer_names
     ]
-    if cfg.pretrained_vae_model_name_or_path:
-        vae = AutoencoderKL.from_pretrained(cfg.pretrained_vae_model_name_or_path, dtype=weight_dtype)
-    else:
+    vae = None
+    if not cfg.pretrained_vae_model_name_or_path:
         vae = AutoencoderKL.from_pretrained(name, subfolder="vae", variant=cfg.variant, **hub)
-    noise_scheduler = DDPMScheduler.from_pretrained(name, subfolder="scheduler", revision=cfg.revision)
-    inference_scheduler = getattr(diffusers, index["scheduler"][1]).from_pretrained(
-        name, subfolder="scheduler", revision=cfg.revision
+    scheduler_config = diffusers.DDPMScheduler.load_config(name, subfolder="scheduler", revision=cfg.revision)
+    noise_scheduler, inference_scheduler = _schedulers(
+        scheduler_config, getattr(diffusers, index["scheduler"][1]), cfg.prediction_type
     )
-
-    for model in (unet, vae, *text_encoders):
-        model.requires_grad_(False)
-        model.eval()
-    # The SDXL VAE overflows in fp16 unless it is a fixed one: keep it in fp32 then.
-    if getattr(vae.config, "force_upcast", False) and weight_dtype == torch.float16:
-        vae.to(dtype=torch.float32)
-    for model in (unet, vae, *text_encoders):
-        model.to(device)
     return Components(arch, unet, vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler)
+
+
+def _components_of_single_file(cfg: TrainConfig, weight_dtype: torch.dtype) -> Components:
+    pipe = base_models.load_pipeline(
+        cfg.pretrained_model_name_or_path,
+        config=cfg.config,
+        architecture=cfg.architecture,
+        prediction_type=cfg.prediction_type,
+        dtype=weight_dtype,
+    )
+    arch = pipe.moslora_checkpoint.architecture
+    text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if arch == "sdxl" else [])
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if arch == "sdxl" else [])
+    noise_scheduler, inference_scheduler = _schedulers(pipe.scheduler.config, type(pipe.scheduler), None)
+    return Components(
+        arch, pipe.unet, pipe.vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler
+    )
 
 
 def adapter_config(cfg: TrainConfig, component: str) -> Any:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import TrainConfigError
+from .. import base_models
+from ..errors import BaseModelError, TrainConfigError
 from .args import TrainConfig, check_settings
 from .data import check_instance_data
 from .run_folder import check_output_dir
 
-__all__ = ["validate_config", "check_model_source"]
+__all__ = ["validate_config", "check_model_source", "check_single_file"]
 
 
 def _looks_local(name: str) -> bool:
@@ -22,18 +23,48 @@ def _looks_local(name: str) -> bool:
 
 
 def check_model_source(cfg: TrainConfig) -> None:
-    """A local base model (or VAE) must exist; a base-model folder must be a diffusers pipeline."""
+    """A local base model (or VAE) must exist: a diffusers pipeline folder or a single-file checkpoint.
+
+    A single file's header is read (architecture, prediction type, pickles refused) and its config folder
+    checked; `--config` and `--architecture` are refused for anything else.
+    """
     for flag in ("pretrained_model_name_or_path", "pretrained_vae_model_name_or_path"):
         name = getattr(cfg, flag)
         if not name or not _looks_local(name):
             continue
         p = Path(name).expanduser()
+        if flag == "pretrained_model_name_or_path" and base_models.is_single_file(name):
+            check_single_file(cfg)
+            continue
         if not p.exists():
             raise TrainConfigError(f"--{flag}: {name} does not exist")
         if flag == "pretrained_model_name_or_path" and not (p / "model_index.json").is_file():
             raise TrainConfigError(
-                f"--{flag}: {name} has no model_index.json (not a diffusers pipeline folder)"
+                f"--{flag}: {name} has no model_index.json (neither a diffusers pipeline folder nor a "
+                "single-file .safetensors checkpoint)"
             )
+    if not base_models.is_single_file(cfg.pretrained_model_name_or_path):
+        for flag in ("config", "architecture"):
+            if getattr(cfg, flag) is not None:
+                raise TrainConfigError(
+                    f"--{flag} is for single-file checkpoints; {cfg.pretrained_model_name_or_path} is a "
+                    "diffusers model, whose configs say everything"
+                )
+
+
+def check_single_file(cfg: TrainConfig) -> base_models.Checkpoint:
+    """The single-file base model's header and config folder, as `TrainConfigError`s naming the flag."""
+    try:
+        found = base_models.inspect_checkpoint(
+            cfg.pretrained_model_name_or_path, cfg.architecture, cfg.prediction_type
+        )
+    except BaseModelError as exc:
+        raise TrainConfigError(f"--pretrained_model_name_or_path: {exc}") from None
+    try:
+        base_models.check_config_folder(found, cfg.config)
+    except BaseModelError as exc:
+        raise TrainConfigError(str(exc)) from None
+    return found
 
 
 def check_class_data_dir(cfg: TrainConfig) -> None:

@@ -24,14 +24,23 @@ def missing_class_images(cfg: TrainConfig) -> int:
 
 
 def _load_pipeline(cfg: TrainConfig, arch: str, dtype: torch.dtype, device: torch.device) -> Any:
-    from diffusers import AutoencoderKL, DiffusionPipeline
+    from diffusers import AutoencoderKL
 
-    kwargs: dict[str, Any] = dict(revision=cfg.revision, variant=cfg.variant, dtype=dtype)
+    from ..base_models import load_pipeline
+
+    kwargs: dict[str, Any] = dict(revision=cfg.revision, variant=cfg.variant)
     if arch != "sdxl":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if cfg.pretrained_vae_model_name_or_path:
         kwargs["vae"] = AutoencoderKL.from_pretrained(cfg.pretrained_vae_model_name_or_path, dtype=dtype)
-    pipe = DiffusionPipeline.from_pretrained(cfg.pretrained_model_name_or_path, **kwargs)
+    pipe = load_pipeline(
+        cfg.pretrained_model_name_or_path,
+        config=cfg.config,
+        architecture=cfg.architecture,
+        prediction_type=cfg.prediction_type,
+        dtype=dtype,
+        **kwargs,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -88,11 +88,18 @@ def _digest(files: tuple[tuple[str, int, int], ...], captions: tuple[str, ...]) 
     return h.hexdigest()
 
 
+def _file_size(name: str | None) -> int | None:
+    """Size of a single-file base model (a replaced file of the same name is another model); None otherwise."""
+    p = Path(name).expanduser() if name else None
+    return p.stat().st_size if p is not None and p.is_file() else None
+
+
 def fingerprint(cfg: TrainConfig) -> dict[str, Any]:
     """Everything that changes the trained weights, except the seed (see :func:`seed_mismatch`)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_FINGERPRINTED}
     return {
         "base_model": resolved_path(cfg.pretrained_model_name_or_path),
+        "base_model_bytes": _file_size(cfg.pretrained_model_name_or_path),
         "vae": resolved_path(cfg.pretrained_vae_model_name_or_path),
         "settings": settings,
         "instance_data": data_digest(cfg),
@@ -100,16 +107,26 @@ def fingerprint(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _difference(found: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> str | None:
+    """What differs between a recorded fingerprint and this run's, or None when they match.
+
+    A setting (or top-level entry) that an older version did not record matches when this run leaves it at
+    its default: adding a flag must not make earlier runs impossible to resume.
+    """
     if found == expected:
         return None
     if not isinstance(found, Mapping):
         return "no fingerprint (written by an older version)"
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     diffs = []
     for key, value in expected.items():
+        if key not in found and value is None:
+            continue
         other = found.get(key)
         if key == "settings" and isinstance(other, Mapping):
             diffs += [
-                f"--{k}: {other.get(k)!r} there, {v!r} now" for k, v in value.items() if other.get(k) != v
+                f"--{k}: {other.get(k)!r} there, {v!r} now"
+                for k, v in value.items()
+                if (other.get(k) != v) and not (k not in other and v == defaults.get(k))
             ]
         elif other != value:
             diffs.append(
@@ -117,7 +134,7 @@ def _difference(found: Mapping[str, Any] | None, expected: Mapping[str, Any]) ->
                 if key == "instance_data"
                 else f"{key}: {other!r} there, {value!r} now"
             )
-    return "; ".join(diffs) or "a different fingerprint"
+    return "; ".join(diffs) or None
 
 
 def _seed_difference(found_seed: Any, cfg: TrainConfig) -> str | None:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .. import architectures, toyworld
-from ..errors import AdapterMismatchError, BusyError, MoSLoraError, RequestError
+from .. import architectures, base_models, toyworld
+from ..errors import AdapterMismatchError, BaseModelError, BusyError, MoSLoraError, RequestError
 from ..formats.inspect import describe_adapter_file
 from ..loading import check_file_fits, install_pipeline_methods
 from .adapter_files import ADAPTER_SUFFIX, list_adapters, safe_adapter_path
@@ -243,7 +243,8 @@ def _resolve_device(device: str | None) -> str:
 
 
 def list_models(models_dir: str | os.PathLike | None) -> dict[str, str]:
-    """Base models a server offers: the bundled toy-world model and every diffusers folder in ``models_dir``."""
+    """Base models a server offers: the bundled toy-world model, and in ``models_dir`` every diffusers folder
+    and every single-file ``.safetensors`` checkpoint (adapter files there are not offered)."""
     found: dict[str, str] = {}
     toy = toyworld.base_model_path()
     if (toy / "model_index.json").is_file():
@@ -253,17 +254,29 @@ def list_models(models_dir: str | os.PathLike | None) -> dict[str, str]:
         for entry in sorted(root.iterdir()):
             if (entry / "model_index.json").is_file() and not entry.name.startswith("."):
                 found[entry.name] = str(entry)
+        for file in base_models.list_single_files(root):
+            found[file.name] = str(file)
     return found
 
 
-def load_pipeline(base_model: str | os.PathLike, device: str | None = None, dtype: str | None = None):
-    """Load a diffusers text-to-image pipeline (folder or hub id; safetensors weights only)."""
-    from diffusers import DiffusionPipeline
-
+def load_pipeline(
+    base_model: str | os.PathLike,
+    device: str | None = None,
+    dtype: str | None = None,
+    configs: dict[str, str] | None = None,
+):
+    """Load a text-to-image pipeline: a diffusers folder or hub id (safetensors weights only) or a single-file
+    checkpoint, built with the config folder of ``configs`` (architecture -> folder) that fits it."""
     device = _resolve_device(device)
-    pipe = DiffusionPipeline.from_pretrained(
-        str(base_model), dtype=_resolve_dtype(device, dtype), use_safetensors=True
-    )
+    try:
+        pipe = base_models.load_pipeline(
+            base_model,
+            config=base_models.config_for(base_model, configs),
+            dtype=_resolve_dtype(device, dtype),
+            use_safetensors=True,
+        )
+    except BaseModelError as exc:
+        raise RequestError(str(exc)) from None
     if not hasattr(pipe, "load_lora_weights") or not hasattr(pipe, "unet"):
         raise RequestError(
             f"{base_model}: {type(pipe).__name__} is not a Stable Diffusion / SDXL pipeline with LoRA support"
@@ -330,6 +343,7 @@ class Engine:
         models: dict[str, str] | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        configs: dict[str, str] | None = None,
     ):
         self.adapters_dir = Path(adapters_dir)
         self.output_dir = Path(output_dir)
@@ -340,6 +354,7 @@ class Engine:
         self._files = itertools.count()
         self._max_loaded = max_loaded_adapters
         self._device, self._dtype = device, dtype
+        self.configs = dict(configs or {})  # architecture -> config folder for single-file models
         self._use_pipeline(pipe, base_model)
         # the base models this server may switch to, by name (never a path a client sends)
         self.models = dict(models or {})
@@ -374,7 +389,7 @@ class Engine:
         self._acquire()
         try:
             old = self.pipe
-            pipe = load_pipeline(self.models[name], self._device, self._dtype)
+            pipe = load_pipeline(self.models[name], self._device, self._dtype, self.configs)
             self._use_pipeline(pipe, self.models[name])
             del old
             gc.collect()
@@ -391,9 +406,10 @@ class Engine:
         dtype: str | None = None,
         limits: Limits | None = None,
         models: dict[str, str] | None = None,
+        configs: dict[str, str] | None = None,
     ) -> Engine:
         return cls(
-            load_pipeline(base_model, device, dtype),
+            load_pipeline(base_model, device, dtype, configs),
             base_model,
             adapters_dir,
             output_dir,
@@ -401,6 +417,7 @@ class Engine:
             models=models,
             device=device,
             dtype=dtype,
+            configs=configs,
         )
 
     # ---- prompts --------------------------------------------------------------------------------------

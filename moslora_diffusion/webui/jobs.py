@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..base_models import config_for
 from ..constants import ADAPTER_TYPES
 from ..errors import BusyError, RequestError
 from .adapter_files import ADAPTER_SUFFIX
@@ -175,8 +176,10 @@ class TrainingJobs:
         limits: UploadLimits | None = None,
         backend: ModuleType | Any | None = None,
         sampler_defaults: dict[str, Any] | None = None,
+        configs: dict[str, str] | None = None,
     ):
         self.base_model = str(base_model)
+        self.configs = dict(configs or {})  # architecture -> config folder for single-file base models
         self.adapters_dir = Path(adapters_dir)
         self.work_dir = Path(work_dir)
         self.limits = limits or UploadLimits()
@@ -259,6 +262,7 @@ class TrainingJobs:
         sampler = self.sampler_defaults
         cfg = backend.TrainConfig(
             pretrained_model_name_or_path=self.base_model,
+            config=config_for(self.base_model, self.configs),
             instance_data_dir=str(job_dir / "instance"),
             instance_prompt=prompt,
             with_prior_preservation=bool(class_prompt),

@@ -42,12 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base-model",
         default=None,
-        help="diffusers pipeline folder or hub id (default: the bundled toy-world base model)",
+        help="diffusers pipeline folder, hub id or single-file .safetensors checkpoint "
+        "(default: the bundled toy-world base model)",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="for single-file checkpoints: a local diffusers folder whose configs and tokenizers to use, one "
+        "per architecture (repeat for sd1 / sd2 / sdxl); without it diffusers' default repository from the hub "
+        "cache",
     )
     p.add_argument(
         "--models-dir",
         default=None,
-        help="folder of diffusers model folders offered in the base-model menu (the bundled toy model always is)",
+        help="folder of diffusers model folders and single-file .safetensors checkpoints offered in the "
+        "base-model menu (the bundled toy model always is)",
     )
     p.add_argument(
         "--adapters-dir", default="adapters", help="folder of .safetensors adapters (default: ./adapters)"
@@ -77,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def create_app(args: argparse.Namespace):
     """Load the model and build the Blocks app; returns (demo, engine, jobs)."""
+    from ..base_models import config_folders
+    from ..errors import BaseModelError
     from .engine import Engine, Limits, list_models
     from .jobs import TrainingJobs
     from .ui import build_ui
@@ -86,6 +99,10 @@ def create_app(args: argparse.Namespace):
         raise SystemExit("no --base-model given and the bundled toy-world base model is not installed")
     if args.queue_size < 1 or args.max_images < 1 or args.max_size % 8 or args.max_size < 32:
         raise SystemExit("--queue-size and --max-images must be >= 1; --max-size a multiple of 8, >= 32")
+    try:
+        configs = config_folders(args.config)
+    except BaseModelError as exc:
+        raise SystemExit(str(exc)) from None
     adapters_dir = Path(args.adapters_dir)
     adapters_dir.mkdir(parents=True, exist_ok=True)
     limits = Limits(max_size=args.max_size, max_images=args.max_images)
@@ -97,11 +114,12 @@ def create_app(args: argparse.Namespace):
         args.dtype,
         limits,
         models=list_models(args.models_dir),
+        configs=configs,
     )
     jobs = None
     if not args.no_train:
         work = args.work_dir or tempfile.mkdtemp(prefix="moslora-webui-train-")
-        jobs = TrainingJobs(base, adapters_dir, work, sampler_defaults=engine.defaults)
+        jobs = TrainingJobs(base, adapters_dir, work, sampler_defaults=engine.defaults, configs=configs)
     demo = build_ui(engine, jobs)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     return demo, engine, jobs
