@@ -88,6 +88,17 @@ class TrainConfig:
     center_crop: bool = _f(False, "Crop the centre instead of a random crop.")
     random_flip: bool = _f(False, "Flip images horizontally at random.")
     repeats: int = _f(1, "How often each instance image appears per epoch.")
+    bucket: bool = _f(
+        False,
+        "Aspect-ratio bucketing: each image keeps its aspect ratio in a bucket of about --resolution² pixels "
+        "(sides multiples of --bucket_step); every batch comes from one bucket.",
+    )
+    bucket_step: int = _f(64, "Bucket sides are multiples of this (a multiple of 8).")
+    min_bucket_side: int | None = _f(None, "Shortest bucket side. Default: half of --resolution.")
+    max_bucket_side: int | None = _f(None, "Longest bucket side. Default: twice --resolution.")
+    bucket_no_upscale: bool = _f(
+        False, "With --bucket: never enlarge an image; small images get a bucket of their own size."
+    )
     # --- prior preservation
     with_prior_preservation: bool = _f(False, "Add the prior-preservation loss on class images.")
     class_data_dir: str | None = _f(None, "Folder of class images; missing ones are generated there.")
@@ -227,6 +238,9 @@ def _check_choices(cfg: TrainConfig) -> None:
 NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "resolution": (8, 8192, False),
     "repeats": (1, 10_000, False),
+    "bucket_step": (8, 1024, False),
+    "min_bucket_side": (8, 8192, False),
+    "max_bucket_side": (8, 8192, False),
     "num_class_images": (1, 100_000, False),
     "prior_loss_weight": (0, 1e4, False),
     "sample_batch_size": (1, 256, False),
@@ -278,6 +292,25 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise TrainConfigError(f"--resolution must be a multiple of 8; got {cfg.resolution}")
 
 
+def _check_buckets(cfg: TrainConfig) -> None:
+    given = [f for f in ("min_bucket_side", "max_bucket_side") if getattr(cfg, f) is not None]
+    if not cfg.bucket:
+        if given or cfg.bucket_no_upscale:
+            raise TrainConfigError(f"--{(given or ['bucket_no_upscale'])[0]} needs --bucket")
+        return
+    if cfg.bucket_step % 8:
+        raise TrainConfigError(f"--bucket_step must be a multiple of 8; got {cfg.bucket_step}")
+    for flag in given:
+        if getattr(cfg, flag) % cfg.bucket_step:
+            raise TrainConfigError(
+                f"--{flag} must be a multiple of --bucket_step ({cfg.bucket_step}); got {getattr(cfg, flag)}"
+            )
+    if len(given) == 2 and cfg.min_bucket_side > cfg.max_bucket_side:
+        raise TrainConfigError(
+            f"--min_bucket_side ({cfg.min_bucket_side}) is larger than --max_bucket_side ({cfg.max_bucket_side})"
+        )
+
+
 def _check_targets(cfg: TrainConfig) -> None:
     try:
         resolve_targets(cfg.unet_targets, "unet")
@@ -318,3 +351,4 @@ def check_settings(cfg: TrainConfig) -> None:
     _check_targets(cfg)
     _check_packages(cfg)
     _check_prior_settings(cfg)
+    _check_buckets(cfg)

@@ -143,6 +143,7 @@ class Example:
     caption: str
     original_size: tuple[int, int]  # (height, width) before resizing, for SDXL's time ids
     crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
+    target_size: tuple[int, int] = (0, 0)  # (height, width) trained at (the bucket)
 
 
 def augmentation_generator(seed: int, position: int, salt: int = 0) -> torch.Generator:
@@ -150,38 +151,57 @@ def augmentation_generator(seed: int, position: int, salt: int = 0) -> torch.Gen
     return torch.Generator().manual_seed((seed * 1_000_003 + position * 7919 + salt) % (2**63 - 1))
 
 
-def crop_is_random(size: tuple[int, int], center_crop: bool) -> bool:
-    """Whether cropping an image of `size` (w, h) to a square can vary between epochs."""
+def _target(resolution: int | tuple[int, int]) -> tuple[int, int]:
+    return (
+        (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+    )
+
+
+def _covering_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """(w, h) of an image of ``size`` resized, aspect kept, to just cover ``target`` (w, h)."""
+    (w, h), (tw, th) = size, target
+    scale = max(tw / w, th / h)
+    return max(tw, round(w * scale)), max(th, round(h * scale))
+
+
+def crop_is_random(
+    size: tuple[int, int], center_crop: bool, resolution: int | tuple[int, int] | None = None
+) -> bool:
+    """Whether cropping an image of `size` (w, h) to `resolution` (a side, or (w, h); default: a square)
+    can vary between epochs."""
     if center_crop:
         return False
-    w, h = size
-    return w != h
+    if resolution is None:
+        return size[0] != size[1]
+    target = _target(resolution)
+    return _covering_size(size, target) != target
 
 
 def preprocess(
     image: Image.Image,
     caption: str,
-    resolution: int,
+    resolution: int | tuple[int, int],
     center_crop: bool,
     random_flip: bool,
     generator: torch.Generator | None,
 ) -> Example:
-    """Resize the short side to `resolution`, crop a square (centre or random), maybe flip, normalise."""
+    """Resize to cover `resolution` (a square side, or a bucket's (w, h)), crop (centre or random), maybe
+    flip, normalise."""
     w, h = image.size
-    scale = resolution / min(w, h)
-    new_w, new_h = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    tw, th = _target(resolution)
+    new_w, new_h = _covering_size((w, h), (tw, th))
     image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     if center_crop or generator is None:
-        top, left = (new_h - resolution) // 2, (new_w - resolution) // 2
+        top, left = (new_h - th) // 2, (new_w - tw) // 2
     else:
-        top = int(torch.randint(0, new_h - resolution + 1, (1,), generator=generator))
-        left = int(torch.randint(0, new_w - resolution + 1, (1,), generator=generator))
-    image = image.crop((left, top, left + resolution, top + resolution))
+        top = int(torch.randint(0, new_h - th + 1, (1,), generator=generator))
+        left = int(torch.randint(0, new_w - tw + 1, (1,), generator=generator))
+    image = image.crop((left, top, left + tw, top + th))
     if random_flip and generator is not None and float(torch.rand((), generator=generator)) < 0.5:
         image = ImageOps.mirror(image)
     data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    pixels = data.view(resolution, resolution, 3).permute(2, 0, 1).float() / 127.5 - 1.0
-    return Example(pixels, caption, (h, w), (top, left))
+    pixels = data.view(th, tw, 3).permute(2, 0, 1).float() / 127.5 - 1.0
+    return Example(pixels, caption, (h, w), (top, left), (th, tw))
 
 
 # ----------------------------------------------------------------------------- sample order
@@ -218,3 +238,7 @@ class SampleOrder:
 
     def micro_batches_per_epoch(self) -> int:
         return math.ceil(self.num_examples / self.global_batch)
+
+    def items(self, micro_batch: int, rank: int) -> list[tuple[int, int]]:
+        """(example index, stream position) of this process's examples of ``micro_batch``."""
+        return [(self.index_at(p), p) for p in self.positions(micro_batch, rank)]

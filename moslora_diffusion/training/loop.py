@@ -25,8 +25,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import NonFiniteLossError, TrainConfigError
+from . import buckets, data, losses, models, outputs, prior, run_folder, validation
 from . import checkpoint as ckpt
-from . import data, losses, models, outputs, prior, run_folder, validation
 from .args import TrainConfig
 from .events import TrainEvent, TrainResult
 from .model_card import render_model_card, write_model_card
@@ -56,11 +56,14 @@ class _Run:
     seed: int
     instances: list[_Source]
     classes: list[_Source]
-    order: data.SampleOrder
+    order: data.SampleOrder | buckets.BucketOrder
     noise_generator: torch.Generator
     unet: torch.nn.Module  # possibly DDP-wrapped
     text_encoders: list[torch.nn.Module]  # wrapped where trained
-    latent_cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, data.Example]] | None = None
+    bucket_of: list[tuple[int, int]] | None = None  # with --bucket: (w, h) of each instance image
+    latent_cache: (
+        dict[tuple[str, int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor, data.Example]] | None
+    ) = None
     text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
     losses: list[float] = field(default_factory=list)
 
@@ -72,11 +75,14 @@ class _Run:
 # ----------------------------------------------------------------------------- batches
 
 
-def _example(run: _Run, kind: str, index: int, position: int) -> data.Example:
+Item = tuple[str, int, int, tuple[int, int]]  # (kind, source index, stream position, (w, h) trained at)
+
+
+def _example(run: _Run, kind: str, index: int, position: int, size: tuple[int, int]) -> data.Example:
     src = (run.instances if kind == "instance" else run.classes)[index]
     cfg = run.cfg
     gen = data.augmentation_generator(run.seed, position, salt=0 if kind == "instance" else 1)
-    return data.preprocess(src.image, src.caption, run.resolution, cfg.center_crop, cfg.random_flip, gen)
+    return data.preprocess(src.image, src.caption, size, cfg.center_crop, cfg.random_flip, gen)
 
 
 def _latent_stats(run: _Run, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,27 +92,29 @@ def _latent_stats(run: _Run, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.
     return dist.mean.float(), dist.std.float()
 
 
-def _batch_items(run: _Run, micro_batch: int) -> list[tuple[str, int, int]]:
-    """(kind, source index, stream position) of this process's examples: instances first, then classes."""
-    positions = run.order.positions(micro_batch, run.accelerator.process_index)
+def _batch_items(run: _Run, micro_batch: int) -> list[Item]:
+    """This process's examples of a micro-batch: instances first, then classes (at the instances' size:
+    with buckets, class images are cropped to the bucket of the batch)."""
+    drawn = run.order.items(micro_batch, run.accelerator.process_index)
     n_inst = len(run.instances)
-    items = [("instance", run.order.index_at(p) % n_inst, p) for p in positions]
+    sizes = [
+        run.bucket_of[i % n_inst] if run.bucket_of else (run.resolution, run.resolution) for i, _ in drawn
+    ]
+    items: list[Item] = [("instance", i % n_inst, p, size) for (i, p), size in zip(drawn, sizes)]
     if run.classes:
-        items += [("class", p % len(run.classes), p) for p in positions]
+        items += [("class", p % len(run.classes), p, sizes[0]) for _, p in drawn]
     return items
 
 
-def _latents_and_meta(
-    run: _Run, items: list[tuple[str, int, int]]
-) -> tuple[torch.Tensor, list[data.Example]]:
+def _latents_and_meta(run: _Run, items: list[Item]) -> tuple[torch.Tensor, list[data.Example]]:
     """Sampled, scaled VAE latents of the items (from the cache when there is one)."""
     if run.latent_cache is not None:
-        entries = [_cached_latent(run, kind, idx) for kind, idx, _ in items]
+        entries = [_cached_latent(run, kind, idx, size) for kind, idx, _, size in items]
         mean = torch.cat([e[0] for e in entries])
         std = torch.cat([e[1] for e in entries])
         examples = [e[2] for e in entries]
     else:
-        examples = [_example(run, kind, idx, pos) for kind, idx, pos in items]
+        examples = [_example(run, kind, idx, pos, size) for kind, idx, pos, size in items]
         mean, std = _latent_stats(run, torch.stack([e.pixels for e in examples]))
     eps = torch.randn(mean.shape, generator=run.noise_generator, device=run.noise_generator.device)
     latents = mean + std * eps.to(mean)
@@ -116,11 +124,14 @@ def _latents_and_meta(
     return latents * vae_cfg.scaling_factor, examples
 
 
-def _cached_latent(run: _Run, kind: str, idx: int) -> tuple[torch.Tensor, torch.Tensor, data.Example]:
-    """An image's latent distribution, encoded on first use (one image at a time, outside autocast) and kept."""
-    key = (kind, idx)
+def _cached_latent(
+    run: _Run, kind: str, idx: int, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, data.Example]:
+    """An image's latent distribution at a size, encoded on first use (one image at a time, outside
+    autocast) and kept."""
+    key = (kind, idx, size)
     if key not in run.latent_cache:
-        ex = _example(run, kind, idx, 0)
+        ex = _example(run, kind, idx, 0, size)
         with torch.autocast(device_type=run.device.type, enabled=False):
             mean, std = _latent_stats(run, ex.pixels[None])
         run.latent_cache[key] = (mean, std, ex)
@@ -162,7 +173,9 @@ def _micro_batch_loss(run: _Run, micro_batch: int) -> torch.Tensor:
     added = None
     if comps.is_sdxl:
         time_ids = models.sdxl_time_ids(
-            [e.original_size for e in examples], [e.crop_top_left for e in examples], run.resolution
+            [e.original_size for e in examples],
+            [e.crop_top_left for e in examples],
+            [e.target_size for e in examples],
         )
         added = {"text_embeds": pooled, "time_ids": time_ids.to(run.device, dtype=pooled.dtype)}
     pred = run.unet(
@@ -174,7 +187,7 @@ def _micro_batch_loss(run: _Run, micro_batch: int) -> torch.Tensor:
         per_example = per_example * losses.min_snr_weights(
             sched.alphas_cumprod, timesteps, cfg.snr_gamma, comps.prediction_type
         ).to(per_example)
-    n_inst = sum(1 for kind, _, _ in items if kind == "instance")
+    n_inst = sum(1 for kind, *_ in items if kind == "instance")
     loss, _ = losses.dreambooth_loss(per_example, n_inst, cfg.prior_loss_weight)
     return loss
 
@@ -189,8 +202,17 @@ def _enable_caches(run: _Run) -> None:
     same whenever they are computed, so a resumed run sees exactly what an uninterrupted one saw.
     """
     cfg = run.cfg
-    augment = cfg.random_flip or any(
-        data.crop_is_random(s.image.size, cfg.center_crop) for s in run.instances + run.classes
+    square = (run.resolution, run.resolution)
+    sizes = sorted(set(run.bucket_of)) if run.bucket_of else [square]
+    augment = (
+        cfg.random_flip
+        or any(
+            data.crop_is_random(s.image.size, cfg.center_crop, run.bucket_of[i] if run.bucket_of else square)
+            for i, s in enumerate(run.instances)
+        )
+        or any(
+            data.crop_is_random(s.image.size, cfg.center_crop, size) for s in run.classes for size in sizes
+        )
     )
     run.latent_cache = None if augment else {}
     run.text_cache = None if cfg.train_text_encoder else {}
@@ -447,9 +469,28 @@ class Trainer:
             accelerator.wait_for_everyone()
         instances, classes = _load_sources(cfg)
 
-        order = data.SampleOrder(
-            len(instances) * cfg.repeats, cfg.train_batch_size, accelerator.num_processes, seed
-        )
+        bucket_of = None
+        if cfg.bucket:
+            try:
+                bucket_of = buckets.assign_buckets(
+                    [s.image.size for s in instances], resolution, cfg.bucket_step,
+                    cfg.min_bucket_side, cfg.max_bucket_side, cfg.bucket_no_upscale,
+                )  # fmt: skip
+            except ValueError as exc:
+                raise TrainConfigError(
+                    f"--bucket: {exc} (resolution {resolution}, --bucket_step {cfg.bucket_step}, "
+                    "--min_bucket_side / --max_bucket_side); use a smaller --bucket_step"
+                ) from None
+            if is_main:
+                tqdm.write(f"aspect-ratio buckets (width x height):\n{buckets.histogram(bucket_of)}")
+            order = buckets.BucketOrder(
+                [bucket_of[i % len(instances)] for i in range(len(instances) * cfg.repeats)],
+                cfg.train_batch_size, accelerator.num_processes, seed,
+            )  # fmt: skip
+        else:
+            order = data.SampleOrder(
+                len(instances) * cfg.repeats, cfg.train_batch_size, accelerator.num_processes, seed
+            )
         steps_per_epoch = math.ceil(order.micro_batches_per_epoch() / cfg.gradient_accumulation_steps)
         max_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
         optimizer = _make_optimizer(cfg, comps, accelerator.num_processes)
@@ -470,6 +511,7 @@ class Trainer:
             instances=instances,
             classes=classes,
             order=order,
+            bucket_of=bucket_of,
             noise_generator=noise_generator,
             unet=wrapped["unet"],
             text_encoders=[wrapped.get(k, m) for k, m in comps.text_components().items()],

@@ -285,8 +285,8 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def sdxl_time_ids(
-    original_sizes: list[tuple[int, int]], crops: list[tuple[int, int]], resolution: int
+    original_sizes: list[tuple[int, int]], crops: list[tuple[int, int]], target_sizes: list[tuple[int, int]]
 ) -> torch.Tensor:
-    """SDXL's micro-conditioning: (original h, w, crop top, left, target h, w) per example."""
-    rows = [[*orig, *crop, resolution, resolution] for orig, crop in zip(original_sizes, crops)]
+    """SDXL's micro-conditioning per example: (original h, w, crop top, left, target h, w)."""
+    rows = [[*orig, *crop, *target] for orig, crop, target in zip(original_sizes, crops, target_sizes)]
     return torch.tensor(rows, dtype=torch.float32)

@@ -275,6 +275,8 @@ class TrainingJobs:
             learning_rate=float(req.learning_rate),
             adapter=req.adapter,
             resolution=req.resolution,
+            bucket=True,  # photos keep their aspect ratio
+            bucket_step=64 if (req.resolution or sampler.get("width", 512)) >= 256 else 8,
             seed=int(req.seed),
             validation_prompt=prompt,
             num_validation_images=1,
