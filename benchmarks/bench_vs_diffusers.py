@@ -20,7 +20,10 @@ matching the installed version (never copy it into this repository), and run in 
     /tmp/refvenv/bin/python benchmarks/bench_vs_diffusers.py \\
         --reference-script /path/to/diffusers/examples/dreambooth/train_dreambooth_lora.py
 
-On a GPU: add `--device cuda` (SD 1.5 at 512 px in bf16; the toy job is skipped).
+On a GPU: add `--device cuda` (SD 1.5 at 512 px, and with `--jobs sd1,sdxl --reference-script-sdxl
+.../train_dreambooth_lora_sdxl.py` SDXL at 1024 px; `--mixed-precision bf16` (default) or `fp16`; the toy job
+is skipped). Peak GPU memory is then read for both scripts the same way: the process's memory as `nvidia-smi`
+reports it, polled every 0.2 s (the allocator's reserve included). `benchmarks/gpu_check.sh` runs all of it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ class Job:
     steps: tuple[int, int]
     mixed_precision: str = "no"
 
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.resolution} px" + (
+            f" {self.mixed_precision}" if self.mixed_precision != "no" else ""
+        )
+
 
 @dataclass
 class Run:
@@ -68,6 +77,7 @@ class Run:
     wall_s: float
     first_step_s: float | None
     rss_mib: float
+    gpu_mib: float | None = None
 
 
 # ----------------------------------------------------------------------------- the job's inputs
@@ -85,10 +95,10 @@ def prepare_job(job: Job, work: Path) -> tuple[Path, Path]:
         for png in sorted(toyworld.subject_path().glob("*.png"))[:N_IMAGES]:
             shutil.copy(png, images / png.name)  # images only: both scripts use the same instance prompt
         return toyworld.base_model_path(), images
-    model_dir = work / "sd1-model"
+    model_dir = work / f"{job.name}-model"
     if not (model_dir / "model_index.json").is_file():
-        print(f"building the SD 1.5 architecture with random weights in {model_dir} ...", flush=True)
-        build_model_dir(Model("sd1", job.resolution), False, "float32", str(model_dir))
+        print(f"building the {job.name} architecture with random weights in {model_dir} ...", flush=True)
+        build_model_dir(Model(job.name, job.resolution), False, "float32", str(model_dir))
     make_instance_images(images, job.resolution, N_IMAGES)
     return model_dir, images
 
@@ -118,10 +128,54 @@ def command(script: str, python: str, reference: Path, model: Path, images: Path
 # ----------------------------------------------------------------------------- one timed process
 
 
-def timed_run(cmd: list[str], env: dict[str, str], first_step: re.Pattern, log: Path) -> tuple[float, float | None, float]:  # fmt: skip
-    """(wall seconds, seconds to the first step or None, peak RSS MiB) of one process."""
+class GpuMemoryPoll:
+    """Peak GPU memory of one process (and its children) from `nvidia-smi`, polled in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        import threading
+
+        self.pid, self.interval, self.peak_mib = pid, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _pids(self) -> set[int]:
+        pids, frontier = {self.pid}, [self.pid]
+        while frontier:  # accelerate launch starts the training process as a child
+            try:
+                children = Path(f"/proc/{frontier.pop()}/task").glob("*/children")
+                for f in children:
+                    new = {int(c) for c in f.read_text().split()} - pids
+                    pids |= new
+                    frontier += new
+            except OSError:
+                pass
+        return pids
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                    capture_output=True, text=True, timeout=10,
+                ).stdout  # fmt: skip
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            pids = self._pids()
+            used = sum(float(m) for p, m in (line.split(",") for line in out.splitlines() if "," in line) if int(p) in pids)  # fmt: skip
+            self.peak_mib = max(self.peak_mib, used)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mib
+
+
+def timed_run(cmd: list[str], env: dict[str, str], first_step: re.Pattern, log: Path, gpu: bool = False) -> tuple[float, float | None, float, float | None]:  # fmt: skip
+    """(wall seconds, seconds to the first step or None, peak RSS MiB, peak GPU MiB or None) of one process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    poll = GpuMemoryPoll(proc.pid) if gpu else None
     first, buffer = None, ""
     with log.open("wb") as sink:
         while chunk := os.read(proc.stderr.fileno(), 65536):
@@ -132,10 +186,11 @@ def timed_run(cmd: list[str], env: dict[str, str], first_step: re.Pattern, log: 
                     first = time.perf_counter() - t0
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    gpu_mib = poll.stop() if poll is not None else None
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed with exit code {proc.returncode}; log: {log}")
-    return wall, first, usage.ru_maxrss / 1024
+    return wall, first, usage.ru_maxrss / 1024, gpu_mib
 
 
 # ----------------------------------------------------------------------------- tables
@@ -167,22 +222,24 @@ def tables(runs: list[Run], jobs: list[Job]) -> str:
                 "fixed": fixed,
                 "run500": fixed + 500 * per_step,
                 "rss": max(r.rss_mib for r in mine),
+                "gpu": max((r.gpu_mib or 0.0) for r in mine),
             }
             s = stats[script]
-            rows.append([f"{job.name} {job.resolution} px", script, f"{s['first']:.1f}", f"{per_step:.3f}",
-                         f"{fixed:.1f}", f"{s['run500']:.0f}", f"{s['rss']:.0f}"])  # fmt: skip
+            rows.append([job.label, script, f"{s['first']:.1f}", f"{per_step:.3f}",
+                         f"{fixed:.1f}", f"{s['run500']:.0f}", f"{s['rss']:.0f}", f"{s['gpu']:.0f}" if s["gpu"] else "-"])  # fmt: skip
         ref = stats.get("reference")
         for script in ("ours-lora", "ours-moslora"):
             if ref and script in stats:
                 s = stats[script]
-                ratio_rows.append([f"{job.name} {job.resolution} px", f"reference / {script}",
+                ratio_rows.append([job.label, f"reference / {script}",
                                    f"{ref['first'] / s['first']:.2f}", f"{ref['per_step'] / s['per_step']:.2f}",
-                                   f"{ref['run500'] / s['run500']:.2f}", f"{s['rss'] / ref['rss']:.2f}"])  # fmt: skip
-    head = ["job", "script", "first step s", "s/step (fitted)", "start-up s (fitted)", "500 steps s (fitted)", "peak RSS MiB"]  # fmt: skip
+                                   f"{ref['run500'] / s['run500']:.2f}", f"{s['rss'] / ref['rss']:.2f}",
+                                   f"{s['gpu'] / ref['gpu']:.2f}" if s["gpu"] and ref["gpu"] else "-"])  # fmt: skip
+    head = ["job", "script", "first step s", "s/step (fitted)", "start-up s (fitted)", "500 steps s (fitted)", "peak RSS MiB", "peak GPU MiB"]  # fmt: skip
     text = markdown_table(head, rows)
     if ratio_rows:
         text += "\n\nHow many times faster ours is (reference / ours; above 1 = ours faster), and our memory relative to the reference:\n\n"
-        text += markdown_table(["job", "comparison", "first step", "per step", "500-step run", "peak RSS ours/ref"], ratio_rows)  # fmt: skip
+        text += markdown_table(["job", "comparison", "first step", "per step", "500-step run", "peak RSS ours/ref", "peak GPU ours/ref"], ratio_rows)  # fmt: skip
     return text
 
 
@@ -202,7 +259,16 @@ def main(argv: list[str] | None = None) -> None:
         default=sys.executable,
         help="interpreter of the venv with torchvision (default: this one)",
     )
-    ap.add_argument("--jobs", default="toy,sd1", help="comma-separated: toy, sd1")
+    ap.add_argument(
+        "--reference-script-sdxl",
+        type=Path,
+        default=None,
+        help="diffusers' examples/dreambooth/train_dreambooth_lora_sdxl.py (for the sdxl job)",
+    )
+    ap.add_argument("--jobs", default="toy,sd1", help="comma-separated: toy, sd1, sdxl (sdxl: CUDA only)")
+    ap.add_argument(
+        "--mixed-precision", default="bf16", choices=("bf16", "fp16"), help="on CUDA (CPU runs are fp32)"
+    )
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads per process on CPU (one run at a time)"
     )
@@ -223,11 +289,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{args.reference_script}: no such file (take it from a diffusers checkout)")
 
     cuda = args.device == "cuda"
+    mp = args.mixed_precision
     all_jobs = {
         "toy": Job("toy", 32, (20, 200)),
-        "sd1": Job("sd1", 512, (5, 25), "bf16") if cuda else Job("sd1", 256, (3, 11)),
+        "sd1": Job("sd1", 512, (5, 25), mp) if cuda else Job("sd1", 256, (3, 11)),
+        "sdxl": Job("sdxl", 1024, (5, 25), mp),
     }
-    jobs = [all_jobs[name] for name in args.jobs.split(",") if not (cuda and name == "toy")]
+    names = [n.strip() for n in args.jobs.split(",") if n.strip()]
+    if set(names) - set(all_jobs):
+        sys.exit(f"--jobs: choose from {', '.join(all_jobs)}")
+    if "sdxl" in names and not (cuda and args.reference_script_sdxl and args.reference_script_sdxl.is_file()):
+        sys.exit(
+            "the sdxl job needs --device cuda and --reference-script-sdxl (train_dreambooth_lora_sdxl.py)"
+        )
+    jobs = [all_jobs[name] for name in names if not (cuda and name == "toy")]
     if args.steps:
         low, high = (int(n) for n in args.steps.split(","))
         jobs = [Job(j.name, j.resolution, (low, high), j.mixed_precision) for j in jobs]
@@ -247,10 +322,11 @@ def main(argv: list[str] | None = None) -> None:
                 for script in order:
                     out = work / f"out-{job.name}-{script}-{steps}-{rep}"
                     shutil.rmtree(out, ignore_errors=True)
-                    cmd = command(script, args.python, args.reference_script, model, images, out, job, steps)
+                    reference = args.reference_script_sdxl if job.name == "sdxl" else args.reference_script
+                    cmd = command(script, args.python, reference, model, images, out, job, steps)
                     pattern = FIRST_STEP["reference" if script == "reference" else "ours"]
-                    wall, first, rss = timed_run(cmd, env, pattern, work / f"{out.name}.log")
-                    runs.append(Run(job.name, script, steps, wall, first, rss))
+                    wall, first, rss, gpu = timed_run(cmd, env, pattern, work / f"{out.name}.log", gpu=cuda)
+                    runs.append(Run(job.name, script, steps, wall, first, rss, gpu))
                     print(f"{job.name} {script} {steps} steps: {wall:.1f} s, first step at {first} s, {rss:.0f} MiB", flush=True)  # fmt: skip
                     shutil.rmtree(out, ignore_errors=True)
                 order.reverse()  # alternate who runs first
@@ -261,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         + f"; {args.repeats} run(s) each. `s/step` and `start-up` are fitted from the two step counts' wall times; "
         "`500 steps` is fitted from them, not measured; `first step` is when the script's progress bar first shows "
         "step 1. Same job for both: rank 4, attention targets, batch 1, lr 1e-4 constant, seed 0, no validation, "
-        f"no checkpoints; {'bf16' if cuda else 'fp32'}.\n\n" + tables(runs, jobs)
+        f"no checkpoints; {mp if cuda else 'fp32'}.\n\n" + tables(runs, jobs)
     )
     print(body)
     if not args.no_docs:

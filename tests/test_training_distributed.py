@@ -68,3 +68,46 @@ def test_two_process_cpu_run(tmp_path):
     ]
     tensors = load_file(str(out / "moslora_weights.safetensors"))
     assert any(k.startswith("text_encoder.") for k in tensors) and any(k.startswith("unet.") for k in tensors)
+
+
+@pytest.mark.slow
+def test_two_machine_simulation_with_the_multi_node_config(tmp_path):
+    """train_scripts/accelerate_configs/multi_node_ddp.yaml with two launchers (machine ranks 0 and 1) on this
+    machine: one process per "machine", gloo over loopback. Both end with the same adapter."""
+    model = save_tiny_pipeline("sd1", tmp_path / "sd1")
+    inst = tmp_path / "inst"
+    inst.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (90 * i, 200, 90)).save(inst / f"subject{i}.png")
+    out = tmp_path / "out"
+    port = str(_free_port())
+    config = REPO / "train_scripts" / "accelerate_configs" / "multi_node_ddp.yaml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    procs = []
+    for rank in (0, 1):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+        cmd += ["--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"]
+        cmd += ["--main_process_port", port, "--mixed_precision", "no", str(SCRIPT)]
+        cmd += ["--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(inst)]
+        cmd += [
+            "--instance_prompt",
+            "a sks blob",
+            "--resolution",
+            "32",
+            "--output_dir",
+            str(out),
+            "--seed",
+            "0",
+        ]
+        cmd += ["--max_train_steps", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-3"]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    logs = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, logs):
+        assert p.returncode == 0, stderr[-4000:]
+    assert sum((o + e).count("finished: 2/2 steps") for o, e in logs) == 1, "only the main process reports"
+    ckpt = out / "checkpoint-2"
+    digests = [json.loads((ckpt / f"rng-{rank}.json").read_text())["adapter_sha256"] for rank in (0, 1)]
+    assert digests[0] == digests[1], "the two machines ended with different adapter weights"
+    assert state_digest(load_file(str(ckpt / "adapter.safetensors"))) == digests[0]
