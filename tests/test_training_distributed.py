@@ -100,13 +100,15 @@ def test_two_machine_simulation_with_the_multi_node_config(tmp_path):
             "0",
         ]
         cmd += ["--max_train_steps", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-3"]
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    logs = [p.communicate(timeout=300) for p in procs]
-    for p, (stdout, stderr) in zip(procs, logs):
-        assert p.returncode == 0, stderr[-4000:]
-    assert sum((o + e).count("finished: 2/2 steps") for o, e in logs) == 1, "only the main process reports"
+        log = open(tmp_path / f"machine{rank}.log", "w")  # files, not pipes: neither launcher can block
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True), log))
+    logs = []
+    for proc, log in procs:
+        proc.wait(timeout=300)
+        log.close()
+        logs.append(Path(log.name).read_text())
+        assert proc.returncode == 0, logs[-1][-4000:]
+    assert sum(text.count("finished: 2/2 steps") for text in logs) == 1, "only the main process reports"
     ckpt = out / "checkpoint-2"
     digests = [json.loads((ckpt / f"rng-{rank}.json").read_text())["adapter_sha256"] for rank in (0, 1)]
     assert digests[0] == digests[1], "the two machines ended with different adapter weights"
