@@ -128,7 +128,11 @@ def _note_kohya_gaps(modules: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------ inspect
 def _inspect_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="adapter file (native MoSLoRA, diffusers/PEFT LoRA or kohya LoRA)")
+    parser.add_argument(
+        "file",
+        help="adapter file (native MoSLoRA, diffusers/PEFT LoRA or kohya LoRA); a single-file base model is "
+        "recognised and named as such",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -136,11 +140,38 @@ def _inspect_args(parser: argparse.ArgumentParser) -> None:
     "inspect", "describe an adapter file: format, base model, ranks, sizes, training metadata", _inspect_args
 )
 def run_inspect(args: argparse.Namespace) -> int:
+    from .errors import MoSLoraFormatError
     from .formats.inspect import describe_adapter_file, format_description
 
-    info = describe_adapter_file(args.file)
+    try:
+        info = describe_adapter_file(args.file)
+    except MoSLoraFormatError:
+        checkpoint = _base_checkpoint(args.file)
+        if checkpoint is None:
+            raise
+        info = {
+            "kind": "base model (single-file checkpoint)",
+            "file": str(checkpoint.path),
+            "architecture": checkpoint.architecture,
+            "prediction_type": checkpoint.prediction_type,
+            "use": "train with --pretrained_model_name_or_path FILE [--config DIR]; not an adapter",
+        }
+        text = "\n".join(f"{k}: {v}" for k, v in info.items())
+        print(json.dumps(info, indent=2) if args.json else text)
+        return 0
     print(json.dumps(info, indent=2, default=str) if args.json else format_description(info))
     return 0
+
+
+def _base_checkpoint(path: str):
+    """The file as a single-file base model, or None when it is not one either."""
+    from .base_models import inspect_checkpoint
+    from .errors import BaseModelError
+
+    try:
+        return inspect_checkpoint(path)
+    except BaseModelError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------- quickstart

@@ -204,3 +204,11 @@ def test_web_ui_offers_and_renders_single_files_like_folders(tmp_path, toy_file)
     assert engine.base_model == str(models / toy_file.name) and engine.architecture == "sd1"
     got = np.asarray(engine.generate(req)[0].image)
     np.testing.assert_array_equal(got, want)
+
+
+def test_cli_inspect_names_a_base_checkpoint(single_files):
+    from tests.cli_support import run_cli
+
+    proc = run_cli("inspect", str(single_files["sdxl"][1]))
+    assert proc.returncode == 0, proc.stderr
+    assert "base model (single-file checkpoint)" in proc.stdout and "architecture: sdxl" in proc.stdout
