@@ -283,22 +283,30 @@ def test_sd1_refuses_to_resume_another_run(sd1_run, tiny_sd1, tiny_sdxl, subject
 
 
 def test_sd2_v_prediction_bf16_gradient_checkpointing(tmp_path, subject):
+    import warnings
+
     model = save_tiny_pipeline("sd2", tmp_path / "sd2")
-    result = train(
-        model,
-        tmp_path / "out",
-        subject,
-        "--max_train_steps",
-        "2",
-        "--mixed_precision",
-        "bf16",
-        "--gradient_checkpointing",
-        "--train_text_encoder",
-        "--snr_gamma",
-        "5",
-        "--noise_offset",
-        "0.05",
-    )
+    with warnings.catch_warnings(
+        record=True
+    ) as caught:  # the suite ignores FutureWarnings; this run must not
+        warnings.simplefilter("always")
+        result = train(
+            model,
+            tmp_path / "out",
+            subject,
+            "--max_train_steps",
+            "2",
+            "--mixed_precision",
+            "bf16",
+            "--gradient_checkpointing",
+            "--train_text_encoder",
+            "--snr_gamma",
+            "5",
+            "--noise_offset",
+            "0.05",
+        )
+    deprecated = [str(w.message) for w in caught if "checkpointing" in str(w.message)]
+    assert not deprecated, deprecated  # text-encoder checkpointing through the current transformers name
     tensors, meta = read_native(result.weights_path)
     base = json.loads(meta["base_model"])
     assert base["architecture"] == "sd2" and base["prediction_type"] == "v_prediction"

@@ -319,7 +319,11 @@ def _enable_gradient_checkpointing(cfg: TrainConfig, comps: models.Components) -
     comps.unet.enable_gradient_checkpointing()
     if cfg.train_text_encoder:
         for te in comps.text_encoders:
-            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+                te.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _decode(path: Path, caption: str) -> _Source:
