@@ -560,3 +560,24 @@ def test_switching_the_base_model_rechecks_adapters(tmp_path):
     )
     engine.switch_model("base")
     assert engine.architecture == "sd1"
+
+
+def test_training_job_on_a_single_file_base_uses_its_config_folder_and_buckets(tmp_path, lora_file):
+    from moslora_diffusion.tiny import make_tiny_pipeline
+    from tests.ldm_layout import pipeline_to_single_file
+
+    folder = tmp_path / "sd1"
+
+    pipe = make_tiny_pipeline("sd1")
+    pipe.save_pretrained(folder)
+    single = pipeline_to_single_file(pipe, tmp_path / "model.safetensors")
+    backend = FakeTraining(lora_file)
+    jobs = TrainingJobs(str(single), tmp_path / "adapters", tmp_path / "work", backend=backend,
+                        configs={"sd1": str(folder)}, sampler_defaults={"width": 32})  # fmt: skip
+    req = TrainRequest(images=_images(tmp_path / "in", 3), instance_prompt="a photo of sks toy",
+                       adapter_name="single", steps=2)  # fmt: skip
+    jobs.start(req)
+    assert jobs.wait(20).state == "done"
+    cfg = backend.configs[0]
+    assert cfg.pretrained_model_name_or_path == str(single) and cfg.config == str(folder)
+    assert cfg.bucket and cfg.bucket_step == 8  # photos keep their aspect ratio; steps fit a 32 px model
