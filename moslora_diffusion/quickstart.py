@@ -48,6 +48,7 @@ def comparison_grid(
 def run_quickstart(argv: Sequence[str] | None = None) -> Path:
     """Train with `train_dreambooth_moslora.py` flags (toy-world defaults) and write the comparison grid."""
     from .toyworld import subject_info, subject_path, training_defaults
+    from .toyworld.quality import scorer_for
     from .training import parse_args, run_training
 
     started = time.time()
@@ -59,7 +60,7 @@ def run_quickstart(argv: Sequence[str] | None = None) -> Path:
         {"output_dir": "outputs/quickstart", "overwrite_output_dir": True} if own_folder else {}
     )
     cfg = parse_args(args, defaults={**quickstart_defaults, **training_defaults(args)})
-    result = run_training(cfg)
+    result = run_training(cfg, scorer=scorer_for(cfg))
     if result.weights_path is None:
         raise RuntimeError("training wrote no adapter")
     bundled = cfg.instance_data_dir == str(subject_path())
@@ -70,4 +71,6 @@ def run_quickstart(argv: Sequence[str] | None = None) -> Path:
     print(f"\nTrained in {time.time() - started:.0f}s. Adapter: {result.weights_path}")
     print(f"Comparison grid (rows: prompts; left: base model, right: with the adapter): {path}")
     print(f"Model card: {Path(result.output_dir) / 'README.md'}")
+    if "quality_curve" in result.files:
+        print(f"Learning curve (subject and prompt scores per validation): {result.files['quality_curve']}")
     return path

@@ -28,7 +28,7 @@ def _truth_images(prompt_sets, subject_everywhere=False):
 
 
 def test_scores_on_rendered_ground_truth():
-    sets = dreambench._prompt_sets(images_per_prompt=2, quick=False)
+    sets = dreambench.prompt_sets(images_per_prompt=2, quick=False)
     perfect = dreambench.score_images(_truth_images(sets), sets)
     assert perfect == {m: 1.0 for m in dreambench.METRICS}
     # An adapter that draws the subject for every prompt: subject fidelity stays, the prior is lost and
@@ -59,12 +59,23 @@ def test_summary_table_and_plot(tmp_path):
     assert png.stat().st_size > 5000
 
 
+def test_paired_differences_come_from_per_seed_differences():
+    a, b = [0.6, 0.7, 0.8], [0.5, 0.5, 0.7]  # per-seed differences 0.1, 0.2, 0.1
+    runs = [{"method": "A", "seed": s, **{k: a[s] for k in dreambench.METRICS}} for s in range(3)]
+    runs += [{"method": "B", "seed": s, **{k: b[s] for k in dreambench.METRICS}} for s in range(3)]
+    runs.append({"method": "B", "seed": 7, **{k: 0.0 for k in dreambench.METRICS}})  # unpaired: left out
+    table = dreambench.paired_table({"runs": runs, "methods": ["A", "B"]})
+    # mean 0.1333, sd 0.0577, t(2) = 4.303 -> half-width 14.3 points
+    assert "| A − B (3 seeds) | 13.3 ± 14.3 | 13.3 ± 14.3 |" in table
+    # the same numbers compared as two separate intervals would overlap widely (A 70 ± 24.8, B 56.7 ± 28.7)
+
+
 @pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path):
     from moslora_diffusion.cli import main
 
     out = tmp_path / "eval"
-    assert main(["eval-toyworld", "--quick", "--output_dir", str(out)]) == 0
+    assert main(["eval-toyworld", "--smoke", "--output_dir", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())
     assert len(result["runs"]) == 3 * 2
     assert {r["method"] for r in result["runs"]} == {"MoSLoRA r=8", "LoRA r=8", "LoRA r=16"}

@@ -581,3 +581,32 @@ def test_training_job_on_a_single_file_base_uses_its_config_folder_and_buckets(t
     cfg = backend.configs[0]
     assert cfg.pretrained_model_name_or_path == str(single) and cfg.config == str(folder)
     assert cfg.bucket and cfg.bucket_step == 8  # photos keep their aspect ratio; steps fit a 32 px model
+
+
+def test_training_job_on_the_example_subject_reports_a_quality_curve(tmp_path, lora_file):
+    from moslora_diffusion import toyworld
+    from moslora_diffusion.webui.ui import quality_frame
+
+    backend = FakeTraining(lora_file)
+    jobs = TrainingJobs(str(toyworld.base_model_path()), tmp_path / "adapters", tmp_path / "work",
+                        backend=backend, sampler_defaults={"width": 32})  # fmt: skip
+    req = TrainRequest(images=[], instance_prompt="a sks circle", adapter_name="example", steps=8,
+                       example_subject=True)  # fmt: skip
+    jobs.start(req)
+    st = jobs.wait(20)
+    assert st.state == "done", st.message
+    cfg = backend.configs[0]
+    assert Path(cfg.instance_data_dir) == toyworld.subject_path()  # its images and captions, no upload
+    assert cfg.unet_targets == toyworld.subject_training_defaults()["unet_targets"]
+    assert backend.scorers[0] is not None  # the toy world's scorer goes with the run
+    assert [s for s, _ in st.scores] == [2, 4, 6, 8] and st.scores[-1][1]["subject fidelity"] == 1.0
+    frame = quality_frame(st.scores)
+    assert list(frame["percent"]) == [25.0, 50.0, 75.0, 100.0]
+    # uploads on the toy model: no example-subject scorer; the example subject on another model: refused
+    jobs.start(
+        TrainRequest(images=_images(tmp_path / "in", 3), instance_prompt="a sks toy", adapter_name="up")
+    )
+    assert jobs.wait(20).state == "done" and backend.scorers[1] is None
+    other = TrainingJobs("base", tmp_path / "adapters", tmp_path / "work", backend=backend)
+    with pytest.raises(ValueError, match="toy-world base model only"):
+        other.start(TrainRequest(images=[], instance_prompt="x", adapter_name="e2", example_subject=True))

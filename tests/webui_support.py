@@ -60,6 +60,7 @@ class FakeTraining:
         self.step_delay = step_delay
         self.gate = gate
         self.configs = []
+        self.scorers = []
 
     def TrainConfig(self, **kwargs):  # noqa: N802 - mirrors the dataclass name
         return SimpleNamespace(**kwargs)
@@ -68,8 +69,9 @@ class FakeTraining:
         if not Path(cfg.instance_data_dir).is_dir():
             raise ValueError("--instance_data_dir missing")
 
-    def run_training(self, cfg, callback=None, should_stop=None):
+    def run_training(self, cfg, callback=None, should_stop=None, scorer=None):
         self.configs.append(cfg)
+        self.scorers.append(scorer)
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         done = 0
@@ -85,6 +87,10 @@ class FakeTraining:
             if step % cfg.validation_steps == 0:
                 callback(SimpleNamespace(kind="validation", step=step, max_steps=cfg.max_train_steps, loss=None,
                                          lr=None, images=[Image.new("RGB", (32, 32), "green")], message=None))  # fmt: skip
+                if scorer is not None:  # what the trainer sends after calling the scorer
+                    callback(SimpleNamespace(kind="scores", step=step, max_steps=cfg.max_train_steps, loss=None,
+                                             lr=None, images=None, message=None,
+                                             scores={"subject fidelity": step / cfg.max_train_steps}))  # fmt: skip
         cancelled = done < cfg.max_train_steps
         weights = None
         if done:  # like the real trainer: a stopped run still writes the adapter of the steps done

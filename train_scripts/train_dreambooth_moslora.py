@@ -21,6 +21,7 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 from moslora_diffusion import toyworld
 from moslora_diffusion.errors import MoSLoraError
 from moslora_diffusion.quiet import quiet_entry_point
+from moslora_diffusion.toyworld.quality import scorer_for
 from moslora_diffusion.training import parse_args, run_training
 
 
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if main_process else logging.WARNING,
     )
     try:
-        run_training(cfg)
+        # toy-world runs report subject / prompt scores at each validation (a learning curve, not only loss)
+        run_training(cfg, scorer=scorer_for(cfg))
     except MoSLoraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,12 +36,17 @@ _LAZY = {
     "subject_training_defaults": "defaults",
 }
 
-__all__ = ["base_model_path", "subject_path", "pipeline_kwargs", *_LAZY]
+__all__ = ["base_model_path", "is_toy_base", "subject_path", "pipeline_kwargs", *_LAZY]
 
 
 def base_model_path() -> Path:
     """Directory of the bundled toy-world base model (a stock diffusers StableDiffusionPipeline)."""
     return _ASSETS / "base_model"
+
+
+def is_toy_base(path: str | Path | None) -> bool:
+    """Whether ``path`` is the bundled base model (the folder, by its resolved path)."""
+    return path is not None and Path(path).expanduser().resolve() == base_model_path().resolve()
 
 
 def subject_path() -> Path:

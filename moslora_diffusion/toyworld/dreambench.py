@@ -8,10 +8,15 @@ subject detector:
 - prompt fidelity: of those prompts, images whose background has the requested colour;
 - prior preservation: images for class prompts ("a {colour} circle on a {bg} background") that draw the
   class with the requested attributes and not the subject;
-- base drift: all-three-attributes accuracy on ordinary vocabulary prompts (held-out combinations of other
-  shapes) with the adapter loaded; the base model's own accuracy is the reference row.
+- base drift: all-three-attributes accuracy on a fixed panel of ordinary prompts (the 12 held-out
+  combinations: every shape three times, every colour twice as object and twice as background) with the
+  adapter loaded; the base model's own accuracy is the reference row.
 
-Every number is a mean over seeds with a t-based 95% confidence interval.
+Paired design: for a given seed every method sees the same data order, noise and timesteps (the trainer draws
+them from generators seeded by the run seed alone), and every adapter is scored on the same prompts with the
+same sampling seeds, so a per-seed difference between two methods is the methods' difference. Every number is
+a mean over seeds with a t-based 95% confidence interval, and the paired differences MoSLoRA − LoRA get their
+own intervals (from the per-seed differences, which is tighter than comparing two intervals).
 """
 
 from __future__ import annotations
@@ -44,28 +49,38 @@ class BenchConfig:
     """What `eval-toyworld` runs. `quick` shrinks everything for tests."""
 
     rank: int = 8  # the subject's own training default
-    seeds: int = 5
+    seeds: int = 10
     max_train_steps: int | None = None  # None: the subject's own training defaults
     images_per_prompt: int = 4
     output_dir: str | None = None
-    quick: bool = False
+    quick: bool = False  # fewer prompts (tests)
     extra_train_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    method_names: tuple[str, ...] = ("moslora", "lora", "lora-2r")
 
     def methods(self) -> list[tuple[str, str, int]]:
-        return [
-            (f"MoSLoRA r={self.rank}", "moslora", self.rank),
-            (f"LoRA r={self.rank}", "lora", self.rank),
-            (f"LoRA r={2 * self.rank}", "lora", 2 * self.rank),
-        ]
+        table = {
+            "moslora": (f"MoSLoRA r={self.rank}", "moslora", self.rank),
+            "lora": (f"LoRA r={self.rank}", "lora", self.rank),
+            "lora-2r": (f"LoRA r={2 * self.rank}", "lora", 2 * self.rank),
+        }
+        return [table[name] for name in self.method_names]
 
     @classmethod
-    def quick_config(cls, **kw: Any) -> BenchConfig:
+    def smoke_config(cls, **kw: Any) -> BenchConfig:
+        """A run for tests: 2 seeds, 4 steps, one image per prompt, few prompts."""
         base = dict(seeds=2, max_train_steps=4, images_per_prompt=1, quick=True)
         base.update(kw)
         return cls(**base)
 
+    @classmethod
+    def recheck_config(cls, **kw: Any) -> BenchConfig:
+        """`--quick`: MoSLoRA vs LoRA at equal rank, 3 seeds, the full recipe, 2 images per prompt."""
+        base = dict(seeds=3, images_per_prompt=2, method_names=("moslora", "lora"))
+        base.update(kw)
+        return cls(**base)
 
-def _prompt_sets(
+
+def prompt_sets(
     images_per_prompt: int, quick: bool
 ) -> dict[str, list[tuple[str, tuple[str, str, str] | None, int]]]:
     """(prompt, expected (shape, colour, background) or None, sampling seed) for each metric family."""
@@ -83,7 +98,7 @@ def _prompt_sets(
             class_items.append(
                 (caption(SUBJECT_SHAPE, colour, bg), (SUBJECT_SHAPE, colour, bg), 2000 + 10 * i + k)
             )
-    ordinary_combos = [c for c in HELD_OUT_COMBOS if c[0] != SUBJECT_SHAPE][: 2 if quick else None]
+    ordinary_combos = list(HELD_OUT_COMBOS)[: 2 if quick else None]  # every shape, every colour
     ordinary = [
         (caption(*c), c, 3000 + 10 * i + k)
         for i, c in enumerate(ordinary_combos)
@@ -93,7 +108,7 @@ def _prompt_sets(
 
 
 def score_images(family_images: dict[str, list], prompt_sets: dict[str, list]) -> dict[str, float]:
-    """The four metrics from generated images (lists aligned with `prompt_sets`)."""
+    """The four metrics from generated images (lists aligned with `prompt_sets`; an empty family gives nan)."""
     from .reader import read_attributes
     from .subject import detect_subject
 
@@ -122,12 +137,12 @@ def score_images(family_images: dict[str, list], prompt_sets: dict[str, list]) -
     }
 
 
-def _generate_families(pipe, prompt_sets: dict[str, list]) -> dict[str, list]:
+def _generate_families(pipe, sets: dict[str, list]) -> dict[str, list]:
     from .evaluate import generate
 
-    order = [(fam, item) for fam, items in prompt_sets.items() for item in items]
+    order = [(fam, item) for fam, items in sets.items() for item in items]
     images = generate(pipe, [p for _, (p, _, _) in order], [s for _, (_, _, s) in order])
-    out: dict[str, list] = {fam: [] for fam in prompt_sets}
+    out: dict[str, list] = {fam: [] for fam in sets}
     for (fam, _), im in zip(order, images):
         out[fam].append(im)
     return out
@@ -156,11 +171,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
     from .evaluate import load_pipeline
 
     started = time.time()
-    prompt_sets = _prompt_sets(cfg.images_per_prompt, cfg.quick)
+    sets = prompt_sets(cfg.images_per_prompt, cfg.quick)
     work = Path(cfg.output_dir) if cfg.output_dir else Path(tempfile.mkdtemp(prefix="eval-toyworld-"))
     work.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline()
-    base_scores = score_images(_generate_families(pipe, prompt_sets), prompt_sets)
+    base_scores = score_images(_generate_families(pipe, sets), sets)
     log(f"base model: {json.dumps({k: round(v, 3) for k, v in base_scores.items()})}")
     runs: list[dict[str, Any]] = []
     for label, adapter, rank in cfg.methods():
@@ -169,7 +184,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
             weights = train_adapter(adapter, rank, seed, work / f"{adapter}_r{rank}_s{seed}", cfg)
             name = pipe.load_moslora_weights(str(weights), adapter_name=f"{adapter}_r{rank}_s{seed}")
             try:
-                scores = score_images(_generate_families(pipe, prompt_sets), prompt_sets)
+                scores = score_images(_generate_families(pipe, sets), sets)
             finally:
                 pipe.delete_adapters(name)
             runs.append({"method": label, "adapter": adapter, "rank": rank, "seed": seed, **scores})
@@ -182,7 +197,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str,
         "methods": [m[0] for m in cfg.methods()],
         "seconds": time.time() - started,
         "config": dataclasses.asdict(cfg),
-        "n_images": {k: len(v) for k, v in prompt_sets.items()},
+        "n_images": {k: len(v) for k, v in sets.items()},
     }
 
 
@@ -199,6 +214,24 @@ def summary_table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {method} | " + " | ".join(format_mean_ci([r[m] for r in runs]) for m in METRICS) + " |"
         )
+    return "\n".join(lines)
+
+
+def paired_table(result: dict[str, Any]) -> str:
+    """Markdown table: the first method minus each other one, per metric, paired by seed (points, 95% CI)."""
+    from ..stats import format_mean_ci
+
+    methods = result["methods"]
+    if len(methods) < 2:
+        return ""
+    by = {(r["method"], r["seed"]): r for r in result["runs"]}
+    head = "| paired difference (points) | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 1)]
+    first = methods[0]
+    for other in methods[1:]:
+        seeds = sorted(s for (m, s) in by if m == first and (other, s) in by)
+        cells = [format_mean_ci([by[(first, s)][m] - by[(other, s)][m] for s in seeds]) for m in METRICS]
+        lines.append(f"| {first} − {other} ({len(seeds)} seeds) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -242,7 +275,16 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["BenchConfig", "run_bench", "score_images", "summary_table", "plot", "CLASS_PROMPT"]
+__all__ = [
+    "BenchConfig",
+    "run_bench",
+    "prompt_sets",
+    "score_images",
+    "summary_table",
+    "paired_table",
+    "plot",
+    "CLASS_PROMPT",
+]
 
 
 def run_cli(args: Any) -> int:
@@ -250,29 +292,33 @@ def run_cli(args: Any) -> int:
     import shlex
     import sys
 
-    cfg = (
-        BenchConfig.quick_config(output_dir=args.output_dir)
-        if args.quick
-        else BenchConfig(
+    if getattr(args, "smoke", False):
+        cfg = BenchConfig.smoke_config(output_dir=args.output_dir)
+    elif args.quick:
+        cfg = BenchConfig.recheck_config(rank=args.rank, output_dir=args.output_dir)
+    else:
+        cfg = BenchConfig(
             rank=args.rank,
             seeds=args.seeds,
             max_train_steps=args.max_train_steps,
             images_per_prompt=args.images_per_prompt,
             output_dir=args.output_dir,
         )
-    )
     if cfg.seeds < 2:
         raise ValueError("--seeds must be at least 2 for a confidence interval")
     result = run_bench(cfg)
     out = Path(cfg.output_dir)
     (out / "results.json").write_text(json.dumps(result, indent=2))
     table = summary_table(result)
+    paired = paired_table(result)
+    if paired:
+        table += "\n\n" + paired
     plot_path = plot(result, out / "eval_toyworld.png")
     print(table)
     print(
         f"\n{len(result['runs'])} adapters trained and scored in {result['seconds'] / 60:.1f} min; plot: {plot_path}"
     )
-    if not getattr(args, "no_docs", False) and not args.quick:
+    if not getattr(args, "no_docs", False) and not getattr(args, "smoke", False):
         from ..reporting import DOCS, append_section
 
         image = DOCS.parent / "images" / "eval_toyworld.png"
@@ -283,7 +329,9 @@ def run_cli(args: Any) -> int:
         body = (
             f"Each method trained on the bundled subject over {cfg.seeds} seeds; per adapter {n['subject']} subject, "
             f"{n['class']} class and {n['ordinary']} ordinary images (DDIM 25 steps, CFG 5). Percent of images, "
-            f"mean ± 95% CI over seeds. Run time {result['seconds'] / 60:.1f} min.\n\n{table}\n\n"
+            f"mean ± 95% CI over seeds; paired differences from per-seed differences (same data order, noise, "
+            f"timesteps and sampling seeds per seed). Run time {result['seconds'] / 60:.1f} min"
+            f"{' (--quick)' if args.quick else ''}.\n\n{table}\n\n"
             f"![eval-toyworld](images/eval_toyworld.png)\n"
         )
         append_section("Toy-world DreamBooth yardstick (eval-toyworld)", body, command=command)

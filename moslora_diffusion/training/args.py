@@ -103,6 +103,11 @@ class TrainConfig:
     with_prior_preservation: bool = _f(False, "Add the prior-preservation loss on class images.")
     class_data_dir: str | None = _f(None, "Folder of class images; missing ones are generated there.")
     class_prompt: str | None = _f(None, "Prompt of the class images, e.g. 'a photo of a dog'.")
+    class_prompts_file: str | None = _f(
+        None,
+        "A file of class prompts, one per line, used in turn to generate class images (a broad "
+        "regularisation set); each image gets its prompt as a caption file. Overrides --class_prompt.",
+    )
     num_class_images: int = _f(100, "How many class images to use (generated if fewer exist).")
     prior_loss_weight: float = _f(1.0, "Weight of the prior-preservation loss.")
     sample_batch_size: int = _f(4, "Batch size when generating class images.")
@@ -336,8 +341,8 @@ def _check_packages(cfg: TrainConfig) -> None:
 def _check_prior_settings(cfg: TrainConfig) -> None:
     if not cfg.with_prior_preservation:
         return
-    if not cfg.class_prompt:
-        raise TrainConfigError("--with_prior_preservation needs --class_prompt")
+    if not cfg.class_prompt and not cfg.class_prompts_file:
+        raise TrainConfigError("--with_prior_preservation needs --class_prompt or --class_prompts_file")
     if not cfg.class_data_dir:
         raise TrainConfigError("--with_prior_preservation needs --class_data_dir")
 

@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from PIL import Image
 
-EventKind = Literal["step", "validation", "checkpoint", "done"]
+EventKind = Literal["step", "validation", "scores", "checkpoint", "done"]
 
 
 @dataclass
 class TrainEvent:
     """One progress report, passed to `run_training(callback=...)` on the main process.
 
-    kind: "step" after every optimizer step, "validation" with the sample images, "checkpoint" after a
-    checkpoint is written (message = its path), "done" once at the end (message = the summary line).
+    kind: "step" after every optimizer step, "validation" with the sample images, "scores" with the
+    scorer's quality scores (see `run_training`), "checkpoint" after a checkpoint is written (message = its
+    path), "done" once at the end (message = the summary line).
     """
 
     kind: EventKind
@@ -27,6 +28,7 @@ class TrainEvent:
     lr: float | None = None
     images: list[Image.Image] | None = None
     message: str | None = None
+    scores: dict[str, float] | None = None
 
 
 @dataclass

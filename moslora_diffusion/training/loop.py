@@ -340,7 +340,14 @@ def _load_sources(cfg: TrainConfig) -> tuple[list[_Source], list[_Source]]:
     classes: list[_Source] = []
     if cfg.with_prior_preservation:
         class_set = data.scan_images(cfg.class_data_dir, cfg.class_prompt)
-        classes = [_decode(p, cfg.class_prompt) for p in class_set.paths[: cfg.num_class_images]]
+        kept = list(zip(class_set.paths, class_set.captions))[: cfg.num_class_images]
+        uncaptioned = [p.name for p, c in kept if not c]
+        if uncaptioned:
+            raise TrainConfigError(
+                f"--class_data_dir: no caption for {', '.join(uncaptioned[:5])} (no .txt beside it and no "
+                "--class_prompt)"
+            )
+        classes = [_decode(p, c) for p, c in kept]
         if not classes:
             raise TrainConfigError(f"no readable class images in {cfg.class_data_dir}")
     return instances, classes
@@ -390,10 +397,14 @@ def _base_model_metadata(cfg: TrainConfig, comps: models.Components) -> dict[str
 # ----------------------------------------------------------------------------- the trainer
 
 
+Scorer = Callable[[Any], dict[str, float]]
+
+
 def run_training(
     cfg: TrainConfig,
     callback: Callable[[TrainEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    scorer: Scorer | None = None,
 ) -> TrainResult:
     """Train a DreamBooth adapter as `cfg` says; write weights, checkpoints, samples and a model card.
 
@@ -401,12 +412,20 @@ def run_training(
     training after the current step, writing a checkpoint and the adapter files of what was done
     (`TrainResult.cancelled` is then True). Raises `TrainConfigError` for bad input (before loading any
     model) and `NonFiniteLossError` when the loss becomes NaN/inf (the last good checkpoint is kept).
+
+    `scorer(pipe)` (optional) measures quality during training: at every validation step (every
+    `--validation_steps`, with or without a validation prompt) and at the end it gets a text-to-image
+    pipeline around the models being trained and returns named scores in [0, 1]. They are sent as "scores"
+    events, printed, kept in checkpoints (a resumed run continues the curve) and written to `quality.json` and
+    `quality_curve.png`. The toy world's scorer (`moslora_diffusion.toyworld.quality`) reports subject and
+    prompt fidelity; any other data set can bring its own.
     """
     validate_config(cfg)
     started = time.time()
     accelerator = _make_accelerator(cfg)
     try:
         trainer = Trainer.setup(cfg, accelerator, callback)
+        trainer.scorer = scorer
         trainer.resume()
         return trainer.train(should_stop, started)
     finally:
@@ -439,6 +458,8 @@ class Trainer:
         self.global_step = 0
         self.last_checkpoint: Path | None = None
         self.last_grid: Path | None = None
+        self.scorer: Scorer | None = None
+        self.quality: list[dict[str, float]] = []  # {"step": n, score name: value, ...} per scoring
         self.params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
 
     # ---- setup ------------------------------------------------------------------------------------------
@@ -537,6 +558,7 @@ class Trainer:
             )
             self.global_step = int(state["step"])
             self.run.losses = list(state.get("losses", []))
+            self.quality = list(state.get("quality", []))
             self.last_checkpoint = self.resume_path
             logger.info("resumed from %s at step %d", self.resume_path, self.global_step)
         _enable_caches(self.run)
@@ -562,10 +584,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 self.emit(TrainEvent("step", self.global_step, self.max_steps, loss=loss, lr=lr))
                 stop = self._stop_requested(should_stop) and self.global_step < self.max_steps
+                if self._validating() and self.global_step % cfg.validation_steps == 0 and not self.done:
+                    self.validate()  # first, so that a checkpoint of this step holds its scores
                 if (cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0) or stop:
                     self.checkpoint()
-                if cfg.validation_prompt and self.global_step % cfg.validation_steps == 0 and not self.done:
-                    self.validate()
                 if stop:
                     cancelled = True
                     logger.info("stopped on request at step %d", self.global_step)
@@ -631,6 +653,7 @@ class Trainer:
         state = {
             "seed": run.seed,
             "losses": run.losses,
+            "quality": self.quality,
             "max_train_steps": self.max_steps,
             "fingerprint": self.fingerprint,
             "architecture": run.comps.arch,
@@ -653,16 +676,40 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
+    def _validating(self) -> bool:
+        return bool(self.cfg.validation_prompt) or self.scorer is not None
+
     def validate(self) -> None:
-        """Sample the validation prompt with the current adapters (main process), save a grid, log it."""
+        """Sample the validation prompt with the current adapters (main process), save a grid, log it;
+        run the scorer, if any."""
         cfg, run, accelerator = self.cfg, self.run, self.accelerator
-        if not cfg.validation_prompt or not self.is_main:
+        if not self._validating() or not self.is_main:
             return
         unet = accelerator.unwrap_model(run.unet)
         tes = [accelerator.unwrap_model(te) for te in run.text_encoders]
         for m in (unet, *tes):
             m.eval()
         pipe = validation.build_pipeline(run.comps, unet, tes)
+        try:
+            self._score(pipe)
+            if cfg.validation_prompt:
+                self._sample(pipe)
+        finally:
+            for m in (unet, *tes):
+                m.train()
+
+    def _score(self, pipe: Any) -> None:
+        if self.scorer is None or any(q["step"] == self.global_step for q in self.quality):
+            return
+        with torch.no_grad(), self.accelerator.autocast():
+            scores = {k: float(v) for k, v in self.scorer(pipe).items()}
+        self.quality.append({"step": self.global_step, **scores})
+        text = ", ".join(f"{k} {100 * v:.0f}%" for k, v in scores.items())
+        tqdm.write(f"step {self.global_step}: {text}")
+        self.emit(TrainEvent("scores", self.global_step, self.max_steps, scores=scores, message=text))
+
+    def _sample(self, pipe: Any) -> None:
+        cfg, run, accelerator = self.cfg, self.run, self.accelerator
         with accelerator.autocast():
             images = validation.generate_samples(
                 pipe,
@@ -674,8 +721,6 @@ class Trainer:
                 run.seed,
                 accelerator.device,
             )
-        for m in (unet, *tes):
-            m.train()
         self.last_grid = validation.save_grid(images, self.out, self.global_step)
         if cfg.report_to == "tensorboard":
             import numpy as np
@@ -693,11 +738,11 @@ class Trainer:
 
     def finish(self, cancelled: bool, started: float) -> TrainResult:
         """Final validation, adapter files, loss curve and model card; the summary line and result."""
-        cfg, run, accelerator = self.cfg, self.run, self.accelerator
+        run, accelerator = self.run, self.accelerator
         accelerator.wait_for_everyone()
         final_loss = run.losses[-1] if run.losses else None
         files: dict[str, Path] = {}
-        if cfg.validation_prompt and self.global_step > 0:
+        if self._validating() and self.global_step > 0:
             self.validate()
         if self.is_main and self.global_step > 0:
             files = self._write_outputs(final_loss)
@@ -735,6 +780,8 @@ class Trainer:
         curve = outputs.plot_loss_curve(self.run.losses, self.out / outputs.LOSS_CURVE_NAME)
         if curve is not None:
             files["loss_curve"] = curve
+        if self.quality:
+            files.update(outputs.write_quality(self.quality, self.out))
         if self.last_grid is not None:
             files["samples"] = self.last_grid
         adapter_files = {k: v for k, v in files.items() if k in ("moslora", "diffusers", "kohya")}

@@ -115,3 +115,52 @@ def plot_loss_curve(losses: list[float], path: str | Path) -> Path | None:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+QUALITY_NAME = "quality.json"
+QUALITY_CURVE_NAME = "quality_curve.png"
+
+
+def write_quality(quality: list[dict[str, float]], out: str | Path) -> dict[str, Path]:
+    """`quality.json` (the scorer's scores per step) and `quality_curve.png`; atomic writes."""
+    import json
+
+    out = Path(out)
+    path = out / QUALITY_NAME
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(quality, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    files = {"quality": path}
+    curve = plot_quality_curve(quality, out / QUALITY_CURVE_NAME)
+    if curve is not None:
+        files["quality_curve"] = curve
+    return files
+
+
+def plot_quality_curve(quality: list[dict[str, float]], path: str | Path) -> Path | None:
+    """Save a PNG of each score (percent) against the step; None when matplotlib is missing."""
+    if not quality:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = [k for k in quality[0] if k != "step"]
+    steps = [q["step"] for q in quality]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for name in names:
+        ax.plot(steps, [100 * q.get(name, float("nan")) for q in quality], marker="o", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("% of images")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -74,6 +74,10 @@ def check_class_data_dir(cfg: TrainConfig) -> None:
         and not Path(cfg.class_data_dir).is_dir()
     ):
         raise TrainConfigError(f"--class_data_dir: {cfg.class_data_dir} is not a folder")
+    if cfg.with_prior_preservation and cfg.class_prompts_file:
+        from .prior import read_prompts_file
+
+        read_prompts_file(cfg.class_prompts_file)
 
 
 def validate_config(cfg: TrainConfig) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import TrainConfigError
 from .args import TrainConfig
 from .data import list_image_files
 
@@ -45,20 +46,42 @@ def _load_pipeline(cfg: TrainConfig, arch: str, dtype: torch.dtype, device: torc
     return pipe.to(device)
 
 
+def class_prompts(cfg: TrainConfig) -> list[str]:
+    """The prompts class images are generated from: the lines of --class_prompts_file, else --class_prompt."""
+    if cfg.class_prompts_file:
+        return read_prompts_file(cfg.class_prompts_file)
+    return [cfg.class_prompt]
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Non-empty lines of a prompts file (``#`` starts a comment line)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainConfigError(f"--class_prompts_file: cannot read {path} ({exc})") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise TrainConfigError(f"--class_prompts_file: {path} holds no prompt")
+    return prompts
+
+
 def generate_class_images(
     cfg: TrainConfig, arch: str, resolution: int, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> list[Path]:
     """Generate the missing class images with the base pipeline (tqdm progress); return the new files.
 
-    Files are named `<prompt hash>-<index>.png`; names already taken are skipped, so a re-run after an
-    interruption only makes what is still missing.
+    Files are named `<prompts hash>-<index>.png`, image `i` drawn for prompt `i mod n` of `class_prompts`;
+    with --class_prompts_file each image gets its prompt as a caption file beside it (`.txt`). Names already
+    taken are skipped, so a re-run after an interruption only makes what is still missing.
     """
     missing = missing_class_images(cfg)
     if missing == 0:
         return []
+    prompts = class_prompts(cfg)
+    with_captions = bool(cfg.class_prompts_file)
     folder = Path(cfg.class_data_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    tag = hashlib.sha1(cfg.class_prompt.encode()).hexdigest()[:8]
+    tag = hashlib.sha1("\n".join(prompts).encode()).hexdigest()[:8]
     names: list[Path] = []
     index = 0
     while len(names) < missing:
@@ -66,25 +89,28 @@ def generate_class_images(
         if not candidate.exists():
             names.append(candidate)
         index += 1
-    logger.info("generating %d class images for %r into %s", missing, cfg.class_prompt, folder)
+    logger.info("generating %d class images for %d prompt(s) into %s", missing, len(prompts), folder)
     pipe = _load_pipeline(cfg, arch, dtype, device)
     written = []
     seed = cfg.seed if cfg.seed is not None else 0
     with tqdm(total=missing, desc="class images", unit="img") as bar:
         for start in range(0, missing, cfg.sample_batch_size):
             batch = names[start : start + cfg.sample_batch_size]
-            generators = [
-                torch.Generator(device="cpu").manual_seed(seed * 100_003 + int(p.stem.rsplit("-", 1)[1]))
-                for p in batch
-            ]
+            numbers = [int(p.stem.rsplit("-", 1)[1]) for p in batch]
+            texts = [prompts[n % len(prompts)] for n in numbers]
+            generators = [torch.Generator(device="cpu").manual_seed(seed * 100_003 + n) for n in numbers]
             images = pipe(
-                [cfg.class_prompt] * len(batch),
+                texts,
                 num_inference_steps=cfg.class_inference_steps,
                 height=resolution,
                 width=resolution,
                 generator=generators,
             ).images
-            for path, image in zip(batch, images):
+            for path, image, text in zip(batch, images, texts):
+                if with_captions:  # the caption first: an image is never there without its caption
+                    caption_tmp = path.with_name(f".{path.stem}.txt.tmp")
+                    caption_tmp.write_text(text + "\n", encoding="utf-8")
+                    caption_tmp.replace(path.with_suffix(".txt"))
                 tmp = path.with_name(f".{path.name}.tmp")
                 image.save(tmp, format="PNG")
                 tmp.replace(path)

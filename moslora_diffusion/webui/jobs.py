@@ -24,9 +24,11 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .. import toyworld
 from ..base_models import config_for
 from ..constants import ADAPTER_TYPES
 from ..errors import BusyError, RequestError
+from ..toyworld.quality import scorer_for
 from .adapter_files import ADAPTER_SUFFIX
 
 __all__ = ["UploadLimits", "TrainRequest", "JobStatus", "JobBusy", "TrainingJobs", "decode_uploads"]
@@ -73,6 +75,9 @@ class TrainRequest:
     resolution: int | None = None
     validation_every: int | None = None
     keep_on_cancel: bool = False  # a cancelled job still installs the adapter trained so far
+    # train the bundled example subject (its images and captions; the toy base model only) instead of
+    # uploads: the job then reports subject and prompt scores as it trains (a learning curve)
+    example_subject: bool = False
 
 
 @dataclass
@@ -83,6 +88,7 @@ class JobStatus:
     step: int = 0
     max_steps: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
+    scores: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, name -> 0..1)
     preview: Any = None  # PIL image of the latest validation sample
     preview_step: int | None = None
     preview_prompt: str = ""  # the prompt the previews are drawn with
@@ -203,6 +209,7 @@ class TrainingJobs:
         with self._lock:
             snap = copy.copy(self._status)
             snap.losses = list(self._status.losses)
+            snap.scores = list(self._status.scores)
             return snap
 
     def _update(self, **changes: Any) -> None:
@@ -220,6 +227,9 @@ class TrainingJobs:
                 st.losses.append((st.step, float(loss)))
                 if len(st.losses) > 5000:  # keep the curve light: drop every other old point
                     st.losses = st.losses[:2500:2] + st.losses[2500:]
+            scores = getattr(event, "scores", None)
+            if event.kind == "scores" and scores:
+                st.scores.append((st.step, dict(scores)))
             images = getattr(event, "images", None)
             if images:
                 st.preview, st.preview_step = images[0], st.step
@@ -253,17 +263,27 @@ class TrainingJobs:
             raise RequestError(f"learning rate must be in (0, 0.01], got {req.learning_rate}")
         name = _check_name(req.adapter_name, self.adapters_dir)
 
+        if req.example_subject and not toyworld.is_toy_base(self.base_model):
+            raise RequestError("the bundled example subject trains on the bundled toy-world base model only")
         job_dir = Path(
             tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-", dir=self._mkwork())
         )
-        decode_uploads(list(req.images), job_dir / "instance", self.limits)
+        if req.example_subject:
+            instance_dir = toyworld.subject_path()  # read only: its images and per-image captions
+        else:
+            instance_dir = job_dir / "instance"
+            decode_uploads(list(req.images), instance_dir, self.limits)
         backend = self.backend()
         class_prompt = (req.class_prompt or "").strip()
         sampler = self.sampler_defaults
+        recipe: dict[str, Any] = {}
+        if req.example_subject:  # the subject's own adapter targets and batch; the form sets the rest
+            defaults = toyworld.subject_training_defaults()
+            recipe = {k: defaults[k] for k in ("unet_targets", "train_batch_size") if k in defaults}
         cfg = backend.TrainConfig(
             pretrained_model_name_or_path=self.base_model,
             config=config_for(self.base_model, self.configs),
-            instance_data_dir=str(job_dir / "instance"),
+            instance_data_dir=str(instance_dir),
             instance_prompt=prompt,
             with_prior_preservation=bool(class_prompt),
             class_prompt=class_prompt or None,
@@ -284,6 +304,7 @@ class TrainingJobs:
             validation_inference_steps=int(sampler.get("steps", 25)),
             validation_guidance_scale=float(sampler.get("guidance_scale", 5.0)),
             checkpointing_steps=0,
+            **recipe,
         )
         try:
             backend.validate_config(cfg)
@@ -333,7 +354,11 @@ class TrainingJobs:
     def _run(self, cfg: Any, name: str, keep_on_cancel: bool = False) -> None:
         backend = self.backend()
         try:
-            result = backend.run_training(cfg, callback=self._on_event, should_stop=self._cancel.is_set)
+            scorer = scorer_for(cfg)  # subject / prompt scores for the bundled subject on the toy model
+            extra = {"scorer": scorer} if scorer is not None else {}
+            result = backend.run_training(
+                cfg, callback=self._on_event, should_stop=self._cancel.is_set, **extra
+            )
             written = result.weights_path is not None and Path(result.weights_path).is_file()
             if (result.cancelled or self._cancel.is_set()) and keep_on_cancel and written:
                 adapter = _install_adapter(Path(result.weights_path), self.adapters_dir, name)

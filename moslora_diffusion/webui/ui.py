@@ -405,10 +405,11 @@ class TrainTab:
     message: Any
     loss: Any
     preview: Any
+    quality: Any
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.progress, self.message, self.loss, self.preview]
+        return [self.progress, self.message, self.loss, self.preview, self.quality]
 
 
 def _number(value: float, label: str, maximum: float | None = None, precision: int | None = 0) -> Any:
@@ -454,6 +455,12 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
             keep = gr.Checkbox(
                 value=True, label="On cancel, keep the adapter trained so far", elem_id="train-keep-on-cancel"
             )
+            example = gr.Checkbox(
+                value=False,
+                label="Train the bundled example subject instead of uploads (toy-world model): shows subject "
+                "and prompt scores as it trains",
+                elem_id="train-example-subject",
+            )
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -471,6 +478,16 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
                     interactive=False,
                     elem_id="train-preview",
                 ),
+                gr.LinePlot(
+                    x="step",
+                    y="percent",
+                    color="score",
+                    title="Quality (example subject): % of images",
+                    y_lim=[0, 100],
+                    height=220,
+                    visible=False,
+                    elem_id="train-quality",
+                ),
             )
 
     images.change(
@@ -481,7 +498,9 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
         queue=False,
     )
 
-    def ui_train(images, instance_prompt, class_prompt, n_steps, rank, lr, kind, name, seed, n_class, keep):
+    def ui_train(
+        images, instance_prompt, class_prompt, n_steps, rank, lr, kind, name, seed, n_class, keep, example
+    ):
         with user_errors("training"):
             files_in = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (images or [])]
             st = jobs.start(
@@ -497,13 +516,22 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
                     seed=seed or 0,
                     num_class_images=n_class or 20,
                     keep_on_cancel=bool(keep),
+                    example_subject=bool(example),
                 )
             )
         return st.message
 
+    def use_example(on: bool, current: str):
+        if on and not (current or "").strip():
+            from ..toyworld import subject_info
+
+            return subject_info()["instance_prompt"]
+        return current
+
+    example.change(use_example, [example, prompt], prompt, **_PRIVATE, queue=False)
     start.click(
         ui_train,
-        [images, prompt, class_prompt, steps, rank, lr, kind, name, seed, n_class, keep],
+        [images, prompt, class_prompt, steps, rank, lr, kind, name, seed, n_class, keep, example],
         tab.message,
         **_PRIVATE,
         concurrency_id="train",
@@ -536,6 +564,20 @@ def loss_frame(losses: list[tuple[int, float]]) -> Any:
     )
 
 
+def quality_frame(scores: list[tuple[int, dict[str, float]]]) -> Any:
+    """The scorer's curve for the plot: one row per (step, score), in percent."""
+    import pandas as pd
+
+    rows = [(step, name, 100 * value) for step, named in scores for name, value in named.items()]
+    return pd.DataFrame(
+        {
+            "step": pd.Series([r[0] for r in rows], dtype="int64"),
+            "score": [r[1] for r in rows],
+            "percent": pd.Series([r[2] for r in rows], dtype="float64"),
+        }
+    )
+
+
 def _training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | None):
     """The timer's handler: progress, loss, preview; adapter lists refreshed once a job ends."""
     n_train = len(train.outputs) if train is not None else 0
@@ -563,6 +605,7 @@ def _training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | 
             html.escape(st.message),
             loss_frame(st.losses),
             preview,
+            gr.update(value=quality_frame(st.scores), visible=True) if st.scores else gr.skip(),
         ]
         drops = _refreshed(engine, values) if st.finished != seen else [gr.skip()] * len(values)
         return [note, st.finished, *outs, *drops]
