@@ -210,6 +210,17 @@ def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="a run for tests: 2 seeds, 4 steps, 1 image")
     parser.add_argument(
+        "--methods", default="moslora,lora,lora-2r", help="comma-separated: moslora, lora, lora-2r"
+    )
+    parser.add_argument("--learning_rate", type=float, default=None, help="default: the subject's recipe")
+    parser.add_argument("--mixer_init", choices=("kaiming", "orthogonal"), default=None)
+    parser.add_argument("--unet_targets", default=None, help="default: the subject's recipe")
+    parser.add_argument("--train_text_encoder", action="store_true")
+    parser.add_argument("--curves", action="store_true", help="record learning curves (the toy scorer)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="training processes at a time (1 torch thread each)"
+    )
+    parser.add_argument(
         "--no-docs", action="store_true", help="do not append the table to docs/benchmarks.md"
     )
 

@@ -1,5 +1,6 @@
 """The toy-world DreamBooth yardstick: scoring on rendered ground truth, and a --quick run end to end."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -84,3 +85,20 @@ def test_quick_run_end_to_end(tmp_path):
     assert (out / "eval_toyworld.png").is_file()
     assert (out / "moslora_r8_s0" / "moslora_weights.safetensors").is_file()
     assert (out / "lora_r16_s1" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_workers_and_learning_curves_match_one_process(tmp_path):
+    """Two worker processes give exactly the scores and curves of one process (each run is seeded alone)."""
+    cfg = dreambench.BenchConfig.smoke_config(method_names=("moslora", "lora"), curves=True, curve_every=2)
+    one = dreambench.run_bench(dataclasses.replace(cfg, output_dir=str(tmp_path / "one")), log=lambda _: None)
+    two = dreambench.run_bench(
+        dataclasses.replace(cfg, output_dir=str(tmp_path / "two")), log=lambda _: None, workers=2
+    )
+    assert [(r["method"], r["seed"]) for r in one["runs"]] == [(r["method"], r["seed"]) for r in two["runs"]]
+    for a, b in zip(one["runs"], two["runs"]):
+        assert {m: a[m] for m in dreambench.METRICS} == {m: b[m] for m in dreambench.METRICS}
+        assert [p["step"] for p in a["curve"]] == [2, 4] and a["curve"] == b["curve"]
+    assert list((tmp_path / "two" / "logs").glob("worker-*.log"))  # the workers' own output went there
+    png = dreambench.plot_curves(one, tmp_path / "curves.png")
+    assert png is not None and png.stat().st_size > 5000

@@ -56,6 +56,8 @@ class BenchConfig:
     quick: bool = False  # fewer prompts (tests)
     extra_train_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     method_names: tuple[str, ...] = ("moslora", "lora", "lora-2r")
+    curves: bool = False  # record each run's learning curve (the toy scorer every `curve_every` steps)
+    curve_every: int = 100
 
     def methods(self) -> list[tuple[str, str, int]]:
         table = {
@@ -148,49 +150,115 @@ def _generate_families(pipe, sets: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def train_adapter(adapter: str, rank: int, seed: int, output_dir: Path, cfg: BenchConfig) -> Path:
-    """Train one DreamBooth adapter on the bundled subject; return its weights file."""
+def train_adapter(
+    adapter: str, rank: int, seed: int, output_dir: Path, cfg: BenchConfig, curve: bool = False
+) -> tuple[Path, list[dict[str, float]]]:
+    """Train one DreamBooth adapter on the bundled subject; return its weights file and, with ``curve``,
+    the learning curve (the toy scorer every ``curve_every`` steps)."""
     from ..training import parse_args, run_training
     from .defaults import training_defaults
+    from .quality import validation_scorer
 
     args = ["--adapter", adapter, "--rank", str(rank), "--seed", str(seed), "--output_dir", str(output_dir)]
     args += ["--checkpointing_steps", "0", "--validation_prompt", ""]  # "" = no validation images
     args += ["--overwrite_output_dir"]  # a re-run of the study replaces its own runs
+    if curve:
+        args += ["--validation_steps", str(cfg.curve_every)]
     if cfg.max_train_steps is not None:
         args += ["--max_train_steps", str(cfg.max_train_steps)]
     for key, value in cfg.extra_train_args.items():
         args += [f"--{key}"] + ([] if value is True else [str(value)])
-    result = run_training(parse_args(args, defaults=training_defaults(args)))
+    scorer = validation_scorer() if curve else None
+    result = run_training(parse_args(args, defaults=training_defaults(args)), scorer=scorer)
     if result.weights_path is None:
         raise RuntimeError(f"training {adapter} r={rank} seed={seed} produced no weights")
-    return Path(result.weights_path)
+    quality = []
+    if curve and "quality" in result.files:
+        quality = json.loads(Path(result.files["quality"]).read_text())
+    return Path(result.weights_path), quality
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train and score every method x seed; return per-run scores and summaries."""
+_WORKER_PIPE: Any = None
+
+
+def _worker_init(log_dir: str) -> None:
+    """One torch thread; the worker's own output (progress bars, summaries) into ``log_dir``: the parent
+    shows one progress bar over all runs."""
+    import os
+
+    import torch
+
+    log = os.open(os.path.join(log_dir, f"worker-{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    torch.set_num_threads(1)
+
+
+def _score_adapter(weights: Path, name: str, sets: dict[str, list]) -> dict[str, float]:
+    from .evaluate import load_pipeline
+
+    global _WORKER_PIPE
+    if _WORKER_PIPE is None:
+        _WORKER_PIPE = load_pipeline()
+    pipe = _WORKER_PIPE
+    adapter = pipe.load_moslora_weights(str(weights), adapter_name=name)
+    try:
+        return score_images(_generate_families(pipe, sets), sets)
+    finally:
+        pipe.delete_adapters(adapter)
+
+
+def _run_one(task: tuple[str, str, int, int, BenchConfig, str]) -> dict[str, Any]:
+    """Train and score one (method, seed); runs in the parent or in a worker process."""
+    label, adapter, rank, seed, cfg, work = task
+    t0 = time.time()
+    name = f"{adapter}_r{rank}_s{seed}"
+    weights, curve = train_adapter(adapter, rank, seed, Path(work) / name, cfg, curve=cfg.curves)
+    scores = _score_adapter(weights, name, prompt_sets(cfg.images_per_prompt, cfg.quick))
+    return {"method": label, "adapter": adapter, "rank": rank, "seed": seed, **scores, "curve": curve,
+            "seconds": time.time() - t0}  # fmt: skip
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print, workers: int = 1) -> dict[str, Any]:
+    """Train and score every method x seed (``workers`` processes at a time); return scores and summaries."""
+    from tqdm.auto import tqdm
+
     from .evaluate import load_pipeline
 
     started = time.time()
     sets = prompt_sets(cfg.images_per_prompt, cfg.quick)
     work = Path(cfg.output_dir) if cfg.output_dir else Path(tempfile.mkdtemp(prefix="eval-toyworld-"))
     work.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline()
-    base_scores = score_images(_generate_families(pipe, sets), sets)
+    base_scores = score_images(_generate_families(load_pipeline(), sets), sets)
     log(f"base model: {json.dumps({k: round(v, 3) for k, v in base_scores.items()})}")
+    # seeds outermost: a stopped study has every method at the seeds it finished (paired)
+    tasks = [(label, adapter, rank, seed, cfg, str(work))
+             for seed in range(cfg.seeds) for label, adapter, rank in cfg.methods()]  # fmt: skip
     runs: list[dict[str, Any]] = []
-    for label, adapter, rank in cfg.methods():
-        for seed in range(cfg.seeds):
-            t0 = time.time()
-            weights = train_adapter(adapter, rank, seed, work / f"{adapter}_r{rank}_s{seed}", cfg)
-            name = pipe.load_moslora_weights(str(weights), adapter_name=f"{adapter}_r{rank}_s{seed}")
-            try:
-                scores = score_images(_generate_families(pipe, sets), sets)
-            finally:
-                pipe.delete_adapters(name)
-            runs.append({"method": label, "adapter": adapter, "rank": rank, "seed": seed, **scores})
-            log(
-                f"{label} seed {seed}: {json.dumps({k: round(scores[k], 3) for k in METRICS})} ({time.time() - t0:.0f}s)"
-            )
+
+    def done(run: dict[str, Any]) -> None:
+        runs.append(run)
+        shown = json.dumps({k: round(run[k], 3) for k in METRICS})
+        log(f"{run['method']} seed {run['seed']}: {shown} ({run['seconds']:.0f}s)")
+
+    if workers <= 1:
+        for task in tasks:
+            done(_run_one(task))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")
+        logs = work / "logs"
+        logs.mkdir(exist_ok=True)
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_worker_init, initargs=(str(logs),)
+        ) as pool:
+            futures = [pool.submit(_run_one, task) for task in tasks]
+            for future in tqdm(as_completed(futures), total=len(futures), desc="adapters", unit="run"):
+                done(future.result())
+    runs.sort(key=lambda r: (r["seed"], [m[0] for m in cfg.methods()].index(r["method"])))
     return {
         "base": base_scores,
         "runs": runs,
@@ -287,15 +355,73 @@ __all__ = [
 ]
 
 
+CURVE_METRICS = {"subject fidelity": "subject fidelity", "ordinary prompts": "ordinary prompts (all 3 right)"}
+
+
+def plot_curves(result: dict[str, Any], path: str | Path) -> Path | None:
+    """Learning curves: each method's mean over seeds per step with a 95% CI band, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..stats import mean_ci95
+
+    runs = [r for r in result["runs"] if r.get("curve")]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(10, 3.6))
+    for ax, (key, label) in zip(axes, CURVE_METRICS.items()):
+        for method in result["methods"]:
+            by_step: dict[int, list[float]] = {}
+            for r in runs:
+                if r["method"] == method:
+                    for point in r["curve"]:
+                        by_step.setdefault(point["step"], []).append(point[key])
+            steps = sorted(by_step)
+            stats = [mean_ci95(by_step[s]) for s in steps]
+            means = [100 * m for m, _ in stats]
+            halves = [0.0 if h != h else 100 * h for _, h in stats]
+            ax.plot(steps, means, marker="o", ms=3, label=method)
+            ax.fill_between(steps, [m - h for m, h in zip(means, halves)], [m + h for m, h in zip(means, halves)],
+                            alpha=0.2)  # fmt: skip
+        if key == "ordinary prompts":
+            ax.axhline(100 * result["base"]["base_drift_accuracy"], color="0.5", ls=":", lw=1)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("% of images")
+        ax.set_ylim(-2, 102)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"Learning curves, mean ± 95% CI over {result['config']['seeds']} seeds (dotted: base model)"
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def run_cli(args: Any) -> int:
     """`moslora-diffusion eval-toyworld`: run, print the table, write results.json, the plot and the docs section."""
     import shlex
     import sys
 
+    extra = {
+        k: v
+        for k, v in {
+            "learning_rate": getattr(args, "learning_rate", None),
+            "mixer_init": getattr(args, "mixer_init", None),
+            "unet_targets": getattr(args, "unet_targets", None),
+            "train_text_encoder": True if getattr(args, "train_text_encoder", False) else None,
+        }.items()
+        if v is not None
+    }
+    methods = tuple(m.strip() for m in (getattr(args, "methods", None) or "moslora,lora,lora-2r").split(","))
     if getattr(args, "smoke", False):
-        cfg = BenchConfig.smoke_config(output_dir=args.output_dir)
+        cfg = BenchConfig.smoke_config(output_dir=args.output_dir, extra_train_args=extra)
     elif args.quick:
-        cfg = BenchConfig.recheck_config(rank=args.rank, output_dir=args.output_dir)
+        cfg = BenchConfig.recheck_config(rank=args.rank, output_dir=args.output_dir, extra_train_args=extra)
     else:
         cfg = BenchConfig(
             rank=args.rank,
@@ -303,10 +429,16 @@ def run_cli(args: Any) -> int:
             max_train_steps=args.max_train_steps,
             images_per_prompt=args.images_per_prompt,
             output_dir=args.output_dir,
+            extra_train_args=extra,
+            method_names=methods,
+            curves=bool(getattr(args, "curves", False)),
         )
+    unknown = set(cfg.method_names) - {"moslora", "lora", "lora-2r"}
+    if unknown:
+        raise ValueError(f"--methods: unknown {sorted(unknown)}; choose from moslora, lora, lora-2r")
     if cfg.seeds < 2:
         raise ValueError("--seeds must be at least 2 for a confidence interval")
-    result = run_bench(cfg)
+    result = run_bench(cfg, workers=max(1, int(getattr(args, "workers", 1) or 1)))
     out = Path(cfg.output_dir)
     (out / "results.json").write_text(json.dumps(result, indent=2))
     table = summary_table(result)
@@ -314,25 +446,38 @@ def run_cli(args: Any) -> int:
     if paired:
         table += "\n\n" + paired
     plot_path = plot(result, out / "eval_toyworld.png")
+    plot_curves(result, out / "eval_toyworld_curves.png")
     print(table)
     print(
         f"\n{len(result['runs'])} adapters trained and scored in {result['seconds'] / 60:.1f} min; plot: {plot_path}"
     )
     if not getattr(args, "no_docs", False) and not getattr(args, "smoke", False):
+        import datetime
+
         from ..reporting import DOCS, append_section
 
-        image = DOCS.parent / "images" / "eval_toyworld.png"
-        image.parent.mkdir(parents=True, exist_ok=True)
-        plot(result, image)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
+        images = DOCS.parent / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        figures = [f"![eval-toyworld](images/{plot(result, images / f'eval_toyworld_{stamp}.png').name})"]
+        curves = plot_curves(result, images / f"eval_toyworld_curves_{stamp}.png")
+        if curves is not None:
+            figures.append(f"![learning curves](images/{curves.name})")
         command = "moslora-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         n = result["n_images"]
+        settings = ", ".join(f"--{k} {v}" for k, v in cfg.extra_train_args.items()) or "none"
         body = (
-            f"Each method trained on the bundled subject over {cfg.seeds} seeds; per adapter {n['subject']} subject, "
-            f"{n['class']} class and {n['ordinary']} ordinary images (DDIM 25 steps, CFG 5). Percent of images, "
-            f"mean ± 95% CI over seeds; paired differences from per-seed differences (same data order, noise, "
-            f"timesteps and sampling seeds per seed). Run time {result['seconds'] / 60:.1f} min"
-            f"{' (--quick)' if args.quick else ''}.\n\n{table}\n\n"
-            f"![eval-toyworld](images/eval_toyworld.png)\n"
+            f"Each method trained on the bundled subject over {cfg.seeds} seeds with the subject's recipe "
+            f"(changed: {settings}); per adapter {n['subject']} subject, {n['class']} class and {n['ordinary']} "
+            "ordinary images (DDIM 25 steps, CFG 5). Percent of images, mean ± 95% CI over seeds; paired "
+            "differences from per-seed differences (same data order, noise, timesteps and sampling seeds per "
+            f"seed). Run time {result['seconds'] / 60:.1f} min{' (--quick)' if args.quick else ''}.\n\n"
+            f"{table}\n\n" + "\n".join(figures) + "\n"
         )
-        append_section("Toy-world DreamBooth yardstick (eval-toyworld)", body, command=command)
+        append_section(
+            "Toy-world DreamBooth yardstick (eval-toyworld)",
+            body,
+            command=command,
+            docs=DOCS.parent / "quality.md",
+        )
     return 0
