@@ -55,6 +55,7 @@ def test_scorer_runs_at_each_validation_and_survives_a_resume(tmp_path):
     assert curve[0]["subject fidelity"] == pytest.approx(0.1) and curve[1]["ordinary prompts"] == 1.0
     assert (tmp_path / "out" / "quality_curve.png").stat().st_size > 2000
     assert "quality_curve" in resumed.files
+    assert "![quality curve](quality_curve.png)" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_toy_scorer_only_for_the_bundled_subject_on_the_bundled_model(tmp_path):

@@ -786,7 +786,8 @@ class Trainer:
             files["samples"] = self.last_grid
         adapter_files = {k: v for k, v in files.items() if k in ("moslora", "diffusers", "kohya")}
         card = render_model_card(
-            cfg, comps.arch, adapter_files, self.global_step, final_loss, self.last_grid, curve
-        )
+            cfg, comps.arch, adapter_files, self.global_step, final_loss, self.last_grid, curve,
+            files.get("quality_curve"),
+        )  # fmt: skip
         files["model_card"] = write_model_card(card, self.out)
         return files

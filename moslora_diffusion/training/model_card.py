@@ -41,6 +41,7 @@ def render_model_card(
     final_loss: float | None,
     sample_grid: Path | None,
     loss_curve: Path | None,
+    quality_curve: Path | None = None,
 ) -> str:
     root = Path(cfg.output_dir)
     base = cfg.pretrained_model_name_or_path
@@ -67,6 +68,13 @@ def render_model_card(
         lines += [f"Samples for `{cfg.validation_prompt}`:", "", f"![samples]({_rel(sample_grid, root)})", ""]
     if loss_curve is not None:
         lines += [f"![loss curve]({_rel(loss_curve, root)})", ""]
+    if quality_curve is not None:
+        lines += [
+            "Quality during training (% of images):",
+            "",
+            f"![quality curve]({_rel(quality_curve, root)})",
+            "",
+        ]
     settings: list[tuple[str, Any]] = [
         ("instance prompt", cfg.instance_prompt),
         ("class prompt (prior preservation)", cfg.class_prompt if cfg.with_prior_preservation else None),
