@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 QUICKSTART_SEEDS = (0, 1, 2)
+# Held-out prompts of other shapes (never in pretraining, not the subject): the grid's drift check.
+ORDINARY_PROMPTS = ("a blue square on a green background", "a white cross on a red background")
 GRID_NAME = "quickstart_comparison.png"
 
 
@@ -65,6 +67,8 @@ def run_quickstart(argv: Sequence[str] | None = None) -> Path:
         raise RuntimeError("training wrote no adapter")
     bundled = cfg.instance_data_dir == str(subject_path())
     prompts = (subject_info().get("validation_prompts") if bundled else None) or [cfg.instance_prompt]
+    if bundled:  # and ordinary prompts: the adapter must leave them alone (drift shows here)
+        prompts = [*prompts, *ORDINARY_PROMPTS]
     grid = comparison_grid(cfg.pretrained_model_name_or_path, result.weights_path, prompts)
     path = Path(result.output_dir) / GRID_NAME
     grid.save(path)

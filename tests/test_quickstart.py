@@ -13,17 +13,20 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.slow
 def test_quickstart_writes_grid(tmp_path, capsys):
     from moslora_diffusion.cli import main
-    from moslora_diffusion.quickstart import GRID_NAME, QUICKSTART_SEEDS
+    from moslora_diffusion.quickstart import GRID_NAME, ORDINARY_PROMPTS, QUICKSTART_SEEDS
 
     out = tmp_path / "qs"
     assert main(["quickstart", "--max_train_steps", "3", "--output_dir", str(out)]) == 0
     grid = Image.open(out / GRID_NAME)
-    prompts = toyworld.subject_info()["validation_prompts"]
-    # 2 x seeds cells of >= 128 px per row, one row per prompt
+    prompts = [*toyworld.subject_info()["validation_prompts"], *ORDINARY_PROMPTS]
+    # 2 x seeds cells of >= 128 px per row, one row per prompt (subject prompts, then the drift check)
     assert grid.width >= 2 * len(QUICKSTART_SEEDS) * 128
     assert grid.height >= len(prompts) * 128
     assert (out / "moslora_weights.safetensors").is_file()
-    assert str(out / GRID_NAME) in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert str(out / GRID_NAME) in printed
+    assert "step 3: subject fidelity" in printed  # the learning curve's points are shown as training goes
+    assert (out / "quality_curve.png").is_file() and str(out / "quality_curve.png") in printed
 
 
 @pytest.mark.slow
