@@ -66,3 +66,9 @@ def test_abbreviated_flags_are_refused():
         parse_args(["--rank_pattern", "3"])
     with pytest.raises(SystemExit):
         parse_args(["--learning", "1e-3"])
+
+
+def test_a_switch_the_subject_turns_on_can_be_turned_off(tmp_path):
+    assert SUBJECT.get("train_text_encoder") is True  # the subject's recipe trains the text encoder
+    assert _entry(["--output_dir", str(tmp_path)]).train_text_encoder is True
+    assert _entry(["--no-train_text_encoder", "--output_dir", str(tmp_path)]).train_text_encoder is False

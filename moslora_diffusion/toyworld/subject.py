@@ -122,9 +122,12 @@ def subject_images(
 
 
 TRAIN_DEFAULTS: dict[str, Any] = {
-    # From the learnability probe (docs/toyworld.md): attention alone barely learns the two-colour design in
-    # a model this small; attention + feed-forward + projections + ResNet convs at rank 8 does.
-    "unet_targets": "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,proj_in,proj_out,conv1,conv2",
+    # From the recipe search (docs/quality.md): adapters on layers the text does not condition (ResNet convs,
+    # proj_in/out, self-attention) made every shape a circle on ordinary prompts; cross-attention +
+    # feed-forward adapters with a text-encoder adapter ("sks" gets its own direction) learn the subject about
+    # as often and keep ordinary prompts far better.
+    "unet_targets": "attn2.to_q,attn2.to_k,attn2.to_v,attn2.to_out.0,ff.net.0.proj,ff.net.2",
+    "train_text_encoder": True,
     "rank": 8,
     "learning_rate": 1e-3,
     "train_batch_size": 6,

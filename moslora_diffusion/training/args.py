@@ -199,8 +199,10 @@ def build_parser(defaults: Mapping[str, Any] | None = None) -> argparse.Argument
     for f in dataclasses.fields(TrainConfig):
         kind = _field_type(f)
         flag = "--" + f.name
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        if kind is bool:  # --flag / --no-flag: a default set by an entry point can still be turned off
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"]
+            )
         else:
             parser.add_argument(
                 flag,

@@ -279,7 +279,8 @@ class TrainingJobs:
         recipe: dict[str, Any] = {}
         if req.example_subject:  # the subject's own adapter targets and batch; the form sets the rest
             defaults = toyworld.subject_training_defaults()
-            recipe = {k: defaults[k] for k in ("unet_targets", "train_batch_size") if k in defaults}
+            keys = ("unet_targets", "train_batch_size", "train_text_encoder", "text_encoder_targets")
+            recipe = {k: defaults[k] for k in keys if k in defaults}
         cfg = backend.TrainConfig(
             pretrained_model_name_or_path=self.base_model,
             config=config_for(self.base_model, self.configs),
