@@ -2,8 +2,9 @@
 
 The layout is the one Stability's LDM / SGM code writes and model sites distribute (``model.diffusion_model.*``
 UNet, ``first_stage_model.*`` VAE, ``cond_stage_model.*`` / ``conditioner.embedders.*`` text encoders). The
-mapping here is our own, written from the layouts, independent of diffusers' converter, so that loading the
-file back with ``from_single_file`` checks both directions against each other.
+mapping is our own (the UNet's from the library's SGM naming, the rest written here from the layouts),
+independent of diffusers' converter, so that loading the file back with ``from_single_file`` checks both
+directions against each other.
 """
 
 from __future__ import annotations
@@ -15,16 +16,6 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
 
 def _resnet(rest: str, names: dict[str, str]) -> str:
     head, _, tail = rest.partition(".")
@@ -32,55 +23,22 @@ def _resnet(rest: str, names: dict[str, str]) -> str:
 
 
 def unet_to_ldm(unet: Any) -> dict[str, torch.Tensor]:
-    """A diffusers UNet2DConditionModel's weights under ``model.diffusion_model.`` in the LDM layout."""
-    cfg = unet.config
-    per_block = cfg.layers_per_block
-    up_has_attention = ["CrossAttn" in t for t in cfg.up_block_types]
+    """A diffusers UNet2DConditionModel's weights under ``model.diffusion_model.`` in the LDM / SGM layout.
+
+    Module names come from the library's own SGM naming (`formats.naming.diffusers_to_sgm_unet_path`, which
+    the kohya export uses for SDXL), so loading the file with diffusers' converter also checks that naming.
+    """
+    from moslora_diffusion.formats.naming import diffusers_to_sgm_unet_path
+
+    config = dict(unet.config)
     out: dict[str, torch.Tensor] = {}
-    fixed = {
-        "time_embedding.linear_1": "time_embed.0",
-        "time_embedding.linear_2": "time_embed.2",
-        "add_embedding.linear_1": "label_emb.0.0",
-        "add_embedding.linear_2": "label_emb.0.2",
-        "conv_in": "input_blocks.0.0",
-        "conv_norm_out": "out.0",
-        "conv_out": "out.2",
-    }
     for key, value in unet.state_dict().items():
-        name = None
         module, _, param = key.rpartition(".")
-        if module in fixed:
-            name = f"{fixed[module]}.{param}"
-        elif m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-            i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-            block = 1 + i * (per_block + 1) + j
-            name = (
-                f"input_blocks.{block}.0.{_resnet(rest, _RESNET)}"
-                if kind == "resnets"
-                else f"input_blocks.{block}.1.{rest}"
-            )
-        elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-            name = f"input_blocks.{(int(m[1]) + 1) * (per_block + 1)}.0.op.{m[2]}"
-        elif m := re.match(r"mid_block\.resnets\.(\d)\.(.+)", key):
-            name = f"middle_block.{2 * int(m[1])}.{_resnet(m[2], _RESNET)}"
-        elif m := re.match(r"mid_block\.attentions\.0\.(.+)", key):
-            name = f"middle_block.1.{m[1]}"
-        elif m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-            i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-            block = i * (per_block + 1) + j
-            name = (
-                f"output_blocks.{block}.0.{_resnet(rest, _RESNET)}"
-                if kind == "resnets"
-                else f"output_blocks.{block}.1.{rest}"
-            )
-        elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
-            i = int(m[1])
-            block = i * (per_block + 1) + per_block
-            name = f"output_blocks.{block}.{2 if up_has_attention[i] else 1}.conv.{m[2]}"
-        if name is None:
-            raise KeyError(f"no LDM name for UNet key {key}")
-        out["model.diffusion_model." + name] = value
+        out[f"model.diffusion_model.{diffusers_to_sgm_unet_path(module, config)}.{param}"] = value
     return out
+
+
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
 def vae_to_ldm(vae: Any) -> dict[str, torch.Tensor]:

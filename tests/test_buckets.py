@@ -21,14 +21,6 @@ from moslora_diffusion.training import (
 from moslora_diffusion.training import buckets as B
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_bucket_sizes_are_step_multiples_within_area_and_limits():
     sizes = B.bucket_sizes(512, 64, 256, 1024)
     assert (512, 512) in sizes and (384, 640) in sizes and (640, 384) in sizes

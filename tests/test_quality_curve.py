@@ -16,14 +16,6 @@ from moslora_diffusion.toyworld import quality
 from moslora_diffusion.training import parse_args, run_training
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _subject(folder):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(2):

@@ -23,15 +23,6 @@ from moslora_diffusion.training import (
 from moslora_diffusion.training import losses as losses_module
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_sd1(tmp_path_factory) -> Path:
     return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("tiny") / "sd1")

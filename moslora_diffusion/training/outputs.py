@@ -85,6 +85,18 @@ def write_adapter_files(
     return files
 
 
+def _save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure to ``path`` atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def plot_loss_curve(losses: list[float], path: str | Path) -> Path | None:
     """Save a PNG of the loss per step (with a moving average); None when matplotlib is missing."""
     if not losses:
@@ -109,12 +121,7 @@ def plot_loss_curve(losses: list[float], path: str | Path) -> Path | None:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, path)
 
 
 QUALITY_NAME = "quality.json"
@@ -158,9 +165,4 @@ def plot_quality_curve(quality: list[dict[str, float]], path: str | Path) -> Pat
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, path)
