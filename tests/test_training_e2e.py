@@ -397,6 +397,44 @@ def test_prior_preservation_generates_missing_class_images(tiny_sd1, subject, tm
     assert prior.generate_class_images(cfg, "sd1", 32, torch.device("cpu")) == []
 
 
+def test_class_prompts_file_makes_a_captioned_regularisation_set(tiny_sd1, subject, tmp_path, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a broad set\na red square\n\na blue cross\n")
+    class_dir = tmp_path / "class"
+    seen = []
+    real_loss = losses_module.dreambooth_loss
+
+    def recording(per_example, n_inst, weight):
+        seen.append((per_example.shape[0], n_inst))
+        return real_loss(per_example, n_inst, weight)
+
+    monkeypatch.setattr(losses_module, "dreambooth_loss", recording)
+    flags = [
+        "--with_prior_preservation",
+        "--class_data_dir",
+        str(class_dir),
+        "--class_prompts_file",
+        str(prompts),
+    ]
+    flags += ["--num_class_images", "3", "--class_inference_steps", "2", "--sample_batch_size", "2"]
+    result = train(tiny_sd1, tmp_path / "out", subject, *flags, "--max_train_steps", "1")
+    assert result.steps_done == 1 and seen == [(2, 1)]  # one instance and one captioned class image
+    made = sorted(class_dir.glob("*.png"))
+    captions = [p.with_suffix(".txt").read_text().strip() for p in made]
+    assert captions == ["a red square", "a blue cross", "a red square"]  # the prompts in turn
+    # a class image without a caption, and no --class_prompt to fall back on: refused, naming the file
+    made[0].with_suffix(".txt").unlink()
+    with pytest.raises(TrainConfigError, match=f"no caption for {made[0].name}"):
+        train(tiny_sd1, tmp_path / "out2", subject, *flags, "--max_train_steps", "1")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(TrainConfigError, match="holds no prompt"):
+        validate_config(parse_args(["--pretrained_model_name_or_path", str(tiny_sd1), "--instance_data_dir",
+                                    str(subject), "--instance_prompt", "x", "--output_dir", str(tmp_path / "o3"),
+                                    "--with_prior_preservation", "--class_data_dir", str(class_dir),
+                                    "--class_prompts_file", str(empty)]))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- resume, cancel, NaN
 
 
