@@ -466,8 +466,10 @@ def run_cli(args: Any) -> int:
         command = "moslora-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         n = result["n_images"]
         settings = ", ".join(f"--{k} {v}" for k, v in cfg.extra_train_args.items()) or "none"
+        workers = max(1, int(getattr(args, "workers", 1) or 1))
         body = (
-            f"Each method trained on the bundled subject over {cfg.seeds} seeds with the subject's recipe "
+            (f"{workers} worker processes with 1 torch thread each. " if workers > 1 else "")
+            + f"Each method trained on the bundled subject over {cfg.seeds} seeds with the subject's recipe "
             f"(changed: {settings}); per adapter {n['subject']} subject, {n['class']} class and {n['ordinary']} "
             "ordinary images (DDIM 25 steps, CFG 5). Percent of images, mean ± 95% CI over seeds; paired "
             "differences from per-seed differences (same data order, noise, timesteps and sampling seeds per "
