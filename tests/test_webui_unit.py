@@ -506,6 +506,17 @@ def test_loss_frame_raw_and_smoothed():
     assert smooth["curve"].iloc[0] == "smoothed (mean of 2)" and all(smooth["loss"].iloc[1:] == 0.5)
 
 
+def test_plot_frames_keep_text_series_columns_when_empty():
+    """An empty frame with a numeric series column made the loss plot colour by a gradient for good (seen on a
+    real run, where the first polls come before the first step): the column must stay text."""
+    from pandas.api.types import is_numeric_dtype
+
+    from moslora_diffusion.webui.ui import loss_frame, quality_frame
+
+    assert not is_numeric_dtype(loss_frame([])["curve"])
+    assert not is_numeric_dtype(quality_frame([])["score"])
+
+
 def test_img2img_runs_the_strength_share_of_the_steps(tmp_path):
     from moslora_diffusion.webui.engine import Engine
 

@@ -559,7 +559,11 @@ def loss_frame(losses: list[tuple[int, float]]) -> Any:
         {
             "step": pd.Series(steps + steps, dtype="int64"),
             "loss": pd.concat([raw, smooth], ignore_index=True),
-            "curve": ["raw"] * len(steps) + [f"smoothed (mean of {window})"] * len(steps),
+            # always a text column, even empty: a numeric one (pandas' type for []) makes the plot colour by
+            # a gradient and keep that encoding, so the curves never show
+            "curve": pd.Series(
+                ["raw"] * len(steps) + [f"smoothed (mean of {window})"] * len(steps), dtype=object
+            ),
         }
     )
 
@@ -572,7 +576,7 @@ def quality_frame(scores: list[tuple[int, dict[str, float]]]) -> Any:
     return pd.DataFrame(
         {
             "step": pd.Series([r[0] for r in rows], dtype="int64"),
-            "score": [r[1] for r in rows],
+            "score": pd.Series([r[1] for r in rows], dtype=object),
             "percent": pd.Series([r[2] for r in rows], dtype="float64"),
         }
     )
@@ -603,7 +607,7 @@ def _training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | 
         outs = [
             _progress_html(st.step, st.max_steps, text),
             html.escape(st.message),
-            loss_frame(st.losses),
+            loss_frame(st.losses) if st.losses else gr.skip(),  # nothing to draw before the first step
             preview,
             gr.update(value=quality_frame(st.scores), visible=True) if st.scores else gr.skip(),
         ]
