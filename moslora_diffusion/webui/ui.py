@@ -547,6 +547,11 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
     return tab
 
 
+# One fixed label: the plot keeps the colour domain of its first frame, so a label that changed with the
+# window ("mean of 1", "mean of 2", ...) made the smoothed curve disappear from the plot.
+SMOOTHED = "smoothed (mean of the last 5 %)"
+
+
 def loss_frame(losses: list[tuple[int, float]]) -> Any:
     """The loss curve for the plot: every step ("raw") and a moving average ("smoothed")."""
     import pandas as pd
@@ -561,9 +566,7 @@ def loss_frame(losses: list[tuple[int, float]]) -> Any:
             "loss": pd.concat([raw, smooth], ignore_index=True),
             # always a text column, even empty: a numeric one (pandas' type for []) makes the plot colour by
             # a gradient and keep that encoding, so the curves never show
-            "curve": pd.Series(
-                ["raw"] * len(steps) + [f"smoothed (mean of {window})"] * len(steps), dtype=object
-            ),
+            "curve": pd.Series(["raw"] * len(steps) + [SMOOTHED] * len(steps), dtype=object),
         }
     )
 
