@@ -267,8 +267,9 @@ def load_pipeline(
         checkpoint = inspect_checkpoint(name_or_path, architecture, prediction_type)
         config_source = check_config_folder(checkpoint, config)
         cls = getattr(diffusers, checkpoint.pipeline_class_name)
-        kwargs.pop("variant", None)  # a single file has no weight variants
-        kwargs.pop("use_safetensors", None)
+        if kwargs.pop("variant", None) or kwargs.pop("revision", None):
+            raise BaseModelError(f"{checkpoint.path}: a single file has no weight variants or revisions")
+        kwargs.pop("use_safetensors", None)  # it is one by construction
         if checkpoint.architecture != "sdxl":
             kwargs.setdefault("safety_checker", None)
             kwargs.setdefault("requires_safety_checker", False)

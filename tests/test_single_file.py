@@ -134,6 +134,11 @@ def test_training_preflight_refuses_before_loading(tmp_path, single_files):
         validate_config(
             parse_args(base + ["--pretrained_model_name_or_path", str(folder), "--config", str(folder)])
         )
+    with pytest.raises(
+        TrainConfigError, match="--variant is for diffusers folders"
+    ):  # never silently dropped
+        validate_config(parse_args(base + ["--pretrained_model_name_or_path", str(file), "--config", str(folder),
+                                           "--variant", "fp16"]))  # fmt: skip
     with pytest.raises(TrainConfigError, match="--config .* is an sd2 model"):
         validate_config(
             parse_args(

@@ -54,6 +54,12 @@ def check_model_source(cfg: TrainConfig) -> None:
 
 def check_single_file(cfg: TrainConfig) -> base_models.Checkpoint:
     """The single-file base model's header and config folder, as `TrainConfigError`s naming the flag."""
+    for flag in ("variant", "revision"):  # hub-folder options: a single file has neither
+        if getattr(cfg, flag) is not None:
+            raise TrainConfigError(
+                f"--{flag} is for diffusers folders and hub ids; {cfg.pretrained_model_name_or_path} is a "
+                "single file"
+            )
     try:
         found = base_models.inspect_checkpoint(
             cfg.pretrained_model_name_or_path, cfg.architecture, cfg.prediction_type
