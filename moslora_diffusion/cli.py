@@ -216,6 +216,13 @@ def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixer_init", choices=("kaiming", "orthogonal"), default=None)
     parser.add_argument("--unet_targets", default=None, help="default: the subject's recipe")
     parser.add_argument("--train_text_encoder", action="store_true")
+    parser.add_argument(
+        "--train_arg",
+        action="append",
+        metavar="FLAG=VALUE",
+        help="any other training flag for every run, e.g. --train_arg max_train_steps=900 "
+        "--train_arg with_prior_preservation (repeatable)",
+    )
     parser.add_argument("--curves", action="store_true", help="record learning curves (the toy scorer)")
     parser.add_argument(
         "--workers", type=int, default=1, help="training processes at a time (1 torch thread each)"

@@ -71,6 +71,18 @@ def test_paired_differences_come_from_per_seed_differences():
     # the same numbers compared as two separate intervals would overlap widely (A 70 ± 24.8, B 56.7 ± 28.7)
 
 
+def test_train_args_pass_any_training_flag_but_the_ones_the_study_sets():
+    got = dreambench.parse_train_args(
+        ["max_train_steps=900", "--with_prior_preservation", "text_encoder_lr=3e-4"]
+    )
+    assert got == {"max_train_steps": "900", "with_prior_preservation": True, "text_encoder_lr": "3e-4"}
+    assert dreambench.parse_train_args(["no-train_text_encoder"]) == {"train_text_encoder": False}
+    with pytest.raises(ValueError, match="no training flag --max_steps"):
+        dreambench.parse_train_args(["max_steps=5"])
+    with pytest.raises(ValueError, match="sets --seed itself"):
+        dreambench.parse_train_args(["seed=3"])
+
+
 @pytest.mark.slow
 def test_quick_run_end_to_end(tmp_path):
     from moslora_diffusion.cli import main

@@ -167,7 +167,10 @@ def train_adapter(
     if cfg.max_train_steps is not None:
         args += ["--max_train_steps", str(cfg.max_train_steps)]
     for key, value in cfg.extra_train_args.items():
-        args += [f"--{key}"] + ([] if value is True else [str(value)])
+        if value is True or value is False:  # a switch: --flag / --no-flag
+            args.append(f"--{key}" if value else f"--no-{key}")
+        else:
+            args += [f"--{key}", str(value)]
     scorer = validation_scorer() if curve else None
     result = run_training(parse_args(args, defaults=training_defaults(args)), scorer=scorer)
     if result.weights_path is None:
@@ -402,6 +405,34 @@ def plot_curves(result: dict[str, Any], path: str | Path) -> Path | None:
     return path
 
 
+# Flags the yardstick sets itself for every run (method, seed, output) and so cannot take from --train_arg.
+_BENCH_FLAGS = frozenset({"adapter", "rank", "seed", "output_dir", "overwrite_output_dir", "checkpointing_steps",
+                          "validation_prompt", "validation_steps", "pretrained_model_name_or_path",
+                          "instance_data_dir"})  # fmt: skip
+
+
+def parse_train_args(items: list[str]) -> dict[str, Any]:
+    """``--train_arg FLAG=VALUE`` (``FLAG`` / ``no-FLAG`` for a switch) into training flags for every run."""
+    import dataclasses as dc
+
+    from ..training.args import TrainConfig
+
+    fields = {f.name for f in dc.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().removeprefix("--")
+        switch_off = not sep and name.startswith("no-") and name[3:] in fields
+        if switch_off:
+            name = name[3:]
+        if name not in fields:
+            raise ValueError(f"--train_arg {item!r}: no training flag --{name}")
+        if name in _BENCH_FLAGS:
+            raise ValueError(f"--train_arg {item!r}: eval-toyworld sets --{name} itself for each run")
+        out[name] = value if sep else not switch_off
+    return out
+
+
 def run_cli(args: Any) -> int:
     """`moslora-diffusion eval-toyworld`: run, print the table, write results.json, the plot and the docs section."""
     import shlex
@@ -417,6 +448,7 @@ def run_cli(args: Any) -> int:
         }.items()
         if v is not None
     }
+    extra.update(parse_train_args(getattr(args, "train_arg", None) or []))
     methods = tuple(m.strip() for m in (getattr(args, "methods", None) or "moslora,lora,lora-2r").split(","))
     if getattr(args, "smoke", False):
         cfg = BenchConfig.smoke_config(output_dir=args.output_dir, extra_train_args=extra)
