@@ -225,6 +225,12 @@ def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--curves", action="store_true", help="record learning curves (the toy scorer)")
     parser.add_argument(
+        "--subject",
+        choices=("circle", "star"),
+        default="circle",
+        help="bundled subject: circle (a new design on a known outline) or star (a new outline)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=1, help="training processes at a time (1 torch thread each)"
     )
     parser.add_argument(

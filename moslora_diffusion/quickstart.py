@@ -49,8 +49,9 @@ def comparison_grid(
 
 def run_quickstart(argv: Sequence[str] | None = None) -> Path:
     """Train with `train_dreambooth_moslora.py` flags (toy-world defaults) and write the comparison grid."""
-    from .toyworld import subject_info, subject_path, training_defaults
+    from .toyworld import training_defaults
     from .toyworld.quality import scorer_for
+    from .toyworld.subject import subject_for_folder
     from .training import parse_args, run_training
 
     started = time.time()
@@ -65,8 +66,8 @@ def run_quickstart(argv: Sequence[str] | None = None) -> Path:
     result = run_training(cfg, scorer=scorer_for(cfg))
     if result.weights_path is None:
         raise RuntimeError("training wrote no adapter")
-    bundled = cfg.instance_data_dir == str(subject_path())
-    prompts = (subject_info().get("validation_prompts") if bundled else None) or [cfg.instance_prompt]
+    bundled = subject_for_folder(cfg.instance_data_dir)
+    prompts = (bundled.info().get("validation_prompts") if bundled else None) or [cfg.instance_prompt]
     if bundled:  # and ordinary prompts: the adapter must leave them alone (drift shows here)
         prompts = [*prompts, *ORDINARY_PROMPTS]
     grid = comparison_grid(cfg.pretrained_model_name_or_path, result.weights_path, prompts)

@@ -6,7 +6,9 @@ always wins (even when it equals a generic default), and the training code never
 world. Rules:
 
 - no ``--pretrained_model_name_or_path``: the bundled toy-world base model;
-- and no ``--instance_data_dir`` either: the bundled subject, its prompts and its ``train_defaults``.
+- and no ``--instance_data_dir`` either: the bundled subject, its prompts and its ``train_defaults``;
+- or ``--instance_data_dir`` a bundled subject's folder (``assets/subject_star``): that subject's prompts and
+  ``train_defaults``.
 
 A base model given without ``--instance_data_dir`` gets no default data: preflight then says that
 ``--instance_data_dir`` is required (a toy subject on a real model would be a surprise, not a default).
@@ -22,12 +24,14 @@ __all__ = ["subject_training_defaults", "training_defaults"]
 _SUBJECT_PROMPTS = ("instance_prompt", "class_prompt", "validation_prompt")
 
 
-def subject_training_defaults() -> dict[str, Any]:
-    """Data folder, prompts and ``train_defaults`` of the bundled subject (subject.json)."""
-    from . import subject_info, subject_path
+def subject_training_defaults(subject: Any = None) -> dict[str, Any]:
+    """Data folder, prompts and ``train_defaults`` of a bundled subject (its subject.json; default: the
+    circle)."""
+    from .subject import get_subject
 
-    info = subject_info()
-    defaults: dict[str, Any] = {"instance_data_dir": str(subject_path())}
+    subj = get_subject(subject)
+    info = subj.info()
+    defaults: dict[str, Any] = {"instance_data_dir": str(subj.path)}
     defaults.update({k: info[k] for k in _SUBJECT_PROMPTS if isinstance(info.get(k), str)})
     defaults.setdefault("validation_prompt", defaults.get("instance_prompt"))  # toy runs are quick: show them
     defaults.update(info.get("train_defaults") or {})
@@ -38,6 +42,7 @@ def training_defaults(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parser defaults for a training entry point called with ``argv`` (see the module docstring)."""
     from ..training.args import parse_args
     from . import base_model_path
+    from .subject import subject_for_folder
 
     given = parse_args(list(argv) if argv is not None else None)
     if given.pretrained_model_name_or_path is not None:
@@ -45,4 +50,8 @@ def training_defaults(argv: Sequence[str] | None = None) -> dict[str, Any]:
     defaults: dict[str, Any] = {"pretrained_model_name_or_path": str(base_model_path())}
     if given.instance_data_dir is None:
         defaults.update(subject_training_defaults())
+    else:
+        subject = subject_for_folder(given.instance_data_dir)
+        if subject is not None:  # another bundled subject's folder: its prompts and recipe too
+            defaults.update(subject_training_defaults(subject))
     return defaults

@@ -1,13 +1,15 @@
 """A DreamBench-style yardstick in the toy world: how well did a DreamBooth adapter learn the subject?
 
 For each method (MoSLoRA at rank r, LoRA at rank r, LoRA at rank 2r) and each seed, one adapter is trained
-on the bundled example subject through the training library, then scored with the attribute reader and the
-subject detector:
+on a bundled subject (:data:`subject.SUBJECTS`) through the training library, then scored with the attribute
+reader and the subject's detector:
 
-- subject fidelity: images for "a sks circle on a {bg} background" that show the subject;
+- subject fidelity: images for "a sks circle on a {bg} background" (the subject's instance prompt) that show
+  the subject;
 - prompt fidelity: of those prompts, images whose background has the requested colour;
-- prior preservation: images for class prompts ("a {colour} circle on a {bg} background") that draw the
-  class with the requested attributes and not the subject;
+- prior preservation: images for class prompts ("a {colour} circle on a {bg} background"; "a {colour} shape
+  ..." for a subject whose class noun is "shape") that draw the class with the requested attributes and not
+  the subject;
 - base drift: all-three-attributes accuracy on a fixed panel of ordinary prompts (the 12 held-out
   combinations: every shape three times, every colour twice as object and twice as background) with the
   adapter loaded; the base model's own accuracy is the reference row.
@@ -31,7 +33,7 @@ from typing import Any
 
 from .data import HELD_OUT_COMBOS
 from .render import COLORS, caption
-from .subject import CLASS_PROMPT, INSTANCE_PROMPT, SUBJECT_BOTTOM, SUBJECT_SHAPE, SUBJECT_TOP
+from .subject import CLASS_PROMPT, Subject, get_subject
 
 METRICS = ("subject_fidelity", "prompt_fidelity", "prior_preservation", "base_drift_accuracy")
 METRIC_LABELS = {
@@ -40,8 +42,6 @@ METRIC_LABELS = {
     "prior_preservation": "prior preservation",
     "base_drift_accuracy": "ordinary prompts (all 3 right)",
 }
-# Backgrounds on which the subject (red over yellow) stays visible.
-SUBJECT_BACKGROUNDS = tuple(c for c in COLORS if c not in (SUBJECT_TOP, SUBJECT_BOTTOM))
 
 
 @dataclasses.dataclass
@@ -58,6 +58,7 @@ class BenchConfig:
     method_names: tuple[str, ...] = ("moslora", "lora", "lora-2r")
     curves: bool = False  # record each run's learning curve (the toy scorer every `curve_every` steps)
     curve_every: int = 100
+    subject: str = "circle"  # a key of subject.SUBJECTS
 
     def methods(self) -> list[tuple[str, str, int]]:
         table = {
@@ -83,12 +84,14 @@ class BenchConfig:
 
 
 def prompt_sets(
-    images_per_prompt: int, quick: bool
-) -> dict[str, list[tuple[str, tuple[str, str, str] | None, int]]]:
-    """(prompt, expected (shape, colour, background) or None, sampling seed) for each metric family."""
-    backgrounds = SUBJECT_BACKGROUNDS[:2] if quick else SUBJECT_BACKGROUNDS
-    subject = [
-        (f"{INSTANCE_PROMPT} on a {bg} background", (SUBJECT_SHAPE, "", bg), 1000 + k)
+    images_per_prompt: int, quick: bool, subject: Subject | str | None = None
+) -> dict[str, list[tuple[str, tuple[str | None, str, str], int]]]:
+    """(prompt, expected (shape, colour, background), sampling seed) for each metric family; a class shape of
+    None (class noun "shape") accepts any of the world's shapes."""
+    subj = get_subject(subject)
+    backgrounds = subj.backgrounds[:2] if quick else subj.backgrounds
+    subject_items = [
+        (f"{subj.instance_prompt} on a {bg} background", (subj.outline, "", bg), 1000 + k)
         for bg in backgrounds
         for k in range(images_per_prompt)
     ]
@@ -98,7 +101,7 @@ def prompt_sets(
         bg = palette[(i + 2) % len(palette)]  # every colour once as object, on a different background
         for k in range(images_per_prompt):
             class_items.append(
-                (caption(SUBJECT_SHAPE, colour, bg), (SUBJECT_SHAPE, colour, bg), 2000 + 10 * i + k)
+                (caption(subj.class_shape, colour, bg), (subj.class_shape, colour, bg), 2000 + 10 * i + k)
             )
     ordinary_combos = list(HELD_OUT_COMBOS)[: 2 if quick else None]  # every shape, every colour
     ordinary = [
@@ -106,23 +109,26 @@ def prompt_sets(
         for i, c in enumerate(ordinary_combos)
         for k in range(images_per_prompt)
     ]
-    return {"subject": subject, "class": class_items, "ordinary": ordinary}
+    return {"subject": subject_items, "class": class_items, "ordinary": ordinary}
 
 
-def score_images(family_images: dict[str, list], prompt_sets: dict[str, list]) -> dict[str, float]:
+def score_images(
+    family_images: dict[str, list], prompt_sets: dict[str, list], subject: Subject | str | None = None
+) -> dict[str, float]:
     """The four metrics from generated images (lists aligned with `prompt_sets`; an empty family gives nan)."""
     from .reader import read_attributes
-    from .subject import detect_subject
 
-    subj = prompt_sets["subject"]
-    subject_hits = [detect_subject(im) for im in family_images["subject"]]
+    detect = get_subject(subject).detect
+    items = prompt_sets["subject"]
+    subject_hits = [detect(im) for im in family_images["subject"]]
     bg_hits = [
-        read_attributes(im).background == exp[2] for im, (_, exp, _) in zip(family_images["subject"], subj)
+        read_attributes(im).background == exp[2] for im, (_, exp, _) in zip(family_images["subject"], items)
     ]
     prior_hits = []
-    for im, (_, exp, _) in zip(family_images["class"], prompt_sets["class"]):
+    for im, ((shape, colour, bg)) in zip(family_images["class"], (exp for _, exp, _ in prompt_sets["class"])):
         r = read_attributes(im)
-        prior_hits.append(r.matches(*exp) and not detect_subject(im))
+        drawn = r.shape is not None and (shape is None or r.shape == shape)
+        prior_hits.append(drawn and (r.color, r.background) == (colour, bg) and not detect(im))
     ordinary_hits = [
         read_attributes(im).matches(*exp)
         for im, (_, exp, _) in zip(family_images["ordinary"], prompt_sets["ordinary"])
@@ -159,9 +165,11 @@ def train_adapter(
     from .defaults import training_defaults
     from .quality import validation_scorer
 
+    subject = get_subject(cfg.subject)
     args = ["--adapter", adapter, "--rank", str(rank), "--seed", str(seed), "--output_dir", str(output_dir)]
     args += ["--checkpointing_steps", "0", "--validation_prompt", ""]  # "" = no validation images
     args += ["--overwrite_output_dir"]  # a re-run of the study replaces its own runs
+    args += ["--instance_data_dir", str(subject.path)]
     if curve:
         args += ["--validation_steps", str(cfg.curve_every)]
     if cfg.max_train_steps is not None:
@@ -171,7 +179,7 @@ def train_adapter(
             args.append(f"--{key}" if value else f"--no-{key}")
         else:
             args += [f"--{key}", str(value)]
-    scorer = validation_scorer() if curve else None
+    scorer = validation_scorer(subject=subject) if curve else None
     result = run_training(parse_args(args, defaults=training_defaults(args)), scorer=scorer)
     if result.weights_path is None:
         raise RuntimeError(f"training {adapter} r={rank} seed={seed} produced no weights")
@@ -198,7 +206,7 @@ def _worker_init(log_dir: str) -> None:
     torch.set_num_threads(1)
 
 
-def _score_adapter(weights: Path, name: str, sets: dict[str, list]) -> dict[str, float]:
+def _score_adapter(weights: Path, name: str, sets: dict[str, list], subject: str) -> dict[str, float]:
     from .evaluate import load_pipeline
 
     global _WORKER_PIPE
@@ -207,7 +215,7 @@ def _score_adapter(weights: Path, name: str, sets: dict[str, list]) -> dict[str,
     pipe = _WORKER_PIPE
     adapter = pipe.load_moslora_weights(str(weights), adapter_name=name)
     try:
-        return score_images(_generate_families(pipe, sets), sets)
+        return score_images(_generate_families(pipe, sets), sets, subject)
     finally:
         pipe.delete_adapters(adapter)
 
@@ -218,7 +226,9 @@ def _run_one(task: tuple[str, str, int, int, BenchConfig, str]) -> dict[str, Any
     t0 = time.time()
     name = f"{adapter}_r{rank}_s{seed}"
     weights, curve = train_adapter(adapter, rank, seed, Path(work) / name, cfg, curve=cfg.curves)
-    scores = _score_adapter(weights, name, prompt_sets(cfg.images_per_prompt, cfg.quick))
+    scores = _score_adapter(
+        weights, name, prompt_sets(cfg.images_per_prompt, cfg.quick, cfg.subject), cfg.subject
+    )
     return {"method": label, "adapter": adapter, "rank": rank, "seed": seed, **scores, "curve": curve,
             "seconds": time.time() - t0}  # fmt: skip
 
@@ -230,10 +240,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print, workers: int
     from .evaluate import load_pipeline
 
     started = time.time()
-    sets = prompt_sets(cfg.images_per_prompt, cfg.quick)
+    sets = prompt_sets(cfg.images_per_prompt, cfg.quick, cfg.subject)
     work = Path(cfg.output_dir) if cfg.output_dir else Path(tempfile.mkdtemp(prefix="eval-toyworld-"))
     work.mkdir(parents=True, exist_ok=True)
-    base_scores = score_images(_generate_families(load_pipeline(), sets), sets)
+    base_scores = score_images(_generate_families(load_pipeline(), sets), sets, cfg.subject)
     log(f"base model: {json.dumps({k: round(v, 3) for k, v in base_scores.items()})}")
     # seeds outermost: a stopped study has every method at the seeds it finished (paired)
     tasks = [(label, adapter, rank, seed, cfg, str(work))
@@ -450,10 +460,13 @@ def run_cli(args: Any) -> int:
     }
     extra.update(parse_train_args(getattr(args, "train_arg", None) or []))
     methods = tuple(m.strip() for m in (getattr(args, "methods", None) or "moslora,lora,lora-2r").split(","))
+    subject = get_subject(getattr(args, "subject", None)).key
     if getattr(args, "smoke", False):
-        cfg = BenchConfig.smoke_config(output_dir=args.output_dir, extra_train_args=extra)
+        cfg = BenchConfig.smoke_config(output_dir=args.output_dir, extra_train_args=extra, subject=subject)
     elif args.quick:
-        cfg = BenchConfig.recheck_config(rank=args.rank, output_dir=args.output_dir, extra_train_args=extra)
+        cfg = BenchConfig.recheck_config(
+            rank=args.rank, output_dir=args.output_dir, extra_train_args=extra, subject=subject
+        )
     else:
         cfg = BenchConfig(
             rank=args.rank,
@@ -464,6 +477,7 @@ def run_cli(args: Any) -> int:
             extra_train_args=extra,
             method_names=methods,
             curves=bool(getattr(args, "curves", False)),
+            subject=subject,
         )
     unknown = set(cfg.method_names) - {"moslora", "lora", "lora-2r"}
     if unknown:
@@ -501,7 +515,8 @@ def run_cli(args: Any) -> int:
         workers = max(1, int(getattr(args, "workers", 1) or 1))
         body = (
             (f"{workers} worker processes with 1 torch thread each. " if workers > 1 else "")
-            + f"Each method trained on the bundled subject over {cfg.seeds} seeds with the subject's recipe "
+            + f"Each method trained on the bundled {cfg.subject!r} subject ({get_subject(cfg.subject).description}) "
+            f"over {cfg.seeds} seeds with the subject's recipe "
             f"(changed: {settings}); per adapter {n['subject']} subject, {n['class']} class and {n['ordinary']} "
             "ordinary images (DDIM 25 steps, CFG 5). Percent of images, mean ± 95% CI over seeds; paired "
             "differences from per-seed differences (same data order, noise, timesteps and sampling seeds per "

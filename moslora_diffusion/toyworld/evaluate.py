@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .data import HELD_OUT_COMBOS
-from .reader import read_attributes
+from .data import HELD_OUT_COMBOS, HELD_OUT_TWO_COLOUR
+from .reader import matches_two_colour, read_attributes, read_halves
 from .render import caption
 
 
@@ -84,21 +84,36 @@ def generate(
     return images
 
 
+def combo_caption(combo: tuple[str, ...]) -> str:
+    """Caption of a (shape, colour, background) or (shape, top, bottom, background) combination."""
+    if len(combo) == 4:
+        shape, top, bottom, background = combo
+        return caption(shape, top, background, bottom)
+    return caption(*combo)
+
+
 def eval_set(
-    per_combo: int = 20, combos: Sequence[tuple[str, str, str]] = HELD_OUT_COMBOS
-) -> list[tuple[tuple[str, str, str], str, int]]:
+    per_combo: int = 20, combos: Sequence[tuple[str, ...]] = HELD_OUT_COMBOS
+) -> list[tuple[tuple[str, ...], str, int]]:
     """(combo, prompt, seed) for every combo and seeds 0..per_combo-1."""
-    return [(c, caption(*c), seed) for c in combos for seed in range(per_combo)]
+    return [(c, combo_caption(c), seed) for c in combos for seed in range(per_combo)]
 
 
-def score(images: Sequence[Image.Image], combos: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
-    """Per-attribute and all-three accuracy of the reader's readings against the requested combos."""
+def score(images: Sequence[Image.Image], combos: Sequence[tuple[str, ...]]) -> dict[str, Any]:
+    """Per-attribute and all-three accuracy of the reader's readings against the requested combos. For a
+    two-colour combination "color" means both halves right (:func:`reader.read_halves`)."""
     hits = np.zeros((len(images), 3), bool)
     per_combo: dict[str, list[bool]] = {}
     for k, (im, combo) in enumerate(zip(images, combos)):
-        r = read_attributes(im)
-        hits[k] = [r.shape == combo[0], r.color == combo[1], r.background == combo[2]]
-        per_combo.setdefault(caption(*combo), []).append(bool(hits[k].all()))
+        if len(combo) == 4:
+            shape, top, bottom, background = combo
+            h = read_halves(im)
+            colour_ok = matches_two_colour(im, h.get("shape", ""), top, bottom) if "shape" in h else False
+            hits[k] = [h.get("shape") == shape, colour_ok, h["background"] == background]
+        else:
+            r = read_attributes(im)
+            hits[k] = [r.shape == combo[0], r.color == combo[1], r.background == combo[2]]
+        per_combo.setdefault(combo_caption(combo), []).append(bool(hits[k].all()))
     return {
         "n": len(images),
         "shape": float(hits[:, 0].mean()),
@@ -112,7 +127,7 @@ def score(images: Sequence[Image.Image], combos: Sequence[tuple[str, str, str]])
 def evaluate_base(
     model: str | os.PathLike | None = None,
     per_combo: int = 20,
-    combos: Sequence[tuple[str, str, str]] = HELD_OUT_COMBOS,
+    combos: Sequence[tuple[str, ...]] = HELD_OUT_COMBOS,
     grid_path: str | os.PathLike | None = None,
     pipe=None,
     progress: bool = True,
@@ -146,8 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--per-combo", type=int, default=20, help="seeds per held-out combination (default 20)")
     p.add_argument("--json", default=None, help="write the result as JSON here")
     p.add_argument("--grid", default=None, help="write a sample grid PNG here")
+    p.add_argument(
+        "--two-colour",
+        action="store_true",
+        help="the held-out two-colour panel instead of the one-colour one",
+    )
     args = p.parse_args(argv)
-    res = evaluate_base(args.model, per_combo=args.per_combo, grid_path=args.grid)
+    combos = HELD_OUT_TWO_COLOUR if args.two_colour else HELD_OUT_COMBOS
+    res = evaluate_base(args.model, per_combo=args.per_combo, combos=combos, grid_path=args.grid)
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import HELD_OUT_COMBOS, train_combos, training_caption
-from .reader import read_attributes
-from .render import Scene, random_scene, render_batch
+from .data import HELD_OUT_COMBOS, HELD_OUT_TWO_COLOUR, training_caption, training_scene
+from .reader import matches_two_colour, read_attributes
+from .render import Scene, all_two_colour_combos, random_scene, render_batch
 from .tokenizer import build_vocab_and_merges
 
 
@@ -42,6 +42,7 @@ class PretrainConfig:
     vae_batch_size: int = 16
     vae_lr: float = 2e-3
     num_cached: int = 20000
+    two_colour_p: float = 0.3
     unet_minutes: float = 40.0
     unet_max_steps: int = 20000
     batch_size: int = 64
@@ -125,14 +126,15 @@ def train_vae(cfg: PretrainConfig, log: list[dict[str, Any]], vae=None):
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1)
-    combos = train_combos()
     vae = build_vae() if vae is None else vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = BudgetSchedule(cfg.vae_minutes, cfg.vae_max_steps, warmup=50)
     bar = tqdm(total=cfg.vae_max_steps, desc="vae", dynamic_ncols=True)
     step = 0
     while not sched.done(step):
-        x = _images_to_tensor(render_batch([random_scene(rng, combos) for _ in range(cfg.vae_batch_size)]))
+        x = _images_to_tensor(
+            render_batch([training_scene(rng, cfg.two_colour_p) for _ in range(cfg.vae_batch_size)])
+        )
         dist = vae.encode(x).latent_dist
         rec = vae.decode(dist.sample()).sample
         mse = torch.nn.functional.mse_loss(rec, x)
@@ -153,7 +155,6 @@ def finetune_decoder(vae, cfg: PretrainConfig, log: list[dict[str, Any]], latent
 
     torch.manual_seed(cfg.seed + 5)
     rng = np.random.default_rng(cfg.seed + 5)
-    combos = train_combos()
     vae.requires_grad_(False)
     dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for p in dec:
@@ -165,7 +166,9 @@ def finetune_decoder(vae, cfg: PretrainConfig, log: list[dict[str, Any]], latent
     bar = tqdm(total=cfg.decoder_max_steps, desc="decoder", dynamic_ncols=True)
     step = 0
     while not sched.done(step):
-        x = _images_to_tensor(render_batch([random_scene(rng, combos) for _ in range(cfg.vae_batch_size)]))
+        x = _images_to_tensor(
+            render_batch([training_scene(rng, cfg.two_colour_p) for _ in range(cfg.vae_batch_size)])
+        )
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
             z = z + torch.randn_like(z) * (latent_noise / scale)
@@ -178,18 +181,18 @@ def finetune_decoder(vae, cfg: PretrainConfig, log: list[dict[str, Any]], latent
     return vae
 
 
-def reconstruction_accuracy(vae, n: int = 256, seed: int = 12345) -> float:
-    """Fraction of VAE round trips (encoder mean -> decoder) of rendered scenes the reader reads right."""
+def reconstruction_accuracy(vae, n: int = 256, seed: int = 12345, two_colour_p: float = 0.0) -> float:
+    """Fraction of VAE round trips (encoder mean -> decoder) of rendered scenes the reader reads right (any
+    combination; a share ``two_colour_p`` of two-colour objects)."""
     import torch
 
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng) for _ in range(n)]
+    two = all_two_colour_combos()
+    scenes = [random_scene(rng, two if rng.random() < two_colour_p else None) for _ in range(n)]
     with torch.no_grad():
         rec = vae.decode(vae.encode(_images_to_tensor(render_batch(scenes))).latent_dist.mean).sample
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return float(
-        np.mean([read_attributes(r).matches(s.shape, s.color, s.background) for r, s in zip(rec, scenes)])
-    )
+    return float(np.mean([_reads_right(r, s) for r, s in zip(rec, scenes)]))
 
 
 def encode_cache(vae, cfg: PretrainConfig, scaling: float | None = None) -> tuple[Any, list[Scene], float]:
@@ -199,8 +202,7 @@ def encode_cache(vae, cfg: PretrainConfig, scaling: float | None = None) -> tupl
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(cfg.seed + 2)
-    combos = train_combos()
-    scenes = [random_scene(rng, combos) for _ in range(cfg.num_cached)]
+    scenes = [training_scene(rng, cfg.two_colour_p) for _ in range(cfg.num_cached)]
     chunks = []
     with torch.no_grad():
         for i in tqdm(range(0, len(scenes), 256), desc="encode", dynamic_ncols=True):
@@ -211,9 +213,15 @@ def encode_cache(vae, cfg: PretrainConfig, scaling: float | None = None) -> tupl
     with torch.no_grad():  # how well the reader reads VAE reconstructions (a ceiling for the whole model)
         rec = vae.decode(latents[:256]).sample
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    ok = [read_attributes(r).matches(s.shape, s.color, s.background) for r, s in zip(rec, scenes[:256])]
+    ok = [_reads_right(r, s) for r, s in zip(rec, scenes[:256])]
     tqdm.write(f"VAE reconstructions read correctly: {np.mean(ok):.3f} (256 images)")
     return latents * scaling, scenes, scaling
+
+
+def _reads_right(image: np.ndarray, scene: Scene) -> bool:
+    if scene.color2 is not None:
+        return matches_two_colour(image, scene.shape, scene.color, scene.color2, scene.background)
+    return read_attributes(image).matches(scene.shape, scene.color, scene.background)
 
 
 def save_pipeline(path: Path, vae, text_encoder, tokenizer, unet) -> None:
@@ -376,6 +384,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
             )
             entry = {"stage": "unet", "step": step, "heldout_all_three": res["all_three"]}
             entry.update({k: res[k] for k in ("shape", "color", "background")})
+            if cfg.two_colour_p > 0:
+                two = evaluate_base(  # the same per-combo count on the two-colour panel
+                    pipe=pipe, per_combo=cfg.eval_per_combo, combos=HELD_OUT_TWO_COLOUR, progress=False
+                )
+                entry["heldout_two_colour"] = two["all_three"]
             log.append(entry)
             tqdm.write(f"[step {step}] held-out (EMA, {res['n']} images): {json.dumps(entry)}")
         plot_losses(log, out / "loss_curve.png")
@@ -420,7 +433,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.decoder_minutes > 0:
         final_vae = finetune_decoder(final_vae, cfg, log)
         tqdm.write(
-            f"VAE round trips read correctly after decoder fine-tuning: {reconstruction_accuracy(final_vae):.3f}"
+            f"VAE round trips read correctly after decoder fine-tuning: {reconstruction_accuracy(final_vae, two_colour_p=cfg.two_colour_p):.3f}"
         )
     checkpoint(step)
     log.append({"stage": "done", "minutes": (time.monotonic() - t0) / 60, "unet_steps": step})

@@ -15,7 +15,6 @@ toy-world case: it only calls a scorer when one is given.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 __all__ = ["SCORE_NAMES", "validation_scorer", "scorer_for", "is_toy_run"]
@@ -28,15 +27,18 @@ SCORE_NAMES = {
 
 
 def validation_scorer(
-    subject_per_prompt: int = 2, ordinary_per_prompt: int = 1
+    subject_per_prompt: int = 2, ordinary_per_prompt: int = 1, subject: Any = None
 ) -> Callable[[Any], dict[str, float]]:
     """A scorer over the yardstick's subject prompts (4 backgrounds x ``subject_per_prompt``) and its
-    ordinary-prompt panel (12 prompts x ``ordinary_per_prompt``): 20 images, about 4 s on 2 cores."""
+    ordinary-prompt panel (12 prompts x ``ordinary_per_prompt``): 20 images, about 4 s on 2 cores.
+    ``subject``: a bundled subject or its key (default: the circle)."""
     from .dreambench import prompt_sets, score_images
     from .evaluate import generate
+    from .subject import get_subject
 
+    subject = get_subject(subject)
     panel = {
-        "subject": prompt_sets(subject_per_prompt, quick=False)["subject"],
+        "subject": prompt_sets(subject_per_prompt, quick=False, subject=subject)["subject"],
         "ordinary": prompt_sets(ordinary_per_prompt, quick=False)["ordinary"],
     }
 
@@ -46,24 +48,24 @@ def validation_scorer(
         by_family: dict[str, list] = {family: [] for family in panel}
         for (family, _), image in zip(order, images):
             by_family[family].append(image)
-        scores = score_images({**by_family, "class": []}, {**panel, "class": []})
+        scores = score_images({**by_family, "class": []}, {**panel, "class": []}, subject)
         return {label: scores[key] for key, label in SCORE_NAMES.items()}
 
     return score
 
 
 def is_toy_run(base_model: str | None, instance_data_dir: str | None) -> bool:
-    """True when the run trains the bundled subject on the bundled base model."""
-    from . import is_toy_base, subject_path
+    """True when the run trains a bundled subject on the bundled base model."""
+    from . import is_toy_base
+    from .subject import subject_for_folder
 
-    same_data = instance_data_dir is not None and Path(instance_data_dir).expanduser().resolve() == (
-        subject_path().resolve()
-    )
-    return is_toy_base(base_model) and same_data
+    return is_toy_base(base_model) and subject_for_folder(instance_data_dir) is not None
 
 
 def scorer_for(cfg: Any) -> Callable[[Any], dict[str, float]] | None:
-    """The toy-world scorer for a `TrainConfig` that trains the bundled subject on the bundled model, else None."""
+    """The toy-world scorer for a `TrainConfig` that trains a bundled subject on the bundled model, else None."""
+    from .subject import subject_for_folder
+
     if is_toy_run(cfg.pretrained_model_name_or_path, cfg.instance_data_dir):
-        return validation_scorer()
+        return validation_scorer(subject=subject_for_folder(cfg.instance_data_dir))
     return None

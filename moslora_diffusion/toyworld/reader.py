@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -114,12 +115,13 @@ def object_candidates(arr: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.n
     return dist, dist > CANDIDATE_DIST
 
 
-def shape_scores(soft: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Soft IoU between the object's coverage ``soft`` and each shape drawn in the mask's bounding box."""
+def shape_scores(soft: np.ndarray, mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> dict[str, float]:
+    """Soft IoU between the object's coverage ``soft`` and each of ``shapes`` drawn in the mask's
+    bounding box."""
     ys, xs = np.nonzero(mask)
     bbox = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
     scores = {}
-    for shape in SHAPES:
+    for shape in shapes:
         tmpl = shape_mask(shape, bbox, resolution=soft.shape[0])
         inter = np.minimum(tmpl, soft).sum()
         union = np.maximum(tmpl, soft).sum()
@@ -151,6 +153,80 @@ def read_attributes(image: Image.Image | np.ndarray) -> Reading:
     scores = shape_scores(soft, mask)
     shape = max(scores, key=scores.get)
     return Reading(shape, color, background, scores, mask)
+
+
+def read_halves(
+    image: Image.Image | np.ndarray, min_pixels: int = 20, shapes: tuple[str, ...] = SHAPES
+) -> dict[str, Any]:
+    """Shape and the colours of the top and bottom halves of a (possibly two-colour) object.
+
+    The object is every pixel far from the border's median colour (largest connected part), so two
+    object colours need no colour axis. Returns ``background`` and ``pixels`` always, and when the object
+    has at least ``min_pixels`` pixels also ``shape``, ``shape_scores``, ``top``/``bottom`` (the nearest
+    palette colour to the median of each half, rows above / below the mask's middle row; ``shapes`` are
+    the outlines to choose from) and
+    ``top_purity``/``bottom_purity`` (the share of that half's pixels nearest to that colour).
+    """
+    arr = to_array(image)
+    bg = background_rgb(arr)
+    _, cand = object_candidates(arr, bg)
+    # Components are found on the mask grown by one pixel: where the blend of the two halves is near the
+    # background colour (red and blue on purple) the boundary row is no candidate and would cut the object
+    # in two.
+    mask = largest_component(_dilate(cand)) & cand
+    out: dict[str, Any] = {"background": nearest_color(bg), "pixels": int(mask.sum())}
+    if mask.sum() < min_pixels:
+        return out
+    ys, xs = np.nonzero(mask)
+    mid = (ys.min() + ys.max() + 1) / 2.0
+    halves, medians = {}, {}
+    for name, sel in (("top", ys + 0.5 < mid - 0.5), ("bottom", ys + 0.5 > mid + 0.5)):
+        px = arr[ys[sel], xs[sel]]
+        if len(px) == 0:
+            return out
+        names = [nearest_color(p) for p in px]
+        medians[name] = np.median(px, axis=0)
+        colour = nearest_color(medians[name])
+        halves[name] = (colour, float(np.mean([n == colour for n in names])))
+    # The outline, as read_attributes does for one colour: each pixel is written as a mix of the background
+    # and some blend of the two halves' measured colours (least squares on the plane they span); an object
+    # share over one half is object. Blur fills the hard mask's concave corners, the half-way mask keeps
+    # them, and the row where the halves blend stays object.
+    basis = np.stack([medians["top"] - bg, medians["bottom"] - bg], axis=1)  # (3, 2)
+    t = ((arr - bg) @ np.linalg.pinv(basis, rcond=1e-2).T).sum(-1)
+    shape_mask_ = largest_component(t > 0.5) & _dilate(mask)
+    if shape_mask_.sum() < MIN_OBJECT_PIXELS:
+        shape_mask_ = mask
+    scores = shape_scores(np.clip(t, 0.0, 1.0) * _dilate(shape_mask_), shape_mask_, shapes)
+    out.update(
+        shape=max(scores, key=scores.get),
+        shape_scores=scores,
+        top=halves["top"][0],
+        top_purity=halves["top"][1],
+        bottom=halves["bottom"][0],
+        bottom_purity=halves["bottom"][1],
+    )
+    return out
+
+
+def matches_two_colour(
+    image: Image.Image | np.ndarray,
+    shape: str,
+    top: str,
+    bottom: str,
+    background: str | None = None,
+    min_purity: float = 0.6,
+    shapes: tuple[str, ...] = SHAPES,
+) -> bool:
+    """Whether ``image`` shows ``shape`` (the best of ``shapes``) with ``top`` over ``bottom`` (each half
+    at least ``min_purity`` pure), on ``background`` when given."""
+    r = read_halves(image, shapes=shapes)
+    return (
+        (r.get("shape"), r.get("top"), r.get("bottom")) == (shape, top, bottom)
+        and background in (None, r["background"])
+        and r["top_purity"] >= min_purity
+        and r["bottom_purity"] >= min_purity
+    )
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:

@@ -30,6 +30,13 @@ COLORS: dict[str, tuple[int, int, int]] = {
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 
+SUBJECT_OUTLINES: tuple[str, ...] = ("star",)
+"""Outlines only DreamBooth subjects have: never in pretraining, never a word in the vocabulary."""
+
+STAR_INNER = 0.5
+"""Inner radius of the five-pointed star as a share of its outer radius (0.38 would be a regular
+pentagram; fatter arms survive the 8 x 8 latent grid)."""
+
 MIN_SIZE, MAX_SIZE = 12, 22
 """Object size (side of its square bounding box) in output pixels, drawn uniformly."""
 
@@ -39,7 +46,8 @@ MARGIN = 2
 
 @dataclasses.dataclass(frozen=True)
 class Scene:
-    """One toy-world image: a shape of one colour on a background of another colour."""
+    """One toy-world image: a shape of one colour on a background of another colour; with ``color2`` the
+    object is two-coloured, ``color`` above its horizontal centre line and ``color2`` below."""
 
     shape: str
     color: str
@@ -47,14 +55,19 @@ class Scene:
     size: float = 16.0
     cx: float = RESOLUTION / 2
     cy: float = RESOLUTION / 2
+    color2: str | None = None
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
             raise ValueError(f"unknown shape {self.shape!r}; expected one of {SHAPES}")
-        for field in ("color", "background"):
+        for field in ("color", "background", "color2"):
             value = getattr(self, field)
+            if value is None and field == "color2":
+                continue
             if value not in COLORS:
                 raise ValueError(f"unknown {field} {value!r}; expected one of {tuple(COLORS)}")
+        if self.background in (self.color, self.color2) or self.color == self.color2:
+            raise ValueError(f"object and background colours must differ: {self}")
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
@@ -62,13 +75,15 @@ class Scene:
         return (self.cx - half, self.cy - half, self.cx + half, self.cy + half)
 
 
-def caption(shape: str | None, color: str | None, background: str | None) -> str:
+def caption(shape: str | None, color: str | None, background: str | None, color2: str | None = None) -> str:
     """Plain-English caption; any attribute may be left out ("a red circle", "a circle on a blue
-    background", "" when all three are None)."""
+    background", "" when all three are None). A two-colour object reads "a red and yellow circle"
+    (top colour first)."""
     if shape is None and color is None and background is None:
         return ""
     noun = shape if shape is not None else "shape"
-    words = ["a"] + ([color] if color is not None else []) + [noun]
+    colours = [] if color is None else [color] if color2 is None else [color, "and", color2]
+    words = ["a"] + colours + [noun]
     if background is not None:
         words += ["on", "a", background, "background"]
     return " ".join(words)
@@ -76,7 +91,7 @@ def caption(shape: str | None, color: str | None, background: str | None) -> str
 
 def scene_caption(scene: Scene) -> str:
     """The full caption of a scene, e.g. "a red circle on a blue background"."""
-    return caption(scene.shape, scene.color, scene.background)
+    return caption(scene.shape, scene.color, scene.background, scene.color2)
 
 
 def jitter_geometry(rng: np.random.Generator) -> tuple[float, float, float]:
@@ -91,12 +106,18 @@ def random_scene(
     rng: np.random.Generator | int,
     combos: list[tuple[str, str, str]] | None = None,
 ) -> Scene:
-    """A random scene. With ``combos`` the (shape, colour, background) triple is drawn from that list;
-    otherwise uniformly from all triples whose object and background colours differ."""
+    """A random scene. With ``combos`` the (shape, colour, background) triple — or (shape, top colour,
+    bottom colour, background) for a two-colour object — is drawn from that list; otherwise uniformly
+    from all one-colour triples whose object and background colours differ."""
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
+    color2 = None
     if combos is not None:
-        shape, color, background = combos[int(rng.integers(len(combos)))]
+        combo = combos[int(rng.integers(len(combos)))]
+        if len(combo) == 4:
+            shape, color, color2, background = combo
+        else:
+            shape, color, background = combo
     else:
         names = list(COLORS)
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
@@ -105,7 +126,7 @@ def random_scene(
         while background == color:
             background = names[int(rng.integers(len(names)))]
     size, cx, cy = jitter_geometry(rng)
-    return Scene(shape, color, background, size, cx, cy)
+    return Scene(shape, color, background, size, cx, cy, color2)
 
 
 def shape_polygon(shape: str, bbox: tuple[float, float, float, float]) -> list[tuple[float, float]] | None:
@@ -127,6 +148,15 @@ def shape_polygon(shape: str, bbox: tuple[float, float, float, float]) -> list[t
             (xs[1], ys[0]), (xs[2], ys[0]), (xs[2], ys[1]), (xs[3], ys[1]), (xs[3], ys[2]), (xs[2], ys[2]),
             (xs[2], ys[3]), (xs[1], ys[3]), (xs[1], ys[2]), (xs[0], ys[2]), (xs[0], ys[1]), (xs[1], ys[1]),
         ]  # fmt: skip
+    if shape == "star":
+        # Five points, the first straight up; the outer radius fills the box's width, centred in the box.
+        cx, cy, r = x0 + w / 2, y0 + h / 2, w / 2
+        pts = []
+        for k in range(10):
+            rad = r if k % 2 == 0 else r * STAR_INNER
+            ang = -math.pi / 2 + k * math.pi / 5
+            pts.append((cx + rad * math.cos(ang), cy + rad * math.sin(ang)))
+        return pts
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -154,10 +184,26 @@ def compose(coverage: np.ndarray, fg: np.ndarray, bg: tuple[int, int, int]) -> n
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def split_fill(cy: float, top: str, bottom: str, resolution: int = RESOLUTION) -> np.ndarray:
+    """(H, W, 3) float32 fill: ``top`` above the horizontal line y = ``cy``, ``bottom`` below, with an
+    anti-aliased boundary row (each row weighted by the fraction of it above the line)."""
+    rows = np.arange(resolution, dtype=np.float32)[:, None] + 0.5
+    top_frac = np.clip(cy - (rows - 0.5), 0.0, 1.0)
+    fg = top_frac[..., None] * np.asarray(COLORS[top], np.float32) + (1 - top_frac[..., None]) * np.asarray(
+        COLORS[bottom], np.float32
+    )
+    return np.broadcast_to(fg, (resolution, resolution, 3))
+
+
 def render_array(scene: Scene) -> np.ndarray:
     """The scene as a (32, 32, 3) uint8 array."""
     cov = shape_mask(scene.shape, scene.bbox)
-    return compose(cov, np.asarray(COLORS[scene.color]), COLORS[scene.background])
+    fg = (
+        np.asarray(COLORS[scene.color])
+        if scene.color2 is None
+        else split_fill(scene.cy, scene.color, scene.color2)
+    )
+    return compose(cov, fg, COLORS[scene.background])
 
 
 def render(scene: Scene) -> Image.Image:
@@ -177,6 +223,13 @@ def render_batch(scenes: list[Scene]) -> np.ndarray:
 def all_combos() -> list[tuple[str, str, str]]:
     """Every (shape, colour, background) triple with different object and background colours."""
     return [(s, c, b) for s in SHAPES for c in COLORS for b in COLORS if c != b]
+
+
+def all_two_colour_combos() -> list[tuple[str, str, str, str]]:
+    """Every (shape, top colour, bottom colour, background) with three different colours."""
+    return [
+        (s, c, c2, b) for s in SHAPES for c in COLORS for c2 in COLORS for b in COLORS if len({c, c2, b}) == 3
+    ]
 
 
 def color_distance(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:

@@ -1,14 +1,21 @@
-"""The example DreamBooth subject and its detector.
+"""The example DreamBooth subjects and their detectors.
 
-The subject is a two-colour design on a known shape: a circle whose top half is red and bottom half
-yellow. The base model knows "circle", "red" and "yellow" but has only ever seen one-colour objects, so
-no prompt in its vocabulary draws this; DreamBooth must bind it to the rare token ("a sks circle").
-A new design on a known outline is far easier for a small adapter to learn than a new outline (see
-docs/toyworld.md).
+Two subjects ship, each a folder of six instance images with per-image captions and a subject.json:
+
+- **circle** (``assets/subject``, the default): a circle whose top half is red and bottom half yellow, "a sks
+  circle". The base model draws circles and two-colour objects, but never saw a circle in red and yellow
+  (:data:`data.SUBJECT_DESIGN_COLOURS`), so no prompt draws it: DreamBooth must *bind* it to the rare token,
+  as real DreamBooth binds one dog to "sks dog".
+- **star** (``assets/subject_star``): a five-pointed star, top half green and bottom half white, "a sks
+  shape". No pretraining image is a star and "star" is not a word the model knows: the adapter must learn
+  a new *outline*, which tests capacity rather than binding.
+
+A subject is a :class:`Subject`; everything else (yardstick, scorer, assets) takes one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,111 +24,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .reader import (
-    background_rgb,
-    largest_component,
-    nearest_color,
-    object_candidates,
-    shape_scores,
-    to_array,
-)
-from .render import COLORS, RESOLUTION, compose, jitter_geometry, shape_mask
+from .reader import matches_two_colour, read_halves
+from .render import COLORS, SHAPES, compose, jitter_geometry, shape_mask, split_fill
 from .tokenizer import RARE_TOKEN
 
-SUBJECT_SHAPE = "circle"
-SUBJECT_TOP, SUBJECT_BOTTOM = "red", "yellow"
-SUBJECT_BACKGROUNDS = ("blue", "green", "purple", "white", "blue", "green")
-INSTANCE_PROMPT = f"a {RARE_TOKEN} circle"
-CLASS_PROMPT = "a circle"
-DESCRIPTION = (
-    "a circle whose top half is red and bottom half is yellow (split horizontally through its centre)"
-)
-SUBJECT_SEED = 1234
+_ASSETS = Path(__file__).resolve().parent / "assets"
 
-
-def render_subject(
-    rng: np.random.Generator | int, background: str = "blue", size: float | None = None
-) -> Image.Image:
-    """One 32 x 32 image of the subject on ``background`` with random size and position."""
-    if background in (SUBJECT_TOP, SUBJECT_BOTTOM) or background not in COLORS:
-        raise ValueError(f"background {background!r} must be a palette colour other than red and yellow")
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(rng)
-    s, cx, cy = jitter_geometry(rng)
-    s = size if size is not None else max(s, 14.0)
-    bbox = (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
-    cov = shape_mask(SUBJECT_SHAPE, bbox)
-    rows = np.arange(RESOLUTION, dtype=np.float32)[:, None] + 0.5
-    # Fraction of each pixel row above the split line, for an anti-aliased boundary.
-    top_frac = np.clip(cy - (rows - 0.5), 0.0, 1.0)
-    fg = top_frac[..., None] * np.asarray(COLORS[SUBJECT_TOP], np.float32) + (
-        1 - top_frac[..., None]
-    ) * np.asarray(COLORS[SUBJECT_BOTTOM], np.float32)
-    fg = np.broadcast_to(fg, (RESOLUTION, RESOLUTION, 3))
-    return Image.fromarray(compose(cov, fg, COLORS[background]), "RGB")
-
-
-def subject_score(image: Image.Image | np.ndarray) -> dict[str, Any]:
-    """Measurements behind :func:`detect_subject`: shape scores and the colours of the two halves."""
-    arr = to_array(image)
-    bg = background_rgb(arr)
-    _, cand = object_candidates(arr, bg)
-    mask = largest_component(cand)
-    out: dict[str, Any] = {"background": nearest_color(bg), "pixels": int(mask.sum())}
-    if mask.sum() < 20:
-        return out
-    scores = shape_scores(mask.astype(np.float32), mask)
-    ys, xs = np.nonzero(mask)
-    mid = (ys.min() + ys.max() + 1) / 2.0
-    halves = {}
-    for name, sel in (("top", ys + 0.5 < mid - 0.5), ("bottom", ys + 0.5 > mid + 0.5)):
-        px = arr[ys[sel], xs[sel]]
-        if len(px) == 0:
-            return out
-        names = [nearest_color(p) for p in px]
-        colour = nearest_color(np.median(px, axis=0))
-        halves[name] = (colour, float(np.mean([n == colour for n in names])))
-    out.update(
-        shape=max(scores, key=scores.get),
-        shape_scores=scores,
-        top=halves["top"][0],
-        top_purity=halves["top"][1],
-        bottom=halves["bottom"][0],
-        bottom_purity=halves["bottom"][1],
-    )
-    return out
-
-
-def detect_subject(image: Image.Image | np.ndarray, min_purity: float = 0.6) -> bool:
-    """Does the image show the subject (a circle, top half red, bottom half yellow)?
-
-    The object (pixels far from the border's median colour, largest connected part) must be best
-    matched by the circle template, its upper half must read red and its lower half yellow, each with at
-    least ``min_purity`` of that half's pixels nearest to that colour.
-    """
-    s = subject_score(image)
-    return (
-        s.get("shape") == SUBJECT_SHAPE
-        and s.get("top") == SUBJECT_TOP
-        and s.get("bottom") == SUBJECT_BOTTOM
-        and s["top_purity"] >= min_purity
-        and s["bottom_purity"] >= min_purity
-    )
-
-
-def subject_images(
-    n: int = len(SUBJECT_BACKGROUNDS), seed: int = SUBJECT_SEED
-) -> list[tuple[Image.Image, str]]:
-    """The subject's instance images with their per-image captions (deterministic)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        bg = SUBJECT_BACKGROUNDS[i % len(SUBJECT_BACKGROUNDS)]
-        out.append((render_subject(rng, bg), f"{INSTANCE_PROMPT} on a {bg} background"))
-    return out
-
-
-TRAIN_DEFAULTS: dict[str, Any] = {
+_RECIPE: dict[str, Any] = {
     # From the recipe search (docs/quality.md): adapters on layers the text does not condition (ResNet convs,
     # proj_in/out, self-attention) made every shape a circle on ordinary prompts; cross-attention +
     # feed-forward adapters with a text-encoder adapter ("sks" gets its own direction) learn the subject about
@@ -136,43 +45,209 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Subject:
+    """A two-colour toy-world object: ``outline`` with ``top`` above its centre line and ``bottom`` below,
+    called "a sks ``class_noun``"."""
+
+    key: str
+    outline: str
+    top: str
+    bottom: str
+    class_noun: str
+    description: str
+    folder: str
+    image_backgrounds: tuple[str, ...] = ("blue", "green", "purple", "white", "blue", "green")
+    seed: int = 1234
+    min_size: float = 14.0
+    validation_backgrounds: tuple[str, ...] = ("blue", "green", "white", "purple")
+    train_defaults: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(_RECIPE))
+
+    @property
+    def instance_prompt(self) -> str:
+        return f"a {RARE_TOKEN} {self.class_noun}"
+
+    @property
+    def class_prompt(self) -> str:
+        return f"a {self.class_noun}"
+
+    @property
+    def class_shape(self) -> str | None:
+        """The class noun as a shape the reader knows ("circle"), or None for the generic "shape"."""
+        return self.class_noun if self.class_noun in SHAPES else None
+
+    @property
+    def backgrounds(self) -> tuple[str, ...]:
+        """Palette colours the subject stays visible on (every colour but its own two)."""
+        return tuple(c for c in COLORS if c not in (self.top, self.bottom))
+
+    @property
+    def outlines(self) -> tuple[str, ...]:
+        """The outlines the detector chooses between: the world's shapes plus the subject's own."""
+        return SHAPES if self.outline in SHAPES else (*SHAPES, self.outline)
+
+    @property
+    def path(self) -> Path:
+        """The bundled folder of instance images, metadata.jsonl and subject.json."""
+        return _ASSETS / self.folder
+
+    def render(
+        self, rng: np.random.Generator | int, background: str = "blue", size: float | None = None
+    ) -> Image.Image:
+        """One 32 x 32 image of the subject on ``background`` with random size and position."""
+        if background not in self.backgrounds:
+            raise ValueError(f"background {background!r} must be one of {self.backgrounds}")
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+        s, cx, cy = jitter_geometry(rng)
+        s = size if size is not None else max(s, self.min_size)
+        bbox = (cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2)
+        cov = shape_mask(self.outline, bbox)
+        return Image.fromarray(compose(cov, split_fill(cy, self.top, self.bottom), COLORS[background]), "RGB")
+
+    def detect(self, image: Image.Image | np.ndarray, min_purity: float = 0.6) -> bool:
+        """Does the image show the subject? The object (pixels far from the border's median colour, largest
+        connected part) must match the subject's outline best of :attr:`outlines`, its upper half must read
+        ``top`` and its lower half ``bottom``, each with at least ``min_purity`` of that half's pixels
+        nearest to that colour."""
+        return matches_two_colour(
+            image, self.outline, self.top, self.bottom, min_purity=min_purity, shapes=self.outlines
+        )
+
+    def images(self, n: int | None = None) -> list[tuple[Image.Image, str]]:
+        """The instance images with their per-image captions (deterministic)."""
+        rng = np.random.default_rng(self.seed)
+        bgs = self.image_backgrounds
+        return [
+            (
+                self.render(rng, bgs[i % len(bgs)]),
+                f"{self.instance_prompt} on a {bgs[i % len(bgs)]} background",
+            )
+            for i in range(len(bgs) if n is None else n)
+        ]
+
+    def validation_prompts(self) -> list[str]:
+        return [f"{self.instance_prompt} on a {bg} background" for bg in self.validation_backgrounds]
+
+    def write_assets(self, directory: str | os.PathLike | None = None) -> Path:
+        """Write the instance PNGs, metadata.jsonl and subject.json into ``directory`` (default: the bundled
+        folder; what ships in assets/)."""
+        directory = Path(directory) if directory is not None else self.path
+        directory.mkdir(parents=True, exist_ok=True)
+        files = []
+        for i, (im, cap) in enumerate(self.images()):
+            name = f"subject_{i}.png"
+            im.save(directory / name)
+            files.append({"file": name, "caption": cap})
+        info = {
+            "instance_prompt": self.instance_prompt,
+            "class_prompt": self.class_prompt,
+            "rare_token": RARE_TOKEN,
+            "class_noun": self.class_noun,
+            "description": self.description,
+            "images": files,
+            "validation_prompts": self.validation_prompts(),
+            # Flags the training script takes for this subject when they are left at their defaults.
+            "train_defaults": self.train_defaults,
+        }
+        with open(
+            directory / "metadata.jsonl", "w", encoding="utf-8"
+        ) as fh:  # the training script's captions
+            for item in files:
+                fh.write(json.dumps({"file_name": item["file"], "text": item["caption"]}) + "\n")
+        tmp = directory / "subject.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, directory / "subject.json")
+        return directory
+
+    def info(self) -> dict[str, Any]:
+        """The bundled subject.json, with ``images`` resolved to absolute paths."""
+        info = json.loads((self.path / "subject.json").read_text())
+        for item in info["images"]:
+            item["path"] = str(self.path / item["file"])
+        return info
+
+
+CIRCLE = Subject(
+    key="circle",
+    outline="circle",
+    top="red",
+    bottom="yellow",
+    class_noun="circle",
+    description="a circle whose top half is red and bottom half is yellow (split horizontally through its centre)",
+    folder="subject",
+)
+STAR = Subject(
+    key="star",
+    outline="star",
+    top="green",
+    bottom="white",
+    class_noun="shape",
+    description="a five-pointed star, point up, whose top half is green and bottom half white",
+    folder="subject_star",
+    image_backgrounds=("red", "blue", "purple", "yellow", "red", "blue"),
+    seed=4321,
+    min_size=20.0,  # at 14-18 px a blurred star reads as a circle or a cross
+    validation_backgrounds=("red", "blue", "yellow", "purple"),
+)
+SUBJECTS: dict[str, Subject] = {s.key: s for s in (CIRCLE, STAR)}
+"""The bundled subjects by key; ``circle`` is the default everywhere."""
+
+
+def get_subject(key: str | Subject | None = None) -> Subject:
+    """The bundled subject called ``key`` (default: the circle); a :class:`Subject` is returned as is."""
+    if isinstance(key, Subject):
+        return key
+    if key is None:
+        return CIRCLE
+    if key not in SUBJECTS:
+        raise ValueError(f"unknown toy-world subject {key!r}; choose from {sorted(SUBJECTS)}")
+    return SUBJECTS[key]
+
+
+def subject_for_folder(folder: str | os.PathLike | None) -> Subject | None:
+    """The bundled subject whose folder ``folder`` is (by resolved path), else None."""
+    if folder is None:
+        return None
+    resolved = Path(folder).expanduser().resolve()
+    return next((s for s in SUBJECTS.values() if s.path.resolve() == resolved), None)
+
+
+# The default subject's facts under their historical names.
+SUBJECT_SHAPE, SUBJECT_TOP, SUBJECT_BOTTOM = CIRCLE.outline, CIRCLE.top, CIRCLE.bottom
+SUBJECT_BACKGROUNDS = CIRCLE.image_backgrounds
+INSTANCE_PROMPT, CLASS_PROMPT, DESCRIPTION = CIRCLE.instance_prompt, CIRCLE.class_prompt, CIRCLE.description
+SUBJECT_SEED = CIRCLE.seed
+TRAIN_DEFAULTS = CIRCLE.train_defaults
+
+
+def render_subject(
+    rng: np.random.Generator | int, background: str = "blue", size: float | None = None
+) -> Image.Image:
+    """One image of the default subject (:meth:`Subject.render`)."""
+    return CIRCLE.render(rng, background, size)
+
+
+def subject_score(image: Image.Image | np.ndarray) -> dict[str, Any]:
+    """Measurements behind :func:`detect_subject` (:func:`reader.read_halves`)."""
+    return read_halves(image)
+
+
+def detect_subject(image: Image.Image | np.ndarray, min_purity: float = 0.6) -> bool:
+    """Does the image show the default subject (a circle, top half red, bottom half yellow)?"""
+    return CIRCLE.detect(image, min_purity)
+
+
+def subject_images(n: int | None = None) -> list[tuple[Image.Image, str]]:
+    """The default subject's instance images with their captions."""
+    return CIRCLE.images(n)
+
+
 def write_subject_assets(directory: str | os.PathLike) -> Path:
-    """Write the instance PNGs and subject.json into ``directory`` (what ships in assets/subject/)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i, (im, cap) in enumerate(subject_images()):
-        name = f"subject_{i}.png"
-        im.save(directory / name)
-        files.append({"file": name, "caption": cap})
-    info = {
-        "instance_prompt": INSTANCE_PROMPT,
-        "class_prompt": CLASS_PROMPT,
-        "rare_token": RARE_TOKEN,
-        "class_noun": SUBJECT_SHAPE,
-        "description": DESCRIPTION,
-        "images": files,
-        "validation_prompts": [
-            f"{INSTANCE_PROMPT} on a {bg} background" for bg in ("blue", "green", "white", "purple")
-        ],
-        # Flags the training script takes for this subject when they are left at their defaults.
-        "train_defaults": TRAIN_DEFAULTS,
-    }
-    # Per-image captions in the form the training script reads.
-    with open(directory / "metadata.jsonl", "w", encoding="utf-8") as fh:
-        for item in files:
-            fh.write(json.dumps({"file_name": item["file"], "text": item["caption"]}) + "\n")
-    tmp = directory / "subject.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, directory / "subject.json")
-    return directory
+    """Write the default subject's assets into ``directory``."""
+    return CIRCLE.write_assets(directory)
 
 
-def subject_info() -> dict[str, Any]:
-    """The bundled subject.json, with ``images`` resolved to absolute paths."""
-    from . import subject_path
-
-    info = json.loads((subject_path() / "subject.json").read_text())
-    for item in info["images"]:
-        item["path"] = str(subject_path() / item["file"])
-    return info
+def subject_info(key: str | None = None) -> dict[str, Any]:
+    """A bundled subject's subject.json (default: the circle), with ``images`` resolved to absolute paths."""
+    return get_subject(key).info()

@@ -1,0 +1,179 @@
+"""Toy world, two-colour objects and the bundled subjects: pretraining data that keeps the subject's design
+out, the two-halves reader, the star outline and detector, and each subject's assets, prompts and defaults."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from moslora_diffusion.toyworld import dreambench
+from moslora_diffusion.toyworld.data import (
+    HELD_OUT_TWO_COLOUR,
+    SUBJECT_DESIGN_COLOURS,
+    train_two_colour_combos,
+    training_caption,
+    training_scene,
+)
+from moslora_diffusion.toyworld.defaults import training_defaults
+from moslora_diffusion.toyworld.evaluate import score
+from moslora_diffusion.toyworld.reader import matches_two_colour, read_attributes, read_halves
+from moslora_diffusion.toyworld.render import (
+    COLORS,
+    SHAPES,
+    Scene,
+    all_two_colour_combos,
+    random_scene,
+    render,
+    render_array,
+    scene_caption,
+)
+from moslora_diffusion.toyworld.subject import CIRCLE, STAR, SUBJECTS, get_subject, subject_for_folder
+
+
+def _blur_noise(im: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    b = np.asarray(im.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)
+    return np.clip(b + rng.normal(0, 12.0, b.shape), 0, 255).astype(np.uint8)
+
+
+def test_two_colour_scene_renders_both_halves_and_reads_back():
+    scene = Scene("square", "red", "blue", size=20, cx=16, cy=16, color2="yellow")
+    assert scene_caption(scene) == "a red and yellow square on a blue background"
+    arr = render_array(scene)
+    assert tuple(arr[10, 16]) == COLORS["red"] and tuple(arr[22, 16]) == COLORS["yellow"]
+    assert tuple(arr[0, 0]) == COLORS["blue"]
+    assert matches_two_colour(arr, "square", "red", "yellow", "blue")
+    assert not matches_two_colour(arr, "square", "yellow", "red", "blue")  # the order of the halves counts
+    with pytest.raises(ValueError, match="must differ"):
+        Scene("square", "red", "blue", color2="red")
+    with pytest.raises(ValueError, match="'pink'"):
+        Scene("square", "red", "blue", color2="pink")
+
+
+def test_reader_reads_every_two_colour_combination():
+    rng = np.random.default_rng(3)
+    combos = all_two_colour_combos()
+    assert len(combos) == 4 * 6 * 5 * 4
+    scenes = [random_scene(rng, combos) for _ in range(400)]
+    assert all(matches_two_colour(render(s), s.shape, s.color, s.color2, s.background) for s in scenes)
+    blurred = [
+        matches_two_colour(_blur_noise(render(s), rng), s.shape, s.color, s.color2, s.background)
+        for s in scenes
+    ]
+    assert np.mean(blurred) >= 0.9
+    # a one-colour object never passes as two-colour
+    one = render(Scene("circle", "red", "blue", size=18))
+    assert read_halves(one)["top"] == read_halves(one)["bottom"] == "red"
+
+
+def test_pretraining_never_shows_the_subject_design_or_the_held_out_panel():
+    train = set(train_two_colour_combos())
+    assert not train & set(HELD_OUT_TWO_COLOUR)
+    design = {
+        c for c in all_two_colour_combos() if c[0] == "circle" and {c[1], c[2]} == SUBJECT_DESIGN_COLOURS
+    }
+    assert len(design) == 8 and not train & design
+    assert train | set(HELD_OUT_TWO_COLOUR) | design == set(all_two_colour_combos())
+    # every colour is seen on top and below on every shape, red and yellow together on other shapes
+    for shape in SHAPES:
+        assert {c[1] for c in train if c[0] == shape} == set(COLORS)
+        assert {c[2] for c in train if c[0] == shape} == set(COLORS)
+    assert ("square", "red", "yellow", "blue") in train
+    rng = np.random.default_rng(0)
+    scenes = [training_scene(rng, 0.3) for _ in range(3000)]
+    two = [s for s in scenes if s.color2 is not None]
+    assert 0.25 < len(two) / len(scenes) < 0.35
+    assert not any(s.shape == "circle" and {s.color, s.color2} == SUBJECT_DESIGN_COLOURS for s in two)
+    caps = {training_caption(s, rng) for s in two}
+    assert "a red and yellow circle" not in " ".join(caps)
+    assert any(" and " in c for c in caps) and all(" and " not in c or c.count(" and ") == 1 for c in caps)
+    # without two-colour objects the stream is the one-colour world's, draw for draw
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert [training_scene(a, 0.0) for _ in range(50)] == [
+        random_scene(
+            b, [c for c in __import__("moslora_diffusion.toyworld.data", fromlist=["x"]).train_combos()]
+        )
+        for _ in range(50)
+    ]
+
+
+def test_held_out_two_colour_panel_scores_with_the_halves_reader():
+    images = [render(Scene(c[0], c[1], c[3], 18, 16, 16, c[2])) for c in HELD_OUT_TWO_COLOUR]
+    assert score(images, HELD_OUT_TWO_COLOUR)["all_three"] == 1.0
+    swapped = [render(Scene(c[0], c[2], c[3], 18, 16, 16, c[1])) for c in HELD_OUT_TWO_COLOUR]
+    res = score(swapped, HELD_OUT_TWO_COLOUR)
+    assert res["color"] == 0.0 and res["shape"] == 1.0 and res["background"] == 1.0
+
+
+@pytest.mark.parametrize("subject", list(SUBJECTS.values()), ids=list(SUBJECTS))
+def test_subject_assets_are_what_the_subject_renders(subject, tmp_path):
+    written = subject.write_assets(tmp_path)
+    for name in ["subject.json", "metadata.jsonl"] + [f"subject_{i}.png" for i in range(6)]:
+        assert filecmp.cmp(written / name, subject.path / name, shallow=False), name
+    info = subject.info()
+    assert info["instance_prompt"] == subject.instance_prompt and info["class_prompt"] == subject.class_prompt
+    for item in info["images"]:
+        im = Image.open(item["path"])
+        assert subject.detect(im), item["file"]
+        assert read_attributes(im).background in item["caption"]
+    lines = [json.loads(x) for x in (subject.path / "metadata.jsonl").read_text().splitlines()]
+    assert [x["text"] for x in lines] == [x["caption"] for x in info["images"]]
+
+
+def test_star_detector_finds_stars_and_nothing_else():
+    rng = np.random.default_rng(11)
+    stars = [STAR.render(rng, STAR.backgrounds[i % 4]) for i in range(120)]
+    assert np.mean([STAR.detect(im) for im in stars]) >= 0.98
+    assert np.mean([STAR.detect(_blur_noise(im, rng)) for im in stars]) >= 0.9
+    assert not any(CIRCLE.detect(im) for im in stars)
+    two = all_two_colour_combos()
+    others = [render(random_scene(rng, two)) for _ in range(300)] + [
+        render(random_scene(rng)) for _ in range(200)
+    ]
+    assert not any(STAR.detect(im) for im in others)
+    # the same colours on every outline the base model knows are not the subject
+    assert not any(STAR.detect(render(Scene(s, "green", "red", 20, 16, 16, "white"))) for s in SHAPES)
+    # and the star is not a word or a pretraining shape
+    with pytest.raises(ValueError, match="'star'"):
+        Scene("star", "green", "red")
+    with pytest.raises(ValueError, match="background .green."):
+        STAR.render(0, "green")
+
+
+def test_subject_lookup_and_entry_defaults():
+    assert get_subject(None) is CIRCLE and get_subject("star") is STAR and get_subject(STAR) is STAR
+    with pytest.raises(ValueError, match="'moon'"):
+        get_subject("moon")
+    assert subject_for_folder(STAR.path) is STAR and subject_for_folder("/nowhere") is None
+    star = training_defaults(["--instance_data_dir", str(STAR.path)])
+    assert star["instance_prompt"] == "a sks shape" and star["class_prompt"] == "a shape"
+    assert star["rank"] == STAR.train_defaults["rank"]
+    assert "instance_prompt" not in training_defaults(["--instance_data_dir", "/my/photos"])
+
+
+def test_star_yardstick_prompts_and_scores():
+    sets = dreambench.prompt_sets(images_per_prompt=1, quick=False, subject="star")
+    assert all(p.startswith("a sks shape on a ") for p, _, _ in sets["subject"])
+    assert {exp[2] for _, exp, _ in sets["subject"]} == set(STAR.backgrounds)
+    assert all(p.startswith(f"a {exp[1]} shape on a ") and exp[0] is None for p, exp, _ in sets["class"])
+    rng = np.random.default_rng(0)
+    images = {
+        "subject": [STAR.render(rng, exp[2]) for _, exp, _ in sets["subject"]],
+        "class": [
+            render(Scene(SHAPES[i % 4], exp[1], exp[2], 18, 16, 16))
+            for i, (_, exp, _) in enumerate(sets["class"])
+        ],
+        "ordinary": [render(Scene(*exp, 18, 16, 16)) for _, exp, _ in sets["ordinary"]],
+    }
+    assert dreambench.score_images(images, sets, "star") == {m: 1.0 for m in dreambench.METRICS}
+    # the star drawn for class prompts is no longer the class: prior lost
+    leaky = {
+        **images,
+        "class": [
+            STAR.render(rng, exp[2] if exp[2] in STAR.backgrounds else "red") for _, exp, _ in sets["class"]
+        ],
+    }
+    assert dreambench.score_images(leaky, sets, "star")["prior_preservation"] == 0.0
