@@ -623,3 +623,11 @@ def test_training_job_on_the_example_subject_reports_a_quality_curve(tmp_path, l
     other = TrainingJobs("base", tmp_path / "adapters", tmp_path / "work", backend=backend)
     with pytest.raises(ValueError, match="toy-world base model only"):
         other.start(TrainRequest(images=[], instance_prompt="x", adapter_name="e2", example_subject=True))
+    # the second bundled subject by its key: its folder and recipe; an unknown key is refused by name
+    jobs.start(TrainRequest(images=[], instance_prompt="a sks shape", adapter_name="star", steps=4,
+                            example_subject="star"))  # fmt: skip
+    assert jobs.wait(20).state == "done"
+    assert Path(backend.configs[-1].instance_data_dir) == toyworld.get_subject("star").path
+    assert backend.scorers[-1] is not None
+    with pytest.raises(ValueError, match="'moon'"):
+        jobs.start(TrainRequest(images=[], instance_prompt="x", adapter_name="e3", example_subject="moon"))

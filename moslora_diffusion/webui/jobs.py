@@ -75,9 +75,10 @@ class TrainRequest:
     resolution: int | None = None
     validation_every: int | None = None
     keep_on_cancel: bool = False  # a cancelled job still installs the adapter trained so far
-    # train the bundled example subject (its images and captions; the toy base model only) instead of
-    # uploads: the job then reports subject and prompt scores as it trains (a learning curve)
-    example_subject: bool = False
+    # train a bundled example subject (its images and captions; the toy base model only) instead of
+    # uploads: the job then reports subject and prompt scores as it trains (a learning curve). A subject key
+    # ("circle", "star"); True means the default subject, False or "" uploads.
+    example_subject: bool | str = False
 
 
 @dataclass
@@ -263,13 +264,22 @@ class TrainingJobs:
             raise RequestError(f"learning rate must be in (0, 0.01], got {req.learning_rate}")
         name = _check_name(req.adapter_name, self.adapters_dir)
 
-        if req.example_subject and not toyworld.is_toy_base(self.base_model):
-            raise RequestError("the bundled example subject trains on the bundled toy-world base model only")
+        example = None
+        if req.example_subject:
+            if not toyworld.is_toy_base(self.base_model):
+                raise RequestError(
+                    "the bundled example subject trains on the bundled toy-world base model only"
+                )
+            key = None if req.example_subject is True else str(req.example_subject)
+            try:
+                example = toyworld.get_subject(key)
+            except ValueError as exc:
+                raise RequestError(str(exc)) from None
         job_dir = Path(
             tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-", dir=self._mkwork())
         )
-        if req.example_subject:
-            instance_dir = toyworld.subject_path()  # read only: its images and per-image captions
+        if example is not None:
+            instance_dir = example.path  # read only: its images and per-image captions
         else:
             instance_dir = job_dir / "instance"
             decode_uploads(list(req.images), instance_dir, self.limits)
@@ -277,8 +287,8 @@ class TrainingJobs:
         class_prompt = (req.class_prompt or "").strip()
         sampler = self.sampler_defaults
         recipe: dict[str, Any] = {}
-        if req.example_subject:  # the subject's own adapter targets and batch; the form sets the rest
-            defaults = toyworld.subject_training_defaults()
+        if example is not None:  # the subject's own adapter targets and batch; the form sets the rest
+            defaults = toyworld.subject_training_defaults(example)
             keys = ("unet_targets", "train_batch_size", "train_text_encoder", "text_encoder_targets")
             recipe = {k: defaults[k] for k in keys if k in defaults}
         cfg = backend.TrainConfig(

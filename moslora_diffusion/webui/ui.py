@@ -455,10 +455,15 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
             keep = gr.Checkbox(
                 value=True, label="On cancel, keep the adapter trained so far", elem_id="train-keep-on-cancel"
             )
-            example = gr.Checkbox(
-                value=False,
-                label="Train the bundled example subject instead of uploads (toy-world model): shows subject "
-                "and prompt scores as it trains",
+            example = gr.Dropdown(
+                choices=[
+                    ("Uploaded images", ""),
+                    ("Example subject: red-over-yellow circle (a new design)", "circle"),
+                    ("Example subject: green-over-white star (a new outline)", "star"),
+                ],
+                value="",
+                label="Train on (the examples need the toy-world model and show subject and prompt scores "
+                "as they train)",
                 elem_id="train-example-subject",
             )
             with gr.Row():
@@ -516,16 +521,17 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
                     seed=seed or 0,
                     num_class_images=n_class or 20,
                     keep_on_cancel=bool(keep),
-                    example_subject=bool(example),
+                    example_subject=example or "",
                 )
             )
         return st.message
 
-    def use_example(on: bool, current: str):
-        if on and not (current or "").strip():
-            from ..toyworld import subject_info
+    def use_example(key: str, current: str):
+        from ..toyworld import SUBJECTS
 
-            return subject_info()["instance_prompt"]
+        prompts = {s.instance_prompt for s in SUBJECTS.values()}
+        if key and (not (current or "").strip() or current.strip() in prompts):
+            return SUBJECTS[key].instance_prompt
         return current
 
     example.change(use_example, [example, prompt], prompt, **_PRIVATE, queue=False)
