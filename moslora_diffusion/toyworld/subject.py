@@ -176,6 +176,10 @@ CIRCLE = Subject(
     class_noun="circle",
     description="a circle whose top half is red and bottom half is yellow (split horizontally through its centre)",
     folder="subject",
+    # On the two-colour base model every seed draws the subject by step 300 and drift grows after it
+    # (docs/quality.md: 600 steps kept 97.5 % of the class prior and 96.9 % of ordinary prompts, 300 steps
+    # 98.8 % and 99.8 %).
+    train_defaults={**_RECIPE, "max_train_steps": 300, "validation_steps": 50},
 )
 STAR = Subject(
     key="star",
