@@ -114,3 +114,39 @@ def test_workers_and_learning_curves_match_one_process(tmp_path):
     assert list((tmp_path / "two" / "logs").glob("worker-*.log"))  # the workers' own output went there
     png = dreambench.plot_curves(one, tmp_path / "curves.png")
     assert png is not None and png.stat().st_size > 5000
+
+
+def test_workers_end_when_the_study_is_killed(tmp_path):
+    """A killed eval-toyworld must not leave its spawned workers training on (they watch their parent)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import multiprocessing as mp, sys, time\n"
+        "from moslora_diffusion.toyworld import dreambench\n"
+        "def child(parent):\n"
+        "    dreambench._exit_with_parent(parent, every=0.1)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=child, args=(__import__('os').getpid(),))\n"
+        "    p.start(); print(p.pid, flush=True); time.sleep(60)\n"
+    )
+    script = tmp_path / "parent.py"
+    script.write_text(code)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:  # gone, or a zombie nobody reaped (the container's init may not)
+            if open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the worker outlived its killed parent")

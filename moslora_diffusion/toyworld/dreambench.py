@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -192,13 +193,27 @@ def train_adapter(
 _WORKER_PIPE: Any = None
 
 
-def _worker_init(log_dir: str) -> None:
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker when ``parent`` is gone: a killed study must not leave workers training on."""
+    import os
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _worker_init(log_dir: str, parent: int) -> None:
     """One torch thread; the worker's own output (progress bars, summaries) into ``log_dir``: the parent
     shows one progress bar over all runs."""
     import os
 
     import torch
 
+    _exit_with_parent(parent)
     log = os.open(os.path.join(log_dir, f"worker-{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -266,7 +281,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print, workers: int
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
         with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_worker_init, initargs=(str(logs),)
+            workers, mp_context=context, initializer=_worker_init, initargs=(str(logs), os.getpid())
         ) as pool:
             futures = [pool.submit(_run_one, task) for task in tasks]
             for future in tqdm(as_completed(futures), total=len(futures), desc="adapters", unit="run"):
