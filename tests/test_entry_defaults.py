@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -34,8 +35,9 @@ def test_explicit_flags_win_even_when_equal_to_the_generic_default(tmp_path, wit
     assert generic.rank == 4 and generic.learning_rate == 1e-4  # the values typed below
     assert SUBJECT["rank"] != 4 and SUBJECT["learning_rate"] != 1e-4  # ... differ from the subject's
     argv = ["--rank", "4", "--learning_rate", "1e-4", "--output_dir", str(tmp_path / "out")]
-    if with_data:
-        argv += ["--instance_data_dir", str(toyworld.subject_path()), "--instance_prompt", "a sks circle"]
+    if with_data:  # the same images in the user's own folder (a bundled subject's folder brings its recipe)
+        shutil.copytree(toyworld.subject_path(), tmp_path / "mine")
+        argv += ["--instance_data_dir", str(tmp_path / "mine"), "--instance_prompt", "a sks circle"]
     cfg = _entry(argv)
     before = dataclasses.asdict(cfg)
     validate_config(cfg)
