@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .render import Scene, all_combos, all_two_colour_combos, caption, random_scene
+from .subject import CIRCLE
 
 HELD_OUT_COMBOS: tuple[tuple[str, str, str], ...] = (
     ("circle", "red", "blue"),
@@ -44,9 +45,9 @@ HELD_OUT_TWO_COLOUR: tuple[tuple[str, str, str, str], ...] = (
 """(shape, top colour, bottom colour, background) two-colour objects never shown in pretraining: two per
 shape, every colour at least once on top, once below and once as background."""
 
-SUBJECT_DESIGN_COLOURS = frozenset({"red", "yellow"})
+SUBJECT_DESIGN_COLOURS = frozenset({CIRCLE.top, CIRCLE.bottom})
 """The bundled subject is a red-over-yellow circle: no circle with exactly these two colours (in either
-order, on any background) is ever shown in pretraining, so the base model cannot draw it from a prompt."""
+order, on any background) is ever shown in pretraining, so the base model has never seen it."""
 
 
 def train_two_colour_combos() -> list[tuple[str, str, str, str]]:
@@ -56,7 +57,7 @@ def train_two_colour_combos() -> list[tuple[str, str, str, str]]:
     return [
         c
         for c in all_two_colour_combos()
-        if c not in held and not (c[0] == "circle" and {c[1], c[2]} == SUBJECT_DESIGN_COLOURS)
+        if c not in held and not (c[0] == CIRCLE.outline and {c[1], c[2]} == SUBJECT_DESIGN_COLOURS)
     ]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .data import HELD_OUT_COMBOS, HELD_OUT_TWO_COLOUR
-from .reader import matches_two_colour, read_attributes, read_halves
+from .reader import halves_match, read_attributes, read_halves
 from .render import caption
 
 
@@ -108,7 +108,7 @@ def score(images: Sequence[Image.Image], combos: Sequence[tuple[str, ...]]) -> d
         if len(combo) == 4:
             shape, top, bottom, background = combo
             h = read_halves(im)
-            colour_ok = matches_two_colour(im, h.get("shape", ""), top, bottom) if "shape" in h else False
+            colour_ok = "shape" in h and halves_match(h, top, bottom)
             hits[k] = [h.get("shape") == shape, colour_ok, h["background"] == background]
         else:
             r = read_attributes(im)

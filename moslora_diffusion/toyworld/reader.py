@@ -222,10 +222,18 @@ def matches_two_colour(
     at least ``min_purity`` pure), on ``background`` when given."""
     r = read_halves(image, shapes=shapes)
     return (
-        (r.get("shape"), r.get("top"), r.get("bottom")) == (shape, top, bottom)
+        r.get("shape") == shape
         and background in (None, r["background"])
-        and r["top_purity"] >= min_purity
-        and r["bottom_purity"] >= min_purity
+        and halves_match(r, top, bottom, min_purity)
+    )
+
+
+def halves_match(reading: dict[str, Any], top: str, bottom: str, min_purity: float = 0.6) -> bool:
+    """Whether a :func:`read_halves` reading has ``top`` over ``bottom``, each half at least ``min_purity`` pure."""
+    return (
+        (reading.get("top"), reading.get("bottom")) == (top, bottom)
+        and reading["top_purity"] >= min_purity
+        and reading["bottom_purity"] >= min_purity
     )
 
 

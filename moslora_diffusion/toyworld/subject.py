@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .reader import matches_two_colour, read_halves
+from .reader import matches_two_colour
 from .render import COLORS, SHAPES, compose, jitter_geometry, shape_mask, split_fill
 from .tokenizer import RARE_TOKEN
 
@@ -217,12 +217,8 @@ def subject_for_folder(folder: str | os.PathLike | None) -> Subject | None:
     return next((s for s in SUBJECTS.values() if s.path.resolve() == resolved), None)
 
 
-# The default subject's facts under their historical names.
-SUBJECT_SHAPE, SUBJECT_TOP, SUBJECT_BOTTOM = CIRCLE.outline, CIRCLE.top, CIRCLE.bottom
-SUBJECT_BACKGROUNDS = CIRCLE.image_backgrounds
-INSTANCE_PROMPT, CLASS_PROMPT, DESCRIPTION = CIRCLE.instance_prompt, CIRCLE.class_prompt, CIRCLE.description
-SUBJECT_SEED = CIRCLE.seed
-TRAIN_DEFAULTS = CIRCLE.train_defaults
+# The default subject's facts and helpers under their historical names.
+INSTANCE_PROMPT, CLASS_PROMPT = CIRCLE.instance_prompt, CIRCLE.class_prompt
 
 
 def render_subject(
@@ -232,24 +228,9 @@ def render_subject(
     return CIRCLE.render(rng, background, size)
 
 
-def subject_score(image: Image.Image | np.ndarray) -> dict[str, Any]:
-    """Measurements behind :func:`detect_subject` (:func:`reader.read_halves`)."""
-    return read_halves(image)
-
-
 def detect_subject(image: Image.Image | np.ndarray, min_purity: float = 0.6) -> bool:
     """Does the image show the default subject (a circle, top half red, bottom half yellow)?"""
     return CIRCLE.detect(image, min_purity)
-
-
-def subject_images(n: int | None = None) -> list[tuple[Image.Image, str]]:
-    """The default subject's instance images with their captions."""
-    return CIRCLE.images(n)
-
-
-def write_subject_assets(directory: str | os.PathLike) -> Path:
-    """Write the default subject's assets into ``directory``."""
-    return CIRCLE.write_assets(directory)
 
 
 def subject_info(key: str | None = None) -> dict[str, Any]:
