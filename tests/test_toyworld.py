@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,6 +288,7 @@ def test_pretrain_smoke(tmp_path):
         vae_max_steps=2,
         unet_max_steps=2,
         decoder_max_steps=2,
+        broad_vae_minutes=1,
         num_cached=64,
         eval_per_combo=0,
         warmup_steps=1,
@@ -293,6 +296,36 @@ def test_pretrain_smoke(tmp_path):
     path = pretrain(cfg)
     assert (tmp_path / "loss_curve.png").exists() and (tmp_path / "raw" / "unet").is_dir()
     stages = {r["stage"] for r in json.loads((tmp_path / "train_log.json").read_text())["log"]}
-    assert {"vae", "cache", "unet", "decoder", "done"} <= stages
+    assert {"vae", "vae_outlines", "cache", "unet", "decoder", "done"} <= stages
     pipe = StableDiffusionPipeline.from_pretrained(path)
     assert pipe.tokenizer.model_max_length == MAX_LENGTH and pipe.vae.config.scaling_factor > 0
+
+
+def test_broaden_vae_anchor_keeps_world_latents_in_place():
+    """The outline stage trains the whole VAE on world scenes and random outlines; its anchor term is zero
+    before the first step and keeps the encoder's world latents far closer to the original than without it."""
+    import torch
+
+    from moslora_diffusion.toyworld.data import training_scene
+    from moslora_diffusion.toyworld.models import build_vae
+    from moslora_diffusion.toyworld.pretrain import PretrainConfig, _images_to_tensor, broaden_vae
+    from moslora_diffusion.toyworld.render import render_batch
+
+    torch.manual_seed(0)
+    original = build_vae(scaling_factor=0.5)
+    x = _images_to_tensor(render_batch([training_scene(np.random.default_rng(9), 0.3) for _ in range(8)]))
+    with torch.no_grad():
+        before = original.encode(x).latent_dist.mean
+    drift = {}
+    for weight in (0.0, 1000.0):
+        cfg = PretrainConfig(
+            output_dir=Path("unused"), vae_max_steps=6, vae_batch_size=4, broad_vae_minutes=5,
+            broad_vae_lr=1e-2, anchor_weight=weight,
+        )  # fmt: skip
+        log: list = []
+        vae = broaden_vae(copy.deepcopy(original), cfg, log)
+        assert [r["stage"] for r in log] == ["vae_outlines"] * 6 and log[0]["anchor"] == 0.0
+        assert not any(p.requires_grad for p in vae.parameters())
+        with torch.no_grad():
+            drift[weight] = (vae.encode(x).latent_dist.mean - before).abs().mean().item()
+    assert drift[1000.0] < 0.5 * drift[0.0], drift

@@ -194,3 +194,44 @@ def test_bundled_model_composes_held_out_two_colour_objects_but_not_the_subjects
     prompts = [f"{s.instance_prompt} on a {s.backgrounds[0]} background" for s in (CIRCLE, STAR)]
     images = generate(pipe, prompts * 4, [k for k in range(4) for _ in prompts])
     assert not any(s.detect(im) for s, im in zip([CIRCLE, STAR] * 4, images))
+
+
+def test_random_outlines_are_broad_but_never_the_star():
+    """The VAE's extra outlines: blobs and spiky stars of every point count but five, inside their box, in
+    three palette colours. The star detector chooses among the world's outlines and the star only, so a rare
+    green-over-white spiky outline can pass for the star: under 1 % of random outlines."""
+    from moslora_diffusion.toyworld.render import OUTLINE_POINTS, random_outline_array, random_outline_polygon
+
+    assert 5 not in OUTLINE_POINTS
+    rng = np.random.default_rng(3)
+    counts = set()
+    for _ in range(400):
+        poly = random_outline_polygon(rng, (4.0, 6.0, 24.0, 26.0))
+        counts.add(len(poly))
+        xs, ys = zip(*poly)
+        assert (
+            min(xs) >= 4.0 - 1e-6
+            and max(xs) <= 24.0 + 1e-6
+            and min(ys) >= 6.0 - 1e-6
+            and max(ys) <= 26.0 + 1e-6
+        )
+    assert 10 not in counts  # a five-pointed star has 10 vertices
+    assert set(range(3, 10)) | {2 * p for p in OUTLINE_POINTS} == counts
+    images = [random_outline_array(rng) for _ in range(600)]
+    palette = {tuple(c) for c in COLORS.values()}
+    for im in images:
+        assert im.shape == (32, 32, 3) and im.dtype == np.uint8 and tuple(im[0, 0]) in palette
+    assert np.mean([STAR.detect(im) for im in images]) < 0.01
+
+
+def test_star_template_fills_the_measured_box():
+    """The reader's templates fill the object's bounding box: the same masks for the world's shapes, and a
+    star whose points reach all four sides (the rendered star's do not reach the bottom and sides)."""
+    from moslora_diffusion.toyworld.render import shape_mask
+
+    box = (6.0, 5.0, 26.0, 25.0)
+    for shape in SHAPES:
+        np.testing.assert_array_equal(shape_mask(shape, box, fit=True), shape_mask(shape, box))
+    fitted, drawn = shape_mask("star", box, fit=True), shape_mask("star", box)
+    assert fitted[5:25, 6].max() > 0.2 and fitted[5:25, 25].max() > 0.2 and fitted[24, 6:26].max() > 0.2
+    assert drawn[24, 6:26].max() < 0.05 and fitted.sum() > drawn.sum()

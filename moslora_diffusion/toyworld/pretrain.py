@@ -1,6 +1,7 @@
 """Train the toy-world base model from scratch on rendered data (CPU, time-budgeted).
 
-Stages: (1) write the word-level tokenizer; (2) train the AutoencoderKL on rendered images; (3) encode a
+Stages: (1) write the word-level tokenizer; (2) train the AutoencoderKL on rendered images; (2b, optional: ``broad_vae_minutes``, also with ``resume_from``)
+continue it on random outlines too, anchored so world latents stay put; (3) encode a
 fixed set of rendered training images to latents once (cache); (4) train the CLIP text encoder and the
 UNet jointly on the cached latents with randomly sampled captions, keeping an EMA of both; the EMA
 pipeline is saved as a stock ``StableDiffusionPipeline`` every few minutes and at the end.
@@ -23,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .data import HELD_OUT_COMBOS, HELD_OUT_TWO_COLOUR, training_caption, training_scene
 from .reader import matches_two_colour, read_attributes
-from .render import Scene, all_two_colour_combos, random_scene, render_batch
+from .render import Scene, all_two_colour_combos, random_outline_array, random_scene, render_batch
 from .tokenizer import build_vocab_and_merges
 
 
@@ -55,8 +57,24 @@ class PretrainConfig:
     decoder_minutes: float = 8.0
     decoder_max_steps: int = 3000
     decoder_lr: float = 5e-4
+    broad_vae_minutes: float = 0.0
+    broad_vae_lr: float = 1e-3
+    broad_outline_p: float = 0.75
+    anchor_weight: float = 0.3
     reuse_vae: bool = False
     resume_from: str = ""
+
+    def __post_init__(self) -> None:
+        if self.broad_vae_minutes > 0 and not 0 < self.outlines_per_batch < self.vae_batch_size:
+            raise ConfigError(
+                f"broad_outline_p={self.broad_outline_p} leaves no world scene or no outline in a VAE batch of "
+                f"{self.vae_batch_size}; choose a share strictly between them"
+            )
+
+    @property
+    def outlines_per_batch(self) -> int:
+        """Random outlines in each batch of the outline stage (the rest are world scenes)."""
+        return int(round(self.vae_batch_size * self.broad_outline_p))
 
 
 class BudgetSchedule:
@@ -176,6 +194,45 @@ def finetune_decoder(vae, cfg: PretrainConfig, log: list[dict[str, Any]], latent
         mse = torch.nn.functional.mse_loss(rec, x)
         loss = mse + (rec - x).abs().mean()
         step = _reconstruction_step(opt, loss, mse, cfg.decoder_lr, sched, step, log, "decoder", bar)
+    bar.close()
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+def broaden_vae(vae, cfg: PretrainConfig, log: list[dict[str, Any]]):
+    """Stage 2b: continue the whole VAE on a mix of world scenes and random outlines
+    (:func:`~.render.random_outline_array`, a share ``broad_outline_p`` of each batch), so it can encode and
+    decode outlines the world never shows (a DreamBooth subject's). An anchor loss keeps the encoder's
+    means of world scenes where the frozen original put them (``anchor_weight`` times their squared
+    distance in unit-std latent units), so a UNet trained on the old latents stays valid."""
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed + 7)
+    rng = np.random.default_rng(cfg.seed + 7)
+    frozen = copy.deepcopy(vae).eval().requires_grad_(False)
+    vae = vae.train().requires_grad_(True)
+    scale = vae.config.scaling_factor
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.broad_vae_lr, weight_decay=0.0)
+    sched = BudgetSchedule(cfg.broad_vae_minutes, cfg.vae_max_steps, warmup=20)
+    bar = tqdm(total=cfg.vae_max_steps, desc="vae outlines", dynamic_ncols=True)
+    n_outline = cfg.outlines_per_batch
+    n_world = cfg.vae_batch_size - n_outline
+    step = 0
+    while not sched.done(step):
+        world = render_batch([training_scene(rng, cfg.two_colour_p) for _ in range(n_world)])
+        outlines = np.stack([random_outline_array(rng) for _ in range(n_outline)])
+        x = _images_to_tensor(np.concatenate([world, outlines]))
+        dist = vae.encode(x).latent_dist
+        rec = vae.decode(dist.sample()).sample
+        mse = torch.nn.functional.mse_loss(rec, x)
+        with torch.no_grad():
+            ref = frozen.encode(x[:n_world]).latent_dist.mean
+        anchor = (dist.mean[:n_world] - ref).mul(scale).pow(2).mean()
+        kl = dist.kl().mean() / (4 * 8 * 8)
+        loss = mse + (rec - x).abs().mean() + 1e-5 * kl + cfg.anchor_weight * anchor
+        step = _reconstruction_step(opt, loss, mse, cfg.broad_vae_lr, sched, step, log, "vae_outlines", bar)
+        log[-1]["anchor"] = anchor.item()
     bar.close()
     vae.eval().requires_grad_(False)
     return vae
@@ -330,6 +387,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
         src = StableDiffusionPipeline.from_pretrained(cfg.resume_from, dtype=torch.float32)
         tokenizer = src.tokenizer
         final_vae = src.vae.eval().requires_grad_(False)
+        if cfg.broad_vae_minutes > 0:
+            final_vae = broaden_vae(final_vae, cfg, log)
+            final_vae.save_pretrained(out / "vae")
         latents, scenes, scaling = encode_cache(final_vae, cfg, scaling=final_vae.config.scaling_factor)
         text_encoder, unet = src.text_encoder, src.unet
         del src
@@ -345,6 +405,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 vae.save_pretrained(vae_dir)
         else:
             vae = train_vae(cfg, log)
+            vae.save_pretrained(vae_dir)
+        if cfg.broad_vae_minutes > 0:
+            vae = broaden_vae(vae, cfg, log)
             vae.save_pretrained(vae_dir)
         latents, scenes, scaling = encode_cache(vae, cfg)
         final_vae = build_vae(scaling_factor=scaling)

@@ -116,13 +116,13 @@ def object_candidates(arr: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def shape_scores(soft: np.ndarray, mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> dict[str, float]:
-    """Soft IoU between the object's coverage ``soft`` and each of ``shapes`` drawn in the mask's
+    """Soft IoU between the object's coverage ``soft`` and each of ``shapes`` drawn to fill the mask's
     bounding box."""
     ys, xs = np.nonzero(mask)
     bbox = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
     scores = {}
     for shape in shapes:
-        tmpl = shape_mask(shape, bbox, resolution=soft.shape[0])
+        tmpl = shape_mask(shape, bbox, resolution=soft.shape[0], fit=True)
         inter = np.minimum(tmpl, soft).sum()
         union = np.maximum(tmpl, soft).sum()
         scores[shape] = float(inter / max(union, 1e-6))

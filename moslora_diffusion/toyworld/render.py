@@ -160,10 +160,23 @@ def shape_polygon(shape: str, bbox: tuple[float, float, float, float]) -> list[t
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def fit_to_box(
+    poly: list[tuple[float, float]], bbox: tuple[float, float, float, float]
+) -> list[tuple[float, float]]:
+    """``poly`` stretched and shifted so its own extent is exactly ``bbox``."""
+    xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+    px0, py0, px1, py1 = min(xs), min(ys), max(xs), max(ys)
+    x0, y0, x1, y1 = bbox
+    sx, sy = (x1 - x0) / max(px1 - px0, 1e-9), (y1 - y0) / max(py1 - py0, 1e-9)
+    return [(x0 + (x - px0) * sx, y0 + (y - py0) * sy) for x, y in poly]
+
+
 def shape_mask(
-    shape: str, bbox: tuple[float, float, float, float], resolution: int = RESOLUTION
+    shape: str, bbox: tuple[float, float, float, float], resolution: int = RESOLUTION, fit: bool = False
 ) -> np.ndarray:
-    """Coverage (0..1 float32, anti-aliased) of ``shape`` drawn in ``bbox`` on a resolution^2 grid."""
+    """Coverage (0..1 float32, anti-aliased) of ``shape`` drawn in ``bbox`` on a resolution^2 grid. With
+    ``fit`` the outline's own extent fills ``bbox`` (a template for an object's measured bounding box; only
+    the star differs, whose points do not reach the box's bottom and sides)."""
     ss = SUPERSAMPLE
     big = Image.new("L", (resolution * ss, resolution * ss), 0)
     draw = ImageDraw.Draw(big)
@@ -172,7 +185,7 @@ def shape_mask(
         draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=255)
     else:
         poly = shape_polygon(shape, (x0, y0, x1, y1))
-        draw.polygon(poly, fill=255)
+        draw.polygon(fit_to_box(poly, (x0, y0, x1, y1)) if fit else poly, fill=255)
     small = big.resize((resolution, resolution), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0
 
@@ -193,6 +206,52 @@ def split_fill(cy: float, top: str, bottom: str, resolution: int = RESOLUTION) -
         COLORS[bottom], np.float32
     )
     return np.broadcast_to(fg, (resolution, resolution, 3))
+
+
+OUTLINE_POINTS: tuple[int, ...] = (3, 4, 6, 7, 8)
+"""Point counts of the spiky stars among the random outlines: every small count but five, so the
+five-pointed subject stays an outline no training image shows."""
+
+
+def random_outline_polygon(
+    rng: np.random.Generator, bbox: tuple[float, float, float, float]
+) -> list[tuple[float, float]]:
+    """A random outline inside ``bbox``, half of the time a blob (3-9 vertices at sorted random angles
+    around the centre, each at a random 35-100 % of the half-width), half of the time a spiky star with
+    :data:`OUTLINE_POINTS` points, inner radius 35-70 % of the outer, at a random rotation. Neither can be
+    the five-pointed star subject (a blob has at most 9 vertices), so a VAE trained on them has learnt
+    outlines in general, not the subject."""
+    x0, y0, x1, y1 = bbox
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    turn = rng.uniform(0.0, 2 * math.pi)
+    if rng.random() < 0.5:
+        k = int(rng.integers(3, 10))
+        angles = np.sort(rng.uniform(0.0, 2 * math.pi, size=k)) + turn
+        radii = r * rng.uniform(0.35, 1.0, size=k)
+    else:
+        points = OUTLINE_POINTS[int(rng.integers(len(OUTLINE_POINTS)))]
+        inner = rng.uniform(0.35, 0.7)
+        angles = turn + np.arange(2 * points) * math.pi / points
+        radii = r * np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
+    return [(cx + rad * math.cos(a), cy + rad * math.sin(a)) for rad, a in zip(radii, angles)]
+
+
+def random_outline_array(rng: np.random.Generator, two_colour_p: float = 0.5) -> np.ndarray:
+    """A (32, 32, 3) uint8 image of a :func:`random_outline_polygon` in palette colours (two-coloured, top
+    over bottom, with probability ``two_colour_p``) on a palette background: VAE training data for outlines
+    beyond the world's four shapes. Never captioned, never shown to the UNet."""
+    names = list(COLORS)
+    picks = rng.permutation(len(names))[:3]
+    color, color2, background = (names[int(i)] for i in picks)
+    size, cx, cy = jitter_geometry(rng)
+    bbox = (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
+    ss = SUPERSAMPLE
+    big = Image.new("L", (RESOLUTION * ss, RESOLUTION * ss), 0)
+    poly = random_outline_polygon(rng, tuple(v * ss for v in bbox))
+    ImageDraw.Draw(big).polygon(poly, fill=255)
+    cov = np.asarray(big.resize((RESOLUTION, RESOLUTION), Image.Resampling.BOX), np.float32) / 255.0
+    fg = split_fill(cy, color, color2) if rng.random() < two_colour_p else np.asarray(COLORS[color])
+    return compose(cov, fg, COLORS[background])
 
 
 def render_array(scene: Scene) -> np.ndarray:
