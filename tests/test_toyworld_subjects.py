@@ -235,3 +235,20 @@ def test_star_template_fills_the_measured_box():
     fitted, drawn = shape_mask("star", box, fit=True), shape_mask("star", box)
     assert fitted[5:25, 6].max() > 0.2 and fitted[5:25, 25].max() > 0.2 and fitted[24, 6:26].max() > 0.2
     assert drawn[24, 6:26].max() < 0.05 and fitted.sum() > drawn.sum()
+
+
+def test_bundled_vae_carries_both_subjects_and_the_world():
+    """No adapter can draw what the decoder cannot output: the shipped VAE's round trips keep the star's new
+    outline (0 % before its outline stage), the circle and the world's scenes."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from moslora_diffusion.toyworld import base_model_path
+    from moslora_diffusion.toyworld.vae_probe import round_trip_rates
+
+    torch.set_num_threads(2)
+    vae = AutoencoderKL.from_pretrained(base_model_path() / "vae").eval()
+    rates = round_trip_rates(vae, n=32)
+    assert set(rates) == {"world", "world_two_colour", *SUBJECTS}
+    assert rates["star"] >= 0.9 and rates["circle"] >= 0.95, rates
+    assert rates["world"] >= 0.95 and rates["world_two_colour"] >= 0.9, rates
