@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from moslora_diffusion.toyworld import dreambench
 from moslora_diffusion.toyworld.render import Scene, render
@@ -95,6 +96,9 @@ def test_quick_run_end_to_end(tmp_path):
     for run in result["runs"]:
         assert all(0.0 <= run[m] <= 1.0 for m in dreambench.METRICS)
     assert (out / "eval_toyworld.png").is_file()
+    # samples: base row + 3 methods x 2 seeds, the subject's 4 backgrounds x 2 sampling seeds, 3x enlarged
+    with Image.open(out / "eval_toyworld_samples.png") as grid:
+        assert grid.size == (8 * (96 + 2) + 2, 7 * (96 + 2) + 2)
     assert (out / "moslora_r8_s0" / "moslora_weights.safetensors").is_file()
     assert (out / "lora_r16_s1" / "pytorch_lora_weights.safetensors").is_file()
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -245,7 +246,7 @@ def _run_one(task: tuple[str, str, int, int, BenchConfig, str]) -> dict[str, Any
         weights, name, prompt_sets(cfg.images_per_prompt, cfg.quick, cfg.subject), cfg.subject
     )
     return {"method": label, "adapter": adapter, "rank": rank, "seed": seed, **scores, "curve": curve,
-            "seconds": time.time() - t0}  # fmt: skip
+            "seconds": time.time() - t0, "weights": str(weights)}  # fmt: skip
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print, workers: int = 1) -> dict[str, Any]:
@@ -386,6 +387,31 @@ __all__ = [
 CURVE_METRICS = {"subject fidelity": "subject fidelity", "ordinary prompts": "ordinary prompts (all 3 right)"}
 
 
+def sample_grid(result: dict[str, Any], path: str | Path, seeds: int = 2, sampling_seeds: int = 2) -> Path:
+    """What the numbers look like: the subject prompt on each of the subject's backgrounds (``sampling_seeds``
+    images each), one row for the base model, then one per method and training seed (the first ``seeds``),
+    in the table's method order. Needs the runs' saved adapters."""
+    from .evaluate import generate, load_pipeline, make_grid
+
+    subject = get_subject(result["config"]["subject"])
+    prompts = [f"{subject.instance_prompt} on a {bg} background" for bg in subject.backgrounds]
+    prompts = [p for p in prompts for _ in range(sampling_seeds)]
+    draw_seeds = [k for _ in subject.backgrounds for k in range(sampling_seeds)]
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    images = generate(pipe, prompts, draw_seeds)
+    for method in result["methods"]:
+        for run in [r for r in result["runs"] if r["method"] == method][:seeds]:
+            name = pipe.load_moslora_weights(run["weights"], adapter_name=f"{run['adapter']}_s{run['seed']}")
+            try:
+                images += generate(pipe, prompts, draw_seeds)
+            finally:
+                pipe.delete_adapters(name)
+    path = Path(path)
+    make_grid(images, ncols=len(prompts), scale=3).save(path)
+    return path
+
+
 def plot_curves(result: dict[str, Any], path: str | Path) -> Path | None:
     """Learning curves: each method's mean over seeds per step with a 95% CI band, one panel per metric."""
     import matplotlib
@@ -508,6 +534,7 @@ def run_cli(args: Any) -> int:
         table += "\n\n" + paired
     plot_path = plot(result, out / "eval_toyworld.png")
     plot_curves(result, out / "eval_toyworld_curves.png")
+    samples = sample_grid(result, out / "eval_toyworld_samples.png")
     print(table)
     print(
         f"\n{len(result['runs'])} adapters trained and scored in {result['seconds'] / 60:.1f} min; plot: {plot_path}"
@@ -524,6 +551,11 @@ def run_cli(args: Any) -> int:
         curves = plot_curves(result, images / f"eval_toyworld_curves_{stamp}.png")
         if curves is not None:
             figures.append(f"![learning curves](images/{curves.name})")
+        shutil.copyfile(samples, images / f"eval_toyworld_samples_{stamp}.png")
+        figures.append(
+            f"![samples: '{get_subject(cfg.subject).instance_prompt}' on each background; rows: base model, then "
+            f"each method's first two seeds](images/eval_toyworld_samples_{stamp}.png)"
+        )
         command = "moslora-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         n = result["n_images"]
         settings = ", ".join(f"--{k} {v}" for k, v in cfg.extra_train_args.items()) or "none"
