@@ -380,6 +380,7 @@ __all__ = [
     "summary_table",
     "paired_table",
     "plot",
+    "sample_grid",
     "CLASS_PROMPT",
 ]
 
