@@ -1,8 +1,8 @@
 """Train the toy-world base model from scratch on rendered data (CPU, time-budgeted).
 
-Stages: (1) write the word-level tokenizer; (2) train the AutoencoderKL on rendered images; (2b, optional: ``broad_vae_minutes``, also with ``resume_from``)
-continue it on random outlines too, anchored so world latents stay put; (3) encode a
-fixed set of rendered training images to latents once (cache); (4) train the CLIP text encoder and the
+Stages: (1) write the word-level tokenizer; (2) train the AutoencoderKL on rendered images; (2b, optional:
+``broad_vae_minutes``, also with ``resume_from``) continue it on random outlines too, anchored so world
+latents stay put; (3) encode a fixed set of rendered training images to latents once (cache); (4) train the CLIP text encoder and the
 UNet jointly on the cached latents with randomly sampled captions, keeping an EMA of both; the EMA
 pipeline is saved as a stock ``StableDiffusionPipeline`` every few minutes and at the end.
 
@@ -203,8 +203,9 @@ def broaden_vae(vae, cfg: PretrainConfig, log: list[dict[str, Any]]):
     """Stage 2b: continue the whole VAE on a mix of world scenes and random outlines
     (:func:`~.render.random_outline_array`, a share ``broad_outline_p`` of each batch), so it can encode and
     decode outlines the world never shows (a DreamBooth subject's). An anchor loss keeps the encoder's
-    means of world scenes where the frozen original put them (``anchor_weight`` times their squared
-    distance in unit-std latent units), so a UNet trained on the old latents stays valid."""
+    means of world scenes where the frozen original put them (``anchor_weight`` times their mean squared
+    distance in the VAE's scaled latent units: unit std for a saved pipeline's VAE), so a UNet trained on
+    the old latents stays valid."""
     import torch
     from tqdm.auto import tqdm
 
