@@ -2,9 +2,9 @@
 
 Stages: (1) write the word-level tokenizer; (2) train the AutoencoderKL on rendered images; (2b, optional:
 ``broad_vae_minutes``, also with ``resume_from``) continue it on random outlines too, anchored so world
-latents stay put; (3) encode a fixed set of rendered training images to latents once (cache); (4) train the CLIP text encoder and the
-UNet jointly on the cached latents with randomly sampled captions, keeping an EMA of both; the EMA
-pipeline is saved as a stock ``StableDiffusionPipeline`` every few minutes and at the end.
+latents stay put; (3) encode a fixed set of rendered training images to latents once (cache); (4) train
+the CLIP text encoder and the UNet jointly on the cached latents with randomly sampled captions, keeping an
+EMA of both; the EMA pipeline is saved as a stock ``StableDiffusionPipeline`` every few minutes and at the end.
 
 Each training stage gets a wall-clock budget; its cosine learning-rate schedule is fitted to the number
 of steps the measured speed allows, so a slower (shared) CPU gives a shorter but complete schedule.
