@@ -239,17 +239,27 @@ def broaden_vae(vae, cfg: PretrainConfig, log: list[dict[str, Any]]):
     return vae
 
 
+def _to_uint8(images):
+    """Decoder output in [-1, 1], (N, 3, H, W) tensor -> (N, H, W, 3) uint8 array."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def round_trip(vae, images: np.ndarray) -> np.ndarray:
+    """VAE round trips (encoder mean -> decoder) of (N, H, W, 3) uint8 images, as uint8 images."""
+    import torch
+
+    with torch.no_grad():
+        return _to_uint8(vae.decode(vae.encode(_images_to_tensor(images)).latent_dist.mean).sample)
+
+
 def reconstruction_accuracy(vae, n: int = 256, seed: int = 12345, two_colour_p: float = 0.0) -> float:
     """Fraction of VAE round trips (encoder mean -> decoder) of rendered scenes the reader reads right (any
     combination; a share ``two_colour_p`` of two-colour objects)."""
-    import torch
 
     rng = np.random.default_rng(seed)
     two = all_two_colour_combos()
     scenes = [random_scene(rng, two if rng.random() < two_colour_p else None) for _ in range(n)]
-    with torch.no_grad():
-        rec = vae.decode(vae.encode(_images_to_tensor(render_batch(scenes))).latent_dist.mean).sample
-    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    rec = round_trip(vae, render_batch(scenes))
     return float(np.mean([_reads_right(r, s) for r, s in zip(rec, scenes)]))
 
 
@@ -270,7 +280,7 @@ def encode_cache(vae, cfg: PretrainConfig, scaling: float | None = None) -> tupl
     scaling = float(1.0 / latents.std()) if scaling is None else float(scaling)
     with torch.no_grad():  # how well the reader reads VAE reconstructions (a ceiling for the whole model)
         rec = vae.decode(latents[:256]).sample
-    rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    rec = _to_uint8(rec)
     ok = [_reads_right(r, s) for r, s in zip(rec, scenes[:256])]
     tqdm.write(f"VAE reconstructions read correctly: {np.mean(ok):.3f} (256 images)")
     return latents * scaling, scenes, scaling

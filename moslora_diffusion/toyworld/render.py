@@ -177,15 +177,25 @@ def shape_mask(
     """Coverage (0..1 float32, anti-aliased) of ``shape`` drawn in ``bbox`` on a resolution^2 grid. With
     ``fit`` the outline's own extent fills ``bbox`` (a template for an object's measured bounding box; only
     the star differs, whose points do not reach the box's bottom and sides)."""
+    x0, y0, x1, y1 = (v * SUPERSAMPLE for v in bbox)
+
+    def draw(canvas: ImageDraw.ImageDraw) -> None:
+        if shape == "circle":
+            canvas.ellipse([x0, y0, x1 - 1, y1 - 1], fill=255)
+        else:
+            poly = shape_polygon(shape, (x0, y0, x1, y1))
+            canvas.polygon(fit_to_box(poly, (x0, y0, x1, y1)) if fit else poly, fill=255)
+
+    return supersampled_coverage(draw, resolution)
+
+
+def supersampled_coverage(draw, resolution: int = RESOLUTION) -> np.ndarray:
+    """Coverage (0..1 float32) of what ``draw(canvas)`` paints in 255 on a canvas :data:`SUPERSAMPLE` times
+    the size (coordinates scaled to match), box-filtered down to resolution^2: the anti-aliasing of every
+    outline."""
     ss = SUPERSAMPLE
     big = Image.new("L", (resolution * ss, resolution * ss), 0)
-    draw = ImageDraw.Draw(big)
-    x0, y0, x1, y1 = (v * ss for v in bbox)
-    if shape == "circle":
-        draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=255)
-    else:
-        poly = shape_polygon(shape, (x0, y0, x1, y1))
-        draw.polygon(fit_to_box(poly, (x0, y0, x1, y1)) if fit else poly, fill=255)
+    draw(ImageDraw.Draw(big))
     small = big.resize((resolution, resolution), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0
 
@@ -245,11 +255,8 @@ def random_outline_array(rng: np.random.Generator, two_colour_p: float = 0.5) ->
     color, color2, background = (names[int(i)] for i in picks)
     size, cx, cy = jitter_geometry(rng)
     bbox = (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
-    ss = SUPERSAMPLE
-    big = Image.new("L", (RESOLUTION * ss, RESOLUTION * ss), 0)
-    poly = random_outline_polygon(rng, tuple(v * ss for v in bbox))
-    ImageDraw.Draw(big).polygon(poly, fill=255)
-    cov = np.asarray(big.resize((RESOLUTION, RESOLUTION), Image.Resampling.BOX), np.float32) / 255.0
+    poly = random_outline_polygon(rng, tuple(v * SUPERSAMPLE for v in bbox))
+    cov = supersampled_coverage(lambda canvas: canvas.polygon(poly, fill=255))
     fg = split_fill(cy, color, color2) if rng.random() < two_colour_p else np.asarray(COLORS[color])
     return compose(cov, fg, COLORS[background])
 

@@ -17,16 +17,6 @@ import numpy as np
 from .subject import SUBJECTS, Subject
 
 
-def _round_trip(vae, images: np.ndarray) -> np.ndarray:
-    import torch
-
-    from .pretrain import _images_to_tensor
-
-    with torch.no_grad():
-        rec = vae.decode(vae.encode(_images_to_tensor(images)).latent_dist.mean).sample
-    return ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
-
 def subject_renders(subject: Subject, n: int, seed: int = 5) -> np.ndarray:
     """``n`` renders of ``subject`` cycling through its backgrounds (random size and position)."""
     rng = np.random.default_rng(seed)
@@ -37,14 +27,14 @@ def subject_renders(subject: Subject, n: int, seed: int = 5) -> np.ndarray:
 def round_trip_rates(vae, n: int = 128, seed: int = 5) -> dict[str, float]:
     """Share of round trips read right: ``world`` (one-colour scenes), ``world_two_colour`` and one entry
     per bundled subject key."""
-    from .pretrain import reconstruction_accuracy
+    from .pretrain import reconstruction_accuracy, round_trip
 
     rates = {
         "world": reconstruction_accuracy(vae, n=n, seed=seed, two_colour_p=0.0),
         "world_two_colour": reconstruction_accuracy(vae, n=n, seed=seed, two_colour_p=1.0),
     }
     for key, subject in SUBJECTS.items():
-        rec = _round_trip(vae, subject_renders(subject, n, seed))
+        rec = round_trip(vae, subject_renders(subject, n, seed))
         rates[key] = float(np.mean([subject.detect(r) for r in rec]))
     return rates
 
@@ -53,10 +43,10 @@ def round_trip_grid(vae, path: Path, per_subject: int = 8, seed: int = 5) -> Non
     """Save originals (top row) and their round trips (bottom row) for each subject, 4x enlarged."""
     from PIL import Image
 
+    from .pretrain import round_trip
+
     images = np.concatenate([subject_renders(s, per_subject, seed) for s in SUBJECTS.values()])
-    grid = np.concatenate(
-        [np.concatenate(list(images), 1), np.concatenate(list(_round_trip(vae, images)), 1)]
-    )
+    grid = np.concatenate([np.concatenate(list(images), 1), np.concatenate(list(round_trip(vae, images)), 1)])
     h, w = grid.shape[:2]
     Image.fromarray(grid).resize((w * 4, h * 4), Image.Resampling.NEAREST).save(path)
 
