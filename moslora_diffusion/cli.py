@@ -249,6 +249,32 @@ def run_eval_toyworld(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+# ---------------------------------------------------------------------------------- compare-toyworld
+def _compare_toyworld_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("study_a", help="an eval-toyworld output folder (or its results.json): side A")
+    parser.add_argument("study_b", help="the study for side B (may be the same folder as A)")
+    parser.add_argument(
+        "--method_a",
+        default=None,
+        help="A's method: a label ('LoRA r=16') or moslora / lora / lora-2r; default: A's first",
+    )
+    parser.add_argument("--method_b", default=None, help="B's method, likewise; default: B's first")
+    parser.add_argument(
+        "--docs", action="store_true", help="append the table, with this command, to docs/quality.md"
+    )
+
+
+@subcommand(
+    "compare-toyworld",
+    "pair two eval-toyworld studies seed by seed: each side's scores and the difference A − B with its 95% CI",
+    _compare_toyworld_args,
+)
+def run_compare_toyworld(args: argparse.Namespace) -> int:
+    from .toyworld.pairing import run_cli as _run
+
+    return _run(args)
+
+
 # ------------------------------------------------------------------------------------------------ app
 def _app_args(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "All arguments are web UI flags: see `python app/app.py --help`."

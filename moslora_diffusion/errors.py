@@ -18,6 +18,7 @@ __all__ = [
     "OutputWriteError",
     "RequestError",
     "BaseModelError",
+    "StudyError",
 ]
 
 
@@ -47,6 +48,10 @@ class TrainConfigError(ConfigError):
 
 class BaseModelError(MoSLoraError):
     """A base model that cannot be opened as asked: a pickle, not a Stable Diffusion checkpoint, no configs."""
+
+
+class StudyError(MoSLoraError):
+    """An eval-toyworld results file that cannot be read, or two studies that cannot be paired as asked."""
 
 
 class RequestError(MoSLoraError):

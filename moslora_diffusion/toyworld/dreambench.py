@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import RequestError
 from .data import HELD_OUT_COMBOS
 from .render import COLORS, caption
 from .subject import CLASS_PROMPT, Subject, get_subject
@@ -317,17 +318,17 @@ def summary_table(result: dict[str, Any]) -> str:
 def paired_table(result: dict[str, Any]) -> str:
     """Markdown table: the first method minus each other one, per metric, paired by seed (points, 95% CI)."""
     from ..stats import format_mean_ci
+    from .pairing import paired_differences, per_seed
 
     methods = result["methods"]
     if len(methods) < 2:
         return ""
-    by = {(r["method"], r["seed"]): r for r in result["runs"]}
     head = "| paired difference (points) | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + 1)]
     first = methods[0]
     for other in methods[1:]:
-        seeds = sorted(s for (m, s) in by if m == first and (other, s) in by)
-        cells = [format_mean_ci([by[(first, s)][m] - by[(other, s)][m] for s in seeds]) for m in METRICS]
+        seeds, diffs = paired_differences(per_seed(result, first), per_seed(result, other))
+        cells = [format_mean_ci(diffs[m]) for m in METRICS]
         lines.append(f"| {first} − {other} ({len(seeds)} seeds) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -478,9 +479,9 @@ def parse_train_args(items: list[str]) -> dict[str, Any]:
         if switch_off:
             name = name[3:]
         if name not in fields:
-            raise ValueError(f"--train_arg {item!r}: no training flag --{name}")
+            raise RequestError(f"--train_arg {item!r}: no training flag --{name}")
         if name in _BENCH_FLAGS:
-            raise ValueError(f"--train_arg {item!r}: eval-toyworld sets --{name} itself for each run")
+            raise RequestError(f"--train_arg {item!r}: eval-toyworld sets --{name} itself for each run")
         out[name] = value if sep else not switch_off
     return out
 
@@ -523,9 +524,9 @@ def run_cli(args: Any) -> int:
         )
     unknown = set(cfg.method_names) - {"moslora", "lora", "lora-2r"}
     if unknown:
-        raise ValueError(f"--methods: unknown {sorted(unknown)}; choose from moslora, lora, lora-2r")
+        raise RequestError(f"--methods: unknown {sorted(unknown)}; choose from moslora, lora, lora-2r")
     if cfg.seeds < 2:
-        raise ValueError("--seeds must be at least 2 for a confidence interval")
+        raise RequestError("--seeds must be at least 2 for a confidence interval")
     result = run_bench(cfg, workers=max(1, int(getattr(args, "workers", 1) or 1)))
     out = Path(cfg.output_dir)
     (out / "results.json").write_text(json.dumps(result, indent=2))
