@@ -308,12 +308,12 @@ def test_broaden_vae_anchor_keeps_world_latents_in_place():
 
     from moslora_diffusion.toyworld.data import training_scene
     from moslora_diffusion.toyworld.models import build_vae
-    from moslora_diffusion.toyworld.pretrain import PretrainConfig, _images_to_tensor, broaden_vae
+    from moslora_diffusion.toyworld.pretrain import PretrainConfig, broaden_vae, images_to_tensor
     from moslora_diffusion.toyworld.render import render_batch
 
     torch.manual_seed(0)
     original = build_vae(scaling_factor=0.5)
-    x = _images_to_tensor(render_batch([training_scene(np.random.default_rng(9), 0.3) for _ in range(8)]))
+    x = images_to_tensor(render_batch([training_scene(np.random.default_rng(9), 0.3) for _ in range(8)]))
     with torch.no_grad():
         before = original.encode(x).latent_dist.mean
     drift = {}

@@ -215,6 +215,9 @@ def _worker_init(log_dir: str, parent: int) -> None:
 
     import torch
 
+    from ..quiet import quiet_entry_point
+
+    quiet_entry_point()  # the same library notices the parent's entry point drops
     _exit_with_parent(parent)
     log = os.open(os.path.join(log_dir, f"worker-{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)

@@ -108,7 +108,8 @@ class BudgetSchedule:
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def _images_to_tensor(arr: np.ndarray):
+def images_to_tensor(arr: np.ndarray):
+    """uint8 images (N, H, W, 3) as a float tensor (N, 3, H, W) in [-1, 1], the VAE's input."""
     import torch
 
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -150,7 +151,7 @@ def train_vae(cfg: PretrainConfig, log: list[dict[str, Any]], vae=None):
     bar = tqdm(total=cfg.vae_max_steps, desc="vae", dynamic_ncols=True)
     step = 0
     while not sched.done(step):
-        x = _images_to_tensor(
+        x = images_to_tensor(
             render_batch([training_scene(rng, cfg.two_colour_p) for _ in range(cfg.vae_batch_size)])
         )
         dist = vae.encode(x).latent_dist
@@ -184,7 +185,7 @@ def finetune_decoder(vae, cfg: PretrainConfig, log: list[dict[str, Any]], latent
     bar = tqdm(total=cfg.decoder_max_steps, desc="decoder", dynamic_ncols=True)
     step = 0
     while not sched.done(step):
-        x = _images_to_tensor(
+        x = images_to_tensor(
             render_batch([training_scene(rng, cfg.two_colour_p) for _ in range(cfg.vae_batch_size)])
         )
         with torch.no_grad():
@@ -223,7 +224,7 @@ def broaden_vae(vae, cfg: PretrainConfig, log: list[dict[str, Any]]):
     while not sched.done(step):
         world = render_batch([training_scene(rng, cfg.two_colour_p) for _ in range(n_world)])
         outlines = np.stack([random_outline_array(rng) for _ in range(n_outline)])
-        x = _images_to_tensor(np.concatenate([world, outlines]))
+        x = images_to_tensor(np.concatenate([world, outlines]))
         dist = vae.encode(x).latent_dist
         rec = vae.decode(dist.sample()).sample
         mse = torch.nn.functional.mse_loss(rec, x)
@@ -249,7 +250,7 @@ def round_trip(vae, images: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return _to_uint8(vae.decode(vae.encode(_images_to_tensor(images)).latent_dist.mean).sample)
+        return _to_uint8(vae.decode(vae.encode(images_to_tensor(images)).latent_dist.mean).sample)
 
 
 def reconstruction_accuracy(vae, n: int = 256, seed: int = 12345, two_colour_p: float = 0.0) -> float:
@@ -274,7 +275,7 @@ def encode_cache(vae, cfg: PretrainConfig, scaling: float | None = None) -> tupl
     chunks = []
     with torch.no_grad():
         for i in tqdm(range(0, len(scenes), 256), desc="encode", dynamic_ncols=True):
-            x = _images_to_tensor(render_batch(scenes[i : i + 256]))
+            x = images_to_tensor(render_batch(scenes[i : i + 256]))
             chunks.append(vae.encode(x).latent_dist.mean)
     latents = torch.cat(chunks)
     scaling = float(1.0 / latents.std()) if scaling is None else float(scaling)

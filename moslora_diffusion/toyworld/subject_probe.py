@@ -44,6 +44,7 @@ def probe(
     from tqdm.auto import tqdm
 
     from .evaluate import generate, load_pipeline
+    from .pretrain import images_to_tensor
     from .reader import read_attributes
     from .subject import INSTANCE_PROMPT, detect_subject, subject_info
 
@@ -64,7 +65,7 @@ def probe(
 
     info = subject_info()
     imgs = np.stack([np.asarray(Image.open(it["path"]).convert("RGB")) for it in info["images"]])
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = images_to_tensor(imgs)
     with torch.no_grad():
         latents = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
         ids = tok(
