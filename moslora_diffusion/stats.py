@@ -36,6 +36,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
 def format_mean_ci(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
     """'mean ± half' (as percentages by default)."""
     mean, half = mean_ci95(values)
+    shown = round(mean * scale, digits) + 0.0  # + 0.0: never "-0.0"
     if math.isnan(half):
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}"
+        return f"{shown:.{digits}f}"
+    return f"{shown:.{digits}f} ± {half * scale:.{digits}f}"

@@ -21,3 +21,8 @@ def test_t_quantiles_approach_normal():
     assert math.isnan(mean_ci95([0.5])[1])
     with pytest.raises(ValueError):
         mean_ci95([])
+
+
+def test_a_mean_that_rounds_to_zero_has_no_minus_sign():
+    assert format_mean_ci([-1e-4, 1e-4, -2e-4]).startswith("0.0 ± ")
+    assert format_mean_ci([-0.004, -0.006]) == "-0.5 ± 1.3"
