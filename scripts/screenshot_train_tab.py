@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,29 +18,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for tests.webui_support
 CHROMIUM = "/usr/bin/chromium"
 LABELS = {
     "circle": "Example subject: red-over-yellow circle (a new design)",
     "star": "Example subject: green-over-white star (a new outline)",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(proc: subprocess.Popen, port: int, timeout: float = 180.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the web UI exited early with code {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise SystemExit(f"the web UI did not open port {port} within {timeout:.0f} s")
 
 
 def _fill_number(page, label: str, value: str) -> None:
@@ -56,17 +38,18 @@ def take(out: Path, subject: str) -> None:
     from moslora_diffusion.durable import replace_durably
     from moslora_diffusion.toyworld import get_subject
     from moslora_diffusion.toyworld.defaults import subject_training_defaults
+    from tests.webui_support import free_port, wait_for_port  # the browser tests' helpers
 
     recipe = subject_training_defaults(get_subject(subject))
     with tempfile.TemporaryDirectory(prefix="screenshot-train-") as tmp:
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         cmd = [sys.executable, "-m", "moslora_diffusion.cli", "app", "--port", str(port),
                "--adapters-dir", f"{tmp}/adapters", "--output-dir", f"{tmp}/outputs", "--work-dir", f"{tmp}/work"]  # fmt: skip
         with open(Path(tmp) / "app.log", "w") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
-                _wait_for_port(proc, port)
+                wait_for_port(proc, port)
                 with sync_playwright() as p:
                     browser = p.chromium.launch(
                         executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.webui_support import FakeTraining, free_port, make_tiny_setup
+from tests.webui_support import FakeTraining, free_port, make_tiny_setup, wait_for_port
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,20 +33,6 @@ pytestmark = [
         not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
     ),
 ]
-
-
-def _wait_for_port(proc: subprocess.Popen, port: int, timeout: float = 180.0) -> None:
-    import socket
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited early with code {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"the app did not open port {port} within {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +62,7 @@ def app_url(tmp_path_factory):
     ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=setup["root"])
     try:
-        _wait_for_port(proc, port)
+        wait_for_port(proc, port)
         yield f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_port(proc: subprocess.Popen, port: int, timeout: float = 180.0) -> None:
+    """Wait until ``proc`` listens on ``port`` (raise if it exits first or the time runs out)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited early with code {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"the app did not open port {port} within {timeout:.0f} s")
 
 
 def write_plain_lora(arch: str, path: Path, seed: int = 0, rank: int = 4, text_encoder: bool = False) -> Path:
