@@ -106,3 +106,22 @@ def test_learning_curves_do_not_change_the_trained_adapter(tmp_path):
     assert [p["step"] for p in curve] == [2, 4]
     a, b = load_file(plain), load_file(curved)
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_cli_docs_appends_the_table_with_its_command(tmp_path, monkeypatch):
+    from moslora_diffusion import reporting
+    from moslora_diffusion.cli import main
+
+    docs = tmp_path / "docs" / "benchmarks.md"
+    monkeypatch.setattr(reporting, "DOCS", docs)
+    vals = {"MoSLoRA r=8": {0: 0.5, 1: 1.0}, "LoRA r=8": {0: 0.25, 1: 0.75}}
+    folder = _study(tmp_path, "s", ["MoSLoRA r=8", "LoRA r=8"], vals)
+    monkeypatch.setattr(
+        "sys.argv",
+        ["moslora-diffusion", "compare-toyworld", str(folder), str(folder), "--method_b", "lora", "--docs"],
+    )
+    assert main(["compare-toyworld", str(folder), str(folder), "--method_b", "lora", "--docs"]) == 0
+    text = (tmp_path / "docs" / "quality.md").read_text()
+    assert "## Toy-world paired comparison (compare-toyworld)" in text
+    assert f"- Command: `moslora-diffusion compare-toyworld {folder} {folder} --method_b lora --docs`" in text
+    assert "| A − B, paired (2 seeds) | 25.0 ± 0.0 |" in text
