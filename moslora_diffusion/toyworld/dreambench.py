@@ -367,8 +367,8 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("% of images")
     ax.set_ylim(0, 105)
     ax.set_title(f"Toy-world DreamBooth yardstick ({result['config']['seeds']} seeds, mean ± 95% CI)")
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
+    fig.tight_layout()  # the legend below the axes: it never hides a bar
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
