@@ -157,9 +157,9 @@ def comparison_table(comparison: Mapping[str, Any]) -> str:
         + " | ".join(format_mean_ci(comparison["differences"][m]) for m in METRICS)
         + " |"
     )
-    lines = [f"A: {a['method']} in {a['file']}", f"B: {b['method']} in {b['file']}"]
+    lines = [f"- A: {a['method']} in {a['file']}", f"- B: {b['method']} in {b['file']}"]
     if comparison["settings"]:
-        lines.append("Settings A vs B: " + "; ".join(comparison["settings"]))
+        lines.append("- Settings A vs B: " + "; ".join(comparison["settings"]))
     return "\n".join(lines) + "\n\n" + "\n".join(rows)
 
 
