@@ -266,7 +266,7 @@ def _compare_toyworld_args(parser: argparse.ArgumentParser) -> None:
 
 @subcommand(
     "compare-toyworld",
-    "pair two eval-toyworld studies seed by seed: each side's scores and the difference A − B with its 95% CI",
+    "pair two eval-toyworld studies seed by seed: each side's scores and the difference A − B with its 95%% CI",
     _compare_toyworld_args,
 )
 def run_compare_toyworld(args: argparse.Namespace) -> int:

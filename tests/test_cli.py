@@ -166,3 +166,12 @@ def test_subcommands_are_registered_in_a_table():
     assert {"export", "inspect"} <= set(cli.SUBCOMMANDS)
     with pytest.raises(ValueError, match="registered twice"):
         cli.subcommand("export", "dup", lambda p: None)(lambda a: 0)
+
+
+@pytest.mark.parametrize("name", sorted(cli.SUBCOMMANDS))
+def test_every_subcommand_help_prints(name, capsys):
+    """argparse formats help text with %: a bare "95% CI" in a help string crashes --help."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main([name, "--help"])
+    assert stop.value.code == 0
+    assert f"usage: moslora-diffusion {name}" in capsys.readouterr().out
