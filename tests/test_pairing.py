@@ -77,6 +77,15 @@ def test_bad_files_are_named(tmp_path):
     bad.write_text(json.dumps({"runs": [{"method": "A", "seed": 0}], "methods": ["A"], "config": {}}))
     with pytest.raises(StudyError, match="run 0 has no 'subject_fidelity'"):
         pairing.load_study(tmp_path)
+    run = {"method": "A", "seed": 0, **{k: 0.5 for k in dreambench.METRICS}}
+    bad.write_text(
+        json.dumps({"runs": [{**run, "prior_preservation": "high"}], "methods": ["A"], "config": {}})
+    )
+    with pytest.raises(StudyError, match="run 0: 'prior_preservation' is not a number"):
+        pairing.load_study(bad)
+    bad.write_text(json.dumps({"runs": [run], "methods": [], "config": {}}))
+    with pytest.raises(StudyError, match="must be lists"):
+        pairing.load_study(bad)
 
 
 def test_cli_prints_the_table_and_fails_cleanly(tmp_path, capsys):

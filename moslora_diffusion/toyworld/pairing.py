@@ -38,10 +38,17 @@ def load_study(path: str | Path) -> dict[str, Any]:
     for key in ("runs", "methods", "config"):
         if key not in study:
             raise StudyError(f"{file}: not an eval-toyworld results.json (no {key!r})")
+    if not isinstance(study["runs"], list) or not isinstance(study["methods"], list) or not study["methods"]:
+        raise StudyError(f"{file}: not an eval-toyworld results.json ('runs' and 'methods' must be lists)")
     for i, run in enumerate(study["runs"]):
-        missing = [k for k in ("method", "seed", *METRICS) if k not in run]
+        missing = [k for k in ("method", "seed", *METRICS) if not isinstance(run, dict) or k not in run]
         if missing:
             raise StudyError(f"{file}: run {i} has no {', '.join(map(repr, missing))}")
+        bad = [
+            k for k in ("seed", *METRICS) if isinstance(run[k], bool) or not isinstance(run[k], (int, float))
+        ]
+        if bad:
+            raise StudyError(f"{file}: run {i}: {', '.join(map(repr, bad))} is not a number")
     study["_file"] = str(file)
     return study
 
