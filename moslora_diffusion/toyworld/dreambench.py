@@ -47,6 +47,13 @@ METRIC_LABELS = {
 }
 
 
+METHOD_KEYS = (
+    "moslora",
+    "lora",
+    "lora-2r",
+)  # --methods: MoSLoRA r, LoRA r, LoRA 2r (see BenchConfig.methods)
+
+
 @dataclasses.dataclass
 class BenchConfig:
     """What `eval-toyworld` runs. `quick` shrinks everything for tests."""
@@ -58,7 +65,7 @@ class BenchConfig:
     output_dir: str | None = None
     quick: bool = False  # fewer prompts (tests)
     extra_train_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    method_names: tuple[str, ...] = ("moslora", "lora", "lora-2r")
+    method_names: tuple[str, ...] = METHOD_KEYS
     curves: bool = False  # record each run's learning curve (the toy scorer every `curve_every` steps)
     curve_every: int = 100
     subject: str = "circle"  # a key of subject.SUBJECTS
@@ -505,7 +512,7 @@ def run_cli(args: Any) -> int:
         if v is not None
     }
     extra.update(parse_train_args(getattr(args, "train_arg", None) or []))
-    methods = tuple(m.strip() for m in (getattr(args, "methods", None) or "moslora,lora,lora-2r").split(","))
+    methods = tuple(m.strip() for m in (getattr(args, "methods", None) or ",".join(METHOD_KEYS)).split(","))
     subject = get_subject(getattr(args, "subject", None)).key
     if getattr(args, "smoke", False):
         cfg = BenchConfig.smoke_config(output_dir=args.output_dir, extra_train_args=extra, subject=subject)
@@ -525,9 +532,9 @@ def run_cli(args: Any) -> int:
             curves=bool(getattr(args, "curves", False)),
             subject=subject,
         )
-    unknown = set(cfg.method_names) - {"moslora", "lora", "lora-2r"}
+    unknown = set(cfg.method_names) - set(METHOD_KEYS)
     if unknown:
-        raise RequestError(f"--methods: unknown {sorted(unknown)}; choose from moslora, lora, lora-2r")
+        raise RequestError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHOD_KEYS)}")
     if cfg.seeds < 2:
         raise RequestError("--seeds must be at least 2 for a confidence interval")
     result = run_bench(cfg, workers=max(1, int(getattr(args, "workers", 1) or 1)))

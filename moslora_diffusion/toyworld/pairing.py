@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import StudyError
 from ..stats import format_mean_ci
-from .dreambench import METRIC_LABELS, METRICS, BenchConfig
+from .dreambench import METHOD_KEYS, METRIC_LABELS, METRICS, BenchConfig
 
 # What fixes the scored prompts and their sampling seeds: studies differing here cannot be paired.
 PANEL_KEYS = ("subject", "images_per_prompt", "quick")
@@ -62,10 +62,8 @@ def resolve_method(study: Mapping[str, Any], method: str | None) -> str:
     if method in methods:
         return method
     rank = int(study["config"].get("rank", 8))
-    keys = ("moslora", "lora", "lora-2r")
-    table = {
-        key: label for key, (label, _, _) in zip(keys, BenchConfig(rank=rank, method_names=keys).methods())
-    }
+    labels = BenchConfig(rank=rank, method_names=METHOD_KEYS).methods()
+    table = {key: label for key, (label, _, _) in zip(METHOD_KEYS, labels)}
     if table.get(method) in methods:
         return table[method]
     have = ", ".join(map(repr, methods))
