@@ -21,7 +21,7 @@ from .. import architectures
 from ..constants import COMPONENTS
 from ..errors import MoSLoraFormatError
 from .native import is_moslora_metadata, load_moslora_file, resolve_weights_path, split_key
-from .safetensors_io import read_header
+from .safetensors_io import read_header, tensor_digest
 
 __all__ = [
     "ModuleShape",
@@ -254,7 +254,8 @@ def describe_adapter_file(
 
     Keys: file, file_size, kind (moslora / diffusers / kohya), format (readable kind), version,
     architecture (sd1 / sd2 / sdxl or None), base_model, rank, alpha, prompt, steps, components, modules,
-    parameters, dtypes, training. Native files are fully validated unless ``header_only`` (then only
+    parameters, dtypes, weights_digest (see :func:`tensor_digest`; None with ``header_only``), training.
+    Native files are fully validated unless ``header_only`` (then only
     the header is read, as the web UI's picker does for large files).
     """
     header = path if isinstance(path, AdapterHeader) else read_adapter_header(path)
@@ -287,6 +288,7 @@ def describe_adapter_file(
         "dtypes": dict(
             Counter(_HEADER_DTYPES.get(info["dtype"], info["dtype"]) for info in header.tensors.values())
         ),
+        "weights_digest": None if header_only else tensor_digest(header.path),
         "training": training,
     }
 
@@ -316,6 +318,8 @@ def format_description(info: dict[str, Any]) -> str:
     lines.append(f"modules:      {info['modules']}")
     lines.append(f"parameters:   {info['parameters']:,}")
     lines.append("dtypes:       " + ", ".join(f"{k} ({n})" for k, n in info["dtypes"].items()))
+    if info.get("weights_digest"):
+        lines.append(f"weights:      {info['weights_digest']}")
     lines.append("components:")
     for comp, entry in info["components"].items():
         if "r" in entry:

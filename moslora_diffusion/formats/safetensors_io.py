@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -24,6 +25,7 @@ __all__ = [
     "check_not_pickle",
     "read_header",
     "read_safetensors",
+    "tensor_digest",
     "write_safetensors_atomic",
 ]
 
@@ -81,6 +83,24 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, dict
                 f"{path}: tensor '{name}' lies beyond the end of the file (truncated or corrupt)"
             )
     return dict(metadata), header
+
+
+def tensor_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a safetensors file's tensors (name, dtype, shape and bytes, by name), metadata left out.
+
+    Two adapters with equal digests hold bit-identical weights, whatever their metadata or tensor order.
+    """
+    _, tensors = read_header(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        for name in sorted(tensors):
+            info = tensors[name]
+            start, end = info["data_offsets"]
+            fh.seek(8 + header_len + start)
+            digest.update(json.dumps([name, info.get("dtype"), info.get("shape")]).encode())
+            digest.update(fh.read(end - start))
+    return "sha256:" + digest.hexdigest()
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

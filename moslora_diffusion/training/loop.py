@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import NonFiniteLossError, TrainConfigError
+from ..reproducible import require_reproducible_math
 from . import buckets, data, losses, models, outputs, prior, run_folder, validation
 from . import checkpoint as ckpt
 from .args import TrainConfig
@@ -421,6 +422,7 @@ def run_training(
     prompt fidelity; any other data set can bring its own.
     """
     validate_config(cfg)
+    require_reproducible_math()  # before the first matrix product of the run
     started = time.time()
     accelerator = _make_accelerator(cfg)
     try:

@@ -29,6 +29,7 @@ from typing import Any
 from ..constants import DIFFUSERS_WEIGHTS_NAME, KOHYA_WEIGHTS_NAME, MOSLORA_WEIGHTS_NAME
 from ..durable import fsync_file, replace_durably
 from ..errors import TrainConfigError
+from ..reproducible import math_settings
 from . import checkpoint as ckpt
 from .args import TrainConfig
 from .data import check_instance_data
@@ -257,7 +258,7 @@ def prepare_output_dir(cfg: TrainConfig, seed: int) -> None:
             ckpt.delete_folder(path)
         for name in ADAPTER_FILES:
             (out / name).unlink(missing_ok=True)
-    record = {"fingerprint": fingerprint(cfg), "seed": seed}
+    record = {"fingerprint": fingerprint(cfg), "seed": seed, "math": math_settings()}
     tmp = out / f".{RUN_RECORD}.tmp"
     tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     fsync_file(tmp)
