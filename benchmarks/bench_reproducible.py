@@ -26,7 +26,14 @@ from _common import append_section, markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # (rows, inner, cols): token x channel products of the SD 1.5 UNet at 256 px and of the toy model.
-GEMMS = [(1024, 320, 320), (256, 640, 640), (64, 1280, 1280), (1024, 320, 2560), (77, 768, 320), (256, 32, 96)]
+GEMMS = [
+    (1024, 320, 320),
+    (256, 640, 640),
+    (64, 1280, 1280),
+    (1024, 320, 2560),
+    (77, 768, 320),
+    (256, 32, 96),
+]
 MODES = {"AUTO": "", "OFF": "import torch\n_ = torch.ones(8, 8) @ torch.ones(8, 8)\n"}
 
 _CHILD = """
@@ -63,7 +70,9 @@ def _measure(mode: str, threads: int, steps: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
     code = _CHILD.format(prelude=MODES[mode], threads=threads, gemms=GEMMS, steps=steps)
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([sys.executable, "-c", code, tmp], capture_output=True, text=True, env=env, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, tmp], capture_output=True, text=True, env=env, cwd=ROOT
+        )
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -77,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60, help="toy training steps per run (0: GEMMs only)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--no-docs", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    parser.add_argument(
+        "--no-docs", action="store_true", help="print only; do not append to docs/benchmarks.md"
+    )
     args = parser.parse_args(argv)
 
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
@@ -93,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         best = {mode: min(r["train_s"] for r in runs[mode]) for mode in MODES}
         rows.append([f"toy training, {args.steps} steps, whole run (s)", f"{best['AUTO']:.1f}",
                      f"{best['OFF']:.1f}", f"{best['OFF'] / best['AUTO']:.3f}"])  # fmt: skip
-    table = markdown_table(["measure", "MKL_CBWR=AUTO (ours)", "no mode (OFF)", "speed AUTO vs OFF (>1: AUTO faster)"], rows)
+    table = markdown_table(
+        ["measure", "MKL_CBWR=AUTO (ours)", "no mode (OFF)", "speed AUTO vs OFF (>1: AUTO faster)"], rows
+    )
     print(table)
     if not args.no_docs:
         body = (f"{args.rounds} alternating rounds, best of each, {args.threads} torch threads; the ratio is "

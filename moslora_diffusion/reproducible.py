@@ -23,7 +23,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MKL_MODE_VARIABLE", "math_settings", "mkl_mode", "prepare_environment", "require_reproducible_math"]
+__all__ = [
+    "MKL_MODE_VARIABLE",
+    "math_settings",
+    "mkl_mode",
+    "prepare_environment",
+    "require_reproducible_math",
+]
 
 logger = logging.getLogger(__name__)
 

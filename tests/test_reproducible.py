@@ -47,7 +47,9 @@ def test_importing_after_torch_and_allocations_still_sets_the_mode():
 
 @needs_mkl
 def test_a_user_choice_is_kept():
-    proc = _python("import moslora_diffusion.reproducible as r; print(r.mkl_mode())", {"MKL_CBWR": "COMPATIBLE"})
+    proc = _python(
+        "import moslora_diffusion.reproducible as r; print(r.mkl_mode())", {"MKL_CBWR": "COMPATIBLE"}
+    )
     assert proc.stdout.strip() == "COMPATIBLE", proc.stderr[-2000:]
 
 
