@@ -455,3 +455,22 @@ def test_img2img_endpoint(server, tmp_path):
     with_adapter = img2img(start, 0.5, adapter="plain.safetensors")
     assert "plain.safetensors: 1" in read_parameters(with_adapter)
     assert not np.array_equal(_pixels(a), _pixels(with_adapter))  # adapters apply to img2img too
+
+
+def test_png_info_answers_a_huge_or_badly_escaped_chunk_at_once(server, tmp_path):
+    """Issue "Same seed, same adapter", fault 1: a 1 MB parameters chunk held the server for minutes."""
+    import time
+
+    from PIL.PngImagePlugin import PngInfo
+
+    client = server["client"]
+    for name, text in (("huge", "p\n" + "a" * 1_000_000), ("escape", 'p\nSteps: 2, Seed: 3, Bad: "a\\qb"')):
+        info = PngInfo()
+        info.add_text("parameters", text)
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{name}.png", pnginfo=info)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="more than the 65,536"):
+        client.predict(gradio_client.handle_file(str(tmp_path / "huge.png")), api_name="/png_info")
+    _, fields = client.predict(gradio_client.handle_file(str(tmp_path / "escape.png")), api_name="/png_info")
+    assert fields["Bad"] == "a\\qb" and fields["Seed"] == "3"
+    assert time.monotonic() - started < 20

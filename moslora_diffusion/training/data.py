@@ -190,13 +190,17 @@ def preprocess(
     w, h = image.size
     tw, th = _target(resolution)
     new_w, new_h = _covering_size((w, h), (tw, th))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     if center_crop or generator is None:
         top, left = (new_h - th) // 2, (new_w - tw) // 2
     else:
         top = int(torch.randint(0, new_h - th + 1, (1,), generator=generator))
         left = int(torch.randint(0, new_w - tw + 1, (1,), generator=generator))
-    image = image.crop((left, top, left + tw, top + th))
+    if (new_w, new_h) == (w, h):
+        image = image.crop((left, top, left + tw, top + th))
+    else:  # resize only the part that is kept: a 1x4000 image must not become a 512x2,048,000 one first
+        sx, sy = w / new_w, h / new_h
+        box = (left * sx, top * sy, (left + tw) * sx, (top + th) * sy)
+        image = image.resize((tw, th), Image.Resampling.BILINEAR, box=box)
     if random_flip and generator is not None and float(torch.rand((), generator=generator)) < 0.5:
         image = ImageOps.mirror(image)
     data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)

@@ -22,6 +22,8 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from ..errors import RequestError
+
 __all__ = [
     "format_parameters",
     "parse_parameters",
@@ -32,7 +34,10 @@ __all__ = [
     "generation_settings",
 ]
 
-_FIELD_RE = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_KEY_RE = re.compile(r"[\w ]+")
+# An infotext longer than this is not one this app or AUTOMATIC1111 wrote (theirs are a few hundred
+# characters); it is refused before parsing, so that an upload cannot hold the server.
+MAX_PARAMETERS_CHARS = 64 * 1024
 
 
 def _quote(value: Any) -> str:
@@ -105,17 +110,56 @@ def format_parameters(prompt: str, negative_prompt: str, fields: Mapping[str, An
     return "\n".join(lines)
 
 
+def _split_items(line: str) -> list[str]:
+    """``line`` cut at the commas outside double quotes (a backslash escapes inside quotes); linear time."""
+    items, start, quoted, escaped = [], 0, False, False
+    for i, ch in enumerate(line):
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            items.append(line[start:i])
+            start = i + 1
+    items.append(line[start:])
+    return items
+
+
+def _fields(line: str) -> list[tuple[str, str]]:
+    """The ``key: value`` items of an infotext's last line; items without a plain key are skipped."""
+    out = []
+    for item in _split_items(line):
+        key, sep, value = item.partition(":")
+        key, value = key.strip(), value.strip()
+        if not sep or not _KEY_RE.fullmatch(key):
+            continue
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            try:
+                value = str(json.loads(value))
+            except json.JSONDecodeError:
+                value = value[1:-1]  # a bad escape: keep the text between the quotes as it is
+        out.append((key, value))
+    return out
+
+
 def parse_parameters(text: str) -> dict[str, Any]:
-    """Parse an infotext back into ``{"Prompt": ..., "Negative prompt": ..., field: value}`` (strings)."""
+    """Parse an infotext back into ``{"Prompt": ..., "Negative prompt": ..., field: value}`` (strings).
+
+    Raises :class:`RequestError` for a text over :data:`MAX_PARAMETERS_CHARS`.
+    """
+    if len(text) > MAX_PARAMETERS_CHARS:
+        raise RequestError(
+            f"the image's parameters text has {len(text):,} characters, more than the {MAX_PARAMETERS_CHARS:,} "
+            "an infotext can have; not read"
+        )
     lines = text.strip().split("\n")
     last = lines[-1] if lines else ""
     fields: dict[str, Any] = {}
-    if len(_FIELD_RE.findall(last)) >= 3:
-        for key, value in _FIELD_RE.findall(last):
-            value = value.strip()
-            if value.startswith('"') and value.endswith('"'):
-                value = json.loads(value)
-            fields[key.strip()] = value
+    found = _fields(last)
+    if len(found) >= 3:
+        fields.update(found)
         lines = lines[:-1]
     prompt_lines, negative_lines, in_negative = [], [], False
     for line in lines:

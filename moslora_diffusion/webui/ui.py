@@ -114,7 +114,10 @@ def _png_info(path: str | None) -> tuple[str, dict[str, Any]]:
             "this image has no 'parameters' text chunk (not made by this app or AUTOMATIC1111?)",
             print_exception=False,
         )
-    return text, parse_parameters(text)
+    try:
+        return text, parse_parameters(text)
+    except MoSLoraError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
 
 
 def size_bounds(engine: Engine) -> tuple[int, int, int]:

@@ -1,0 +1,66 @@
+"""The third round of fault and bad-input testing (issue "Same seed, same adapter"): each fault fed on purpose.
+
+Every test here failed on the code before its fix; docs/reliability.md has a row for each.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from moslora_diffusion.errors import RequestError
+from moslora_diffusion.webui.pngmeta import MAX_PARAMETERS_CHARS, format_parameters, parse_parameters
+
+
+def test_infotext_parsing_is_linear_and_bounded():
+    line = "a" * (MAX_PARAMETERS_CHARS - 10)
+    started = time.perf_counter()
+    assert parse_parameters("p\n" + line)["Prompt"] == "p\n" + line
+    parse_parameters("p\n" + "key: 1," * (MAX_PARAMETERS_CHARS // 8))
+    assert time.perf_counter() - started < 0.5  # the regex took 39 s for 30k characters
+    with pytest.raises(RequestError, match="more than the 65,536"):
+        parse_parameters("p\n" + "a" * (MAX_PARAMETERS_CHARS + 1))
+    fields = {"Steps": 25, "Sampler": "DPM++ 2M", "Seed": 4, "Note": 'q"u,o:te\\', "Model": "m"}
+    text = format_parameters("a, b\nc", "neg: x", fields)
+    assert parse_parameters(text) == {"Prompt": "a, b\nc", "Negative prompt": "neg: x",
+                                      **{k: str(v) for k, v in fields.items()}}  # fmt: skip
+    assert parse_parameters('p\nSteps: 2, Seed: 3, Bad: "a\\qb"')["Bad"] == "a\\qb"
+
+
+def test_an_extreme_aspect_ratio_is_cropped_before_it_is_resized():
+    """Fault 2: a 102-byte 1x4000 PNG at --resolution 512 peaked at 5 GB (resize to 512x2,048,000 first)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, time\nfrom PIL import Image\nfrom moslora_diffusion.training import data\n"
+        "t = time.perf_counter()\n"
+        "for pos in range(3):\n"
+        "    ex = data.preprocess(Image.new('RGB', (1, 4000), (9, 99, 199)), 'c', 512, False, False,\n"
+        "                         data.augmentation_generator(0, pos))\n"
+        "assert tuple(ex.pixels.shape) == (3, 512, 512)\n"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    seconds, peak_gib = map(float, proc.stdout.split())
+    assert seconds < 5 and peak_gib < 1.5, (seconds, peak_gib)
+
+
+def test_cropping_first_draws_what_resizing_first_drew():
+    import numpy as np
+    from PIL import Image
+
+    from moslora_diffusion.training import data
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 500, 3), dtype=np.uint8))
+    for resolution, center in ((64, True), (256, True), (96, False)):
+        gen = data.augmentation_generator(1, 2)
+        ex = data.preprocess(image, "c", resolution, center, False, gen)
+        new_w, new_h = data._covering_size(image.size, (resolution, resolution))
+        top, left = ex.crop_top_left
+        whole = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        ref = np.asarray(whole.crop((left, top, left + resolution, top + resolution)), dtype=np.float32)
+        got = (ex.pixels.permute(1, 2, 0).numpy() + 1.0) * 127.5
+        assert np.abs(got - ref).max() <= 1.01 and np.abs(got - ref).mean() < 0.01
