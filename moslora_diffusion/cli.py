@@ -233,9 +233,7 @@ def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="training processes at a time (1 torch thread each)"
     )
-    parser.add_argument(
-        "--no-docs", action="store_true", help="do not append the table to docs/quality.md"
-    )
+    parser.add_argument("--no-docs", action="store_true", help="do not append the table to docs/quality.md")
 
 
 @subcommand(

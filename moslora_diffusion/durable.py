@@ -7,9 +7,10 @@ zero-length or partial file under the final name.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_file", "fsync_dir", "fsync_tree", "replace_durably"]
+__all__ = ["fsync_file", "fsync_dir", "fsync_tree", "replace_durably", "write_atomic"]
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -42,3 +43,20 @@ def replace_durably(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """Rename a fully written (and fsynced) ``tmp`` onto ``final`` and make the rename itself durable."""
     os.replace(tmp, final)
     fsync_dir(Path(final).parent)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` durably, through a temporary name unique to this call."""
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        replace_durably(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -64,3 +64,59 @@ def test_cropping_first_draws_what_resizing_first_drew():
         ref = np.asarray(whole.crop((left, top, left + resolution, top + resolution)), dtype=np.float32)
         got = (ex.pixels.permute(1, 2, 0).numpy() + 1.0) * 127.5
         assert np.abs(got - ref).max() <= 1.01 and np.abs(got - ref).mean() < 0.01
+
+
+def _toy_args(out, *extra):
+    from moslora_diffusion import toyworld
+
+    return ["--pretrained_model_name_or_path", str(toyworld.base_model_path()),
+            "--instance_data_dir", str(toyworld.subject_path()), "--instance_prompt", "a sks circle",
+            "--resolution", "32", "--checkpointing_steps", "0", "--output_dir", str(out), *extra]  # fmt: skip
+
+
+_HOLD = """
+import sys, time
+from moslora_diffusion.training import parse_args, run_folder
+cfg = parse_args(sys.argv[1:])
+with run_folder.hold_output_dir(cfg):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_on_a_held_output_dir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
+    """Fault 3: two runs on one --output_dir both exited 0 and mixed their files."""
+    import subprocess
+    import sys
+
+    from moslora_diffusion.errors import TrainConfigError
+    from moslora_diffusion.training import parse_args, run_training
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, *_toy_args(out, "--seed", "1")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for extra in (["--seed", "2"], ["--seed", "1", "--resume_from_checkpoint", "latest"]):
+            with pytest.raises(TrainConfigError, match=rf"in use by another run \(pid {holder.pid} on "):
+                run_training(parse_args(_toy_args(out, "--max_train_steps", "1", *extra)))
+        assert not (out / "run.json").exists() and not list(out.glob("*.safetensors"))
+    finally:
+        holder.kill()
+        holder.wait()
+    result = run_training(parse_args(_toy_args(out, "--max_train_steps", "1", "--seed", "2")))
+    assert result.steps_done == 1 and (out / "moslora_weights.safetensors").is_file()
+
+
+def test_a_run_that_ended_while_another_waited_is_not_overwritten(tmp_path):
+    """Fault 3: the output folder is checked again once the lock is held (a run may have ended since)."""
+    from moslora_diffusion.errors import TrainConfigError
+    from moslora_diffusion.training import parse_args, run_folder, run_training
+
+    out = tmp_path / "run"
+    late = parse_args(_toy_args(out, "--max_train_steps", "1", "--seed", "5"))
+    run_folder.check_output_dir(late)  # the late run's preflight passes on the empty folder ...
+    run_training(parse_args(_toy_args(out, "--max_train_steps", "1", "--seed", "4")))  # ... another run ends
+    with pytest.raises(TrainConfigError, match="holds another run's work"):
+        with run_folder.hold_output_dir(late):
+            pass

@@ -426,10 +426,11 @@ def run_training(
     started = time.time()
     accelerator = _make_accelerator(cfg)
     try:
-        trainer = Trainer.setup(cfg, accelerator, callback)
-        trainer.scorer = scorer
-        trainer.resume()
-        return trainer.train(should_stop, started)
+        with run_folder.hold_output_dir(cfg, accelerator.is_main_process):
+            trainer = Trainer.setup(cfg, accelerator, callback)
+            trainer.scorer = scorer
+            trainer.resume()
+            return trainer.train(should_stop, started)
     finally:
         accelerator.end_training()
         from accelerate.state import AcceleratorState, GradientState

@@ -17,17 +17,21 @@ resuming) are not part of the fingerprint.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ..constants import DIFFUSERS_WEIGHTS_NAME, KOHYA_WEIGHTS_NAME, MOSLORA_WEIGHTS_NAME
-from ..durable import fsync_file, replace_durably
+from ..durable import write_atomic
 from ..errors import TrainConfigError
 from ..reproducible import math_settings
 from . import checkpoint as ckpt
@@ -37,6 +41,7 @@ from .data import check_instance_data
 logger = logging.getLogger(__name__)
 
 RUN_RECORD = "run.json"
+LOCK_NAME = ".moslora-run.lock"
 ADAPTER_FILES = (MOSLORA_WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME, KOHYA_WEIGHTS_NAME)
 # Settings that do not change the trained weights (see the module docstring).
 NOT_FINGERPRINTED = frozenset(
@@ -259,7 +264,37 @@ def prepare_output_dir(cfg: TrainConfig, seed: int) -> None:
         for name in ADAPTER_FILES:
             (out / name).unlink(missing_ok=True)
     record = {"fingerprint": fingerprint(cfg), "seed": seed, "math": math_settings()}
-    tmp = out / f".{RUN_RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-    fsync_file(tmp)
-    replace_durably(tmp, out / RUN_RECORD)
+    write_atomic(out / RUN_RECORD, json.dumps(record, indent=2, default=str))
+
+
+@contextmanager
+def hold_output_dir(cfg: TrainConfig, is_main: bool = True) -> Iterator[None]:
+    """Hold ``--output_dir`` for this run (main process): a second run on it is refused, naming the holder.
+
+    The lock is the operating system's (``flock`` on ``.moslora-run.lock``): it ends with the process, so a
+    killed run leaves no stale lock. The file names the holder (pid, host, start time) for the message.
+    """
+    if not is_main:
+        yield
+        return
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = path.read_text(encoding="utf-8", errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise TrainConfigError(
+            f"--output_dir {cfg.output_dir} is in use by another run ({holder}); wait for it to end or "
+            "use another --output_dir"
+        ) from None
+    try:
+        check_output_dir(cfg)  # again, now that no other run can start: one may have ended since preflight
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}".encode())
+        yield
+    finally:
+        os.close(fd)
