@@ -204,6 +204,9 @@ def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images_per_prompt", type=int, default=4)
     parser.add_argument("--output_dir", default="outputs/eval-toyworld", help="adapters, results.json, plot")
     parser.add_argument(
+        "--overwrite_output_dir", action="store_true", help="replace a previous study in --output_dir"
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="re-check in about 10 minutes on 2 cores: MoSLoRA vs LoRA at equal rank, 3 seeds, the full recipe",
@@ -231,7 +234,10 @@ def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
         help="bundled subject: circle (a new design on a known outline) or star (a new outline)",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="training processes at a time (1 torch thread each)"
+        "--workers",
+        type=int,
+        default=1,
+        help="training processes at a time (1 torch thread each; at most the cores)",
     )
     parser.add_argument("--no-docs", action="store_true", help="do not append the table to docs/quality.md")
 

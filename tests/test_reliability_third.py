@@ -120,3 +120,25 @@ def test_a_run_that_ended_while_another_waited_is_not_overwritten(tmp_path):
     with pytest.raises(TrainConfigError, match="holds another run's work"):
         with run_folder.hold_output_dir(late):
             pass
+
+
+def test_eval_toyworld_keeps_a_previous_study_and_caps_its_workers(tmp_path, capsys):
+    """Faults 4 and 7: a second study overwrote the first without a word; --workers 1000 started 7 processes."""
+    import os
+
+    from moslora_diffusion.cli import main
+
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "results.json").write_text('{"runs": []}')
+    assert main(["eval-toyworld", "--smoke", "--output_dir", str(out)]) != 0
+    assert "holds a previous study (results.json of " in capsys.readouterr().err
+    assert (out / "results.json").read_text() == '{"runs": []}'
+    cores = os.cpu_count() or 1
+    for workers in (cores + 1, 1000, 0):
+        assert (
+            main(["eval-toyworld", "--smoke", "--workers", str(workers), "--output_dir", str(tmp_path / "w")])
+            != 0
+        )
+        assert f"--workers {workers}: choose 1 to {cores}" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

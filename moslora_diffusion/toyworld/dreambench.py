@@ -496,6 +496,25 @@ def parse_train_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _check_workers(workers: int) -> int:
+    """``--workers`` within 1 and the machine's cores (more processes only fight for them)."""
+    cores = os.cpu_count() or 1
+    if not 1 <= workers <= cores:
+        raise RequestError(f"--workers {workers}: choose 1 to {cores} (this machine's cores)")
+    return workers
+
+
+def _check_study_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to write over a previous study's results unless asked to."""
+    results = out / "results.json"
+    if results.exists() and not overwrite:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(results.stat().st_mtime))
+        raise RequestError(
+            f"--output_dir {out} holds a previous study (results.json of {stamp}); use another --output_dir, "
+            "or --overwrite_output_dir to replace it"
+        )
+
+
 def run_cli(args: Any) -> int:
     """`moslora-diffusion eval-toyworld`: run, print the table, write results.json, the plot and the docs section."""
     import shlex
@@ -537,7 +556,9 @@ def run_cli(args: Any) -> int:
         raise RequestError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHOD_KEYS)}")
     if cfg.seeds < 2:
         raise RequestError("--seeds must be at least 2 for a confidence interval")
-    result = run_bench(cfg, workers=max(1, int(getattr(args, "workers", 1) or 1)))
+    workers = _check_workers(int(getattr(args, "workers", 1)))
+    _check_study_folder(Path(cfg.output_dir), bool(getattr(args, "overwrite_output_dir", False)))
+    result = run_bench(cfg, workers=workers)
     out = Path(cfg.output_dir)
     (out / "results.json").write_text(json.dumps(result, indent=2))
     table = summary_table(result)
@@ -571,7 +592,6 @@ def run_cli(args: Any) -> int:
         command = "moslora-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         n = result["n_images"]
         settings = ", ".join(f"--{k} {v}" for k, v in cfg.extra_train_args.items()) or "none"
-        workers = max(1, int(getattr(args, "workers", 1) or 1))
         body = (
             (f"{workers} worker processes with 1 torch thread each. " if workers > 1 else "")
             + f"Each method trained on the bundled {cfg.subject!r} subject ({get_subject(cfg.subject).description}) "

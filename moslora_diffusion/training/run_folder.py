@@ -272,7 +272,8 @@ def hold_output_dir(cfg: TrainConfig, is_main: bool = True) -> Iterator[None]:
     """Hold ``--output_dir`` for this run (main process): a second run on it is refused, naming the holder.
 
     The lock is the operating system's (``flock`` on ``.moslora-run.lock``): it ends with the process, so a
-    killed run leaves no stale lock. The file names the holder (pid, host, start time) for the message.
+    killed run leaves no stale lock. The file names the holder (pid, host, start time) for the message and
+    is removed when the run ends.
     """
     if not is_main:
         yield
@@ -280,16 +281,7 @@ def hold_output_dir(cfg: TrainConfig, is_main: bool = True) -> Iterator[None]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = path.read_text(encoding="utf-8", errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise TrainConfigError(
-            f"--output_dir {cfg.output_dir} is in use by another run ({holder}); wait for it to end or "
-            "use another --output_dir"
-        ) from None
+    fd = _lock(path, cfg.output_dir)
     try:
         check_output_dir(cfg)  # again, now that no other run can start: one may have ended since preflight
         started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -297,4 +289,26 @@ def hold_output_dir(cfg: TrainConfig, is_main: bool = True) -> Iterator[None]:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}".encode())
         yield
     finally:
+        path.unlink(missing_ok=True)  # before the lock ends: a waiting run then finds no file and retries
         os.close(fd)
+
+
+def _lock(path: Path, shown: str) -> int:
+    """An open descriptor of ``path`` holding its exclusive lock (the file that is still there, not a removed one)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = path.read_text(encoding="utf-8", errors="replace").strip() or "starting"
+            os.close(fd)
+            raise TrainConfigError(
+                f"--output_dir {shown} is in use by another run ({holder}); wait for it to end or use "
+                "another --output_dir"
+            ) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed the file as we opened it: lock the new one
