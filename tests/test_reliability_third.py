@@ -142,3 +142,58 @@ def test_eval_toyworld_keeps_a_previous_study_and_caps_its_workers(tmp_path, cap
         )
         assert f"--workers {workers}: choose 1 to {cores}" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_a_16_bit_grey_png_loads_as_its_grey(tmp_path):
+    """Fault 5: a mid-grey 16-bit PNG loaded as white and trained."""
+    import numpy as np
+    from PIL import Image
+
+    from moslora_diffusion.training import data
+
+    for value, expected in ((32896, 128), (0, 0), (65535, 255), (1000, 4)):
+        path = tmp_path / f"grey{value}.png"
+        Image.fromarray(np.full((4, 6), value, dtype=np.uint16)).save(path)
+        with Image.open(path) as im:
+            assert im.mode.startswith("I")  # what Pillow makes of it
+        rgb = np.asarray(data.load_image(path))
+        assert rgb.shape == (4, 6, 3) and (rgb == expected).all(), (value, rgb[0, 0])
+
+
+def test_metadata_rows_for_missing_files_are_refused(tmp_path):
+    """Fault 5: metadata.jsonl rows naming files that are not there were ignored."""
+    import json
+
+    from PIL import Image
+
+    from moslora_diffusion.errors import TrainConfigError
+    from moslora_diffusion.training import data
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    rows = [{"file_name": "a.png", "text": "a sks dog"}, {"file_name": "b.png", "text": "a sks dog, left"}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(
+        TrainConfigError, match=r"metadata.jsonl: rows name files that are not images .*: b\.png"
+    ):
+        data.check_instance_data(str(tmp_path), None)
+    (tmp_path / "metadata.jsonl").write_text(json.dumps(rows[0]))
+    assert data.check_instance_data(str(tmp_path), None).captions == ["a sks dog"]
+
+
+def test_empty_class_images_are_replaced_and_named(tmp_path, caplog):
+    """Fault 5: zero-byte class images made prior preservation use fewer class images, without a word."""
+    from PIL import Image
+
+    from moslora_diffusion.training import parse_args, prior
+
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(classes / f"c{i}.png")
+    (classes / "c3.png").write_bytes(b"")
+    (classes / "c4.png").write_bytes(b"")
+    cfg = parse_args(_toy_args(tmp_path / "out", "--with_prior_preservation", "--class_data_dir", str(classes),
+                               "--class_prompt", "a circle", "--num_class_images", "5"))  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert prior.missing_class_images(cfg) == 2
+    assert "2 unreadable class image(s)" in caplog.text and "c3.png" in caplog.text

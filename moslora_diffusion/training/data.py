@@ -46,11 +46,30 @@ def load_image(path: str | Path) -> Image.Image:
     with Image.open(path) as im:
         im = ImageOps.exif_transpose(im)
         im.load()
+    if im.mode in _WIDE_MODES:
+        im = _to_eight_bits(im, path)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im)
     return im.convert("RGB")
+
+
+# Pillow's one-channel modes wider than 8 bits: 16-bit PNGs open as I;16 (or I), which convert("RGB") clips
+# to 255 instead of scaling (mid-grey became white).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_eight_bits(im: Image.Image, path: str | Path) -> Image.Image:
+    import numpy as np
+
+    values = np.asarray(im, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise TrainConfigError(
+            f"{path}: {im.mode} pixels from {values.min()} to {values.max()} are outside 16-bit range; "
+            "save it as an 8- or 16-bit image"
+        )
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
 
 
 def check_image(path: str | Path) -> None:
@@ -84,11 +103,21 @@ def scan_images(folder: str | Path, default_caption: str | None = None) -> Image
     """Check every image of `folder` (headers, no decoding); unreadable files go to `.unreadable`, not raised.
 
     Training decodes each image once, later (`load_image`); preflight only needs to know they are images.
+    A `metadata.jsonl` row naming a file that is not an image of the folder is an error (a caption that
+    would silently go nowhere).
     """
     folder = Path(folder)
     metadata = _read_metadata(folder)
+    files = list_image_files(folder)
+    orphans = sorted(set(metadata) - {p.name for p in files})
+    if orphans:
+        raise TrainConfigError(
+            f"{folder / METADATA_NAME}: rows name files that are not images in {folder}: "
+            + ", ".join(orphans[:5])
+            + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+        )
     paths, captions, unreadable = [], [], []
-    for path in list_image_files(folder):
+    for path in files:
         try:
             check_image(path)
         except Exception as exc:  # PIL raises many types for broken files

@@ -13,15 +13,24 @@ from tqdm.auto import tqdm
 
 from ..errors import TrainConfigError
 from .args import TrainConfig
-from .data import list_image_files
+from .data import list_image_files, scan_images
 
 logger = logging.getLogger(__name__)
 
 
 def missing_class_images(cfg: TrainConfig) -> int:
+    """How many class images to generate: unreadable files (empty, truncated) do not count, and are named."""
     folder = Path(cfg.class_data_dir)
-    have = len(list_image_files(folder)) if folder.is_dir() else 0
-    return max(0, cfg.num_class_images - have)
+    if not folder.is_dir() or not list_image_files(folder):
+        return cfg.num_class_images
+    found = scan_images(folder, cfg.class_prompt)
+    if found.unreadable:
+        listing = "; ".join(f"{path.name} ({why})" for path, why in found.unreadable[:5])
+        logger.warning(
+            "%d unreadable class image(s) in %s are not used (new ones are made in their place): %s",
+            len(found.unreadable), folder, listing,
+        )  # fmt: skip
+    return max(0, cfg.num_class_images - len(found))
 
 
 def _load_pipeline(cfg: TrainConfig, arch: str, dtype: torch.dtype, device: torch.device) -> Any:
