@@ -197,3 +197,37 @@ def test_empty_class_images_are_replaced_and_named(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert prior.missing_class_images(cfg) == 2
     assert "2 unreadable class image(s)" in caplog.text and "c3.png" in caplog.text
+
+
+def test_a_text_encoder_module_stored_under_both_spellings_is_refused_everywhere(tiny_dirs, tmp_path):
+    """Fault 5: `export --format diffusers` and `load_moslora_weights` silently kept one of the two."""
+    from safetensors.torch import load_file, save_file
+
+    from moslora_diffusion.errors import MoSLoraFormatError
+    from moslora_diffusion.formats import export_adapter, load_moslora_file
+    from moslora_diffusion.formats.safetensors_io import read_header
+    from tests.pipeline_support import load_tiny, random_adapter
+
+    pipe = load_tiny(tiny_dirs, "sd1")
+    good = random_adapter(pipe, components=("text_encoder",)).save(tmp_path / "good.safetensors")
+    tensors = load_file(str(good))
+    metadata, _ = read_header(good)  # kept as written
+    first = sorted(k for k in tensors if k.startswith("text_encoder.") and "text_model." not in k)[0]
+    module = first.rsplit(".", 2)[0]
+    for part in ("lora_A", "lora_mixer", "lora_B"):
+        twin = module.replace("text_encoder.", "text_encoder.text_model.", 1) + f".{part}.weight"
+        tensors[twin] = tensors[f"{module}.{part}.weight"] * 2
+    bad = tmp_path / "twice.safetensors"
+    save_file(tensors, str(bad), metadata=metadata)
+    message = "is stored twice"
+    with pytest.raises(MoSLoraFormatError, match=message):
+        load_moslora_file(bad)
+    for fmt in ("diffusers", "kohya"):
+        with pytest.raises(MoSLoraFormatError, match=message):
+            export_adapter(bad, tmp_path / f"out-{fmt}.safetensors", fmt)
+        assert not (tmp_path / f"out-{fmt}.safetensors").exists()
+    import moslora_diffusion  # noqa: F401  (adds load_moslora_weights)
+
+    with pytest.raises(MoSLoraFormatError, match=message):
+        pipe.load_moslora_weights(str(bad), adapter_name="twice")
+    assert not pipe.get_list_adapters()

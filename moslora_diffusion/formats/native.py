@@ -22,7 +22,7 @@ from .. import architectures
 from ..constants import ARCHITECTURES, COMPONENTS, MIXER_INITS, MOSLORA_WEIGHTS_NAME
 from ..errors import MoSLoraFormatError
 from ..functional import check_shapes, fold_mixer, lora_scale, resolve_rank_alpha
-from .naming import path_variants
+from .naming import is_text_encoder, path_variants, strip_text_model
 from .safetensors_io import read_header, read_safetensors, write_safetensors_atomic
 
 FORMAT_TAG = "moslora"
@@ -340,9 +340,23 @@ class MoSLoraFile:
                     f"from moslora_config['{component}'] (r / rank_pattern)",
                 )
             self._check_fold_finite(component, path, A, M, B, src)
+        self._check_one_spelling(src)
         arch = self.architecture
         if arch is not None and arch not in ARCHITECTURES:
             raise _fail(src, f"base_model architecture {arch!r} is not one of {ARCHITECTURES}")
+
+    def _check_one_spelling(self, src: str | None) -> None:
+        """A text-encoder module stored under both CLIP spellings (with and without ``text_model.``) is one
+        module twice: every reader would silently keep only one of them."""
+        seen: dict[tuple[str, str], str] = {}
+        for component, path in self.module_index():
+            key = (component, strip_text_model(path) if is_text_encoder(component) else path)
+            if key in seen:
+                raise _fail(
+                    src,
+                    f"module '{component}.{key[1]}' is stored twice ('{seen[key]}' and '{path}'); keep one spelling",
+                )
+            seen[key] = path
 
     def _check_fold_finite(
         self, component: str, path: str, A: torch.Tensor, M: torch.Tensor, B: torch.Tensor, src: str | None
