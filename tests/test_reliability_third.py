@@ -231,3 +231,41 @@ def test_a_text_encoder_module_stored_under_both_spellings_is_refused_everywhere
     with pytest.raises(MoSLoraFormatError, match=message):
         pipe.load_moslora_weights(str(bad), adapter_name="twice")
     assert not pipe.get_list_adapters()
+
+
+def test_web_ui_sees_a_replaced_adapter_and_bounds_repeated_strengths(tiny_dirs, tmp_path):
+    """Fault 5: an adapter replaced by one of the same size and mtime kept being served from the cache;
+    `<lora:good:2>` four times added up to strength 8, past the documented -2...2."""
+    import os
+
+    import numpy as np
+
+    from moslora_diffusion.webui.engine import Engine, GenerationRequest
+    from tests.pipeline_support import load_tiny
+    from tests.webui_support import write_plain_lora
+
+    adapters = tmp_path / "adapters"
+    path = adapters / "good.safetensors"
+    write_plain_lora("sd1", path, seed=0)
+    engine = Engine(load_tiny(tiny_dirs, "sd1"), tiny_dirs["sd1"], adapters, tmp_path / "outputs")
+
+    def render() -> np.ndarray:
+        req = GenerationRequest(prompt="a <lora:good:1>", steps=2, width=32, height=32, seed=3)
+        return np.asarray(engine.generate(req)[0].image, dtype=np.int16)
+
+    first = render()
+    stat = path.stat()
+    write_plain_lora("sd1", tmp_path / "new.safetensors", seed=5)
+    assert (tmp_path / "new.safetensors").stat().st_size == stat.st_size
+    os.replace(tmp_path / "new.safetensors", path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = render()
+    assert np.abs(first - second).max() > 0  # the new weights, not the cached old ones
+    write_plain_lora("sd1", adapters / "fresh.safetensors", seed=5)
+    fresh = GenerationRequest(prompt="a <lora:fresh:1>", steps=2, width=32, height=32, seed=3)
+    assert np.array_equal(second, np.asarray(engine.generate(fresh)[0].image, dtype=np.int16))
+    with pytest.raises(
+        RequestError, match=r"strengths of good.safetensors \(given 4 times\) add up .* got 8"
+    ):
+        engine.generate(GenerationRequest(prompt="a" + " <lora:good:2>" * 4, steps=1, width=32, height=32))
+    engine.generate(GenerationRequest(prompt="a <lora:good:1> <lora:good:1>", steps=1, width=32, height=32))
