@@ -269,3 +269,52 @@ def test_web_ui_sees_a_replaced_adapter_and_bounds_repeated_strengths(tiny_dirs,
     ):
         engine.generate(GenerationRequest(prompt="a" + " <lora:good:2>" * 4, steps=1, width=32, height=32))
     engine.generate(GenerationRequest(prompt="a <lora:good:1> <lora:good:1>", steps=1, width=32, height=32))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["runs"].append(dict(s["runs"][0])), r"'A' at seed 0 appears twice"),
+        (
+            lambda s: s["runs"][1].update(subject_fidelity=5.0),
+            r"'subject_fidelity' is not a number from 0 to 1",
+        ),
+        (lambda s: s["runs"][1].update(seed=1.5), r"'seed' 1.5 is not a whole number"),
+        (
+            lambda s: s["runs"][1].update(seed=10**30),
+            r"'seed' 1000000000000000000000000000000 is not a whole",
+        ),
+        (lambda s: s["runs"][1].update(method=["A"]), r"'method' is not a name"),
+        (lambda s: s.update(methods=[{"x": 1}]), r"'methods' must hold names"),
+        (lambda s: s.update(config="rank 8"), r"'config' must be an object"),
+    ],
+)
+def test_compare_toyworld_refuses_impossible_studies(tmp_path, change, message):
+    """Faults 5 and 6: duplicated seeds and a metric of 5.0 gave "200.0 ± 3176.5"; odd types, tracebacks."""
+    import json
+
+    from moslora_diffusion.errors import StudyError
+    from moslora_diffusion.toyworld import dreambench, pairing
+
+    runs = [{"method": "A", "seed": s, **{m: 0.5 for m in dreambench.METRICS}} for s in range(2)]
+    study = {"runs": runs, "methods": ["A"], "config": {}}
+    change(study)
+    (tmp_path / "results.json").write_text(json.dumps(study))
+    with pytest.raises(StudyError, match=message):
+        pairing.load_study(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[" * 50_000 + "]" * 50_000, "nested deeper than 64"), ('{"runs": NaN}', "NaN is not a JSON number")],
+)
+def test_compare_toyworld_reads_hostile_json_with_a_message(tmp_path, text, message):
+    from moslora_diffusion.errors import StudyError
+    from moslora_diffusion.toyworld import pairing
+
+    (tmp_path / "results.json").write_text(text)
+    with pytest.raises(StudyError, match=message):
+        pairing.load_study(tmp_path)
+    (tmp_path / "results.json").write_bytes(b'{"runs": "\xff"}')
+    with pytest.raises(StudyError, match="not UTF-8"):
+        pairing.load_study(tmp_path)

@@ -8,12 +8,12 @@ then the flag's, and their mean and 95% CI say more than two separate intervals 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import StudyError
+from ..jsonio import read_json_file
 from ..stats import format_mean_ci
 from .dreambench import METHOD_KEYS, METRIC_LABELS, METRICS, BenchConfig
 
@@ -29,28 +29,44 @@ def load_study(path: str | Path) -> dict[str, Any]:
         raise StudyError(
             f"{file}: no such file (expected an eval-toyworld output folder or its results.json)"
         )
-    try:
-        study = json.loads(file.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StudyError(f"{file}: not an eval-toyworld results.json ({exc})") from None
+    study = read_json_file(file, StudyError, "not an eval-toyworld results.json")
     if not isinstance(study, dict):
         raise StudyError(f"{file}: not an eval-toyworld results.json (top level is not an object)")
     for key in ("runs", "methods", "config"):
         if key not in study:
             raise StudyError(f"{file}: not an eval-toyworld results.json (no {key!r})")
-    if not isinstance(study["runs"], list) or not isinstance(study["methods"], list) or not study["methods"]:
+    methods, runs = study["methods"], study["runs"]
+    if not isinstance(runs, list) or not isinstance(methods, list) or not methods:
         raise StudyError(f"{file}: not an eval-toyworld results.json ('runs' and 'methods' must be lists)")
-    for i, run in enumerate(study["runs"]):
-        missing = [k for k in ("method", "seed", *METRICS) if not isinstance(run, dict) or k not in run]
-        if missing:
-            raise StudyError(f"{file}: run {i} has no {', '.join(map(repr, missing))}")
-        bad = [
-            k for k in ("seed", *METRICS) if isinstance(run[k], bool) or not isinstance(run[k], (int, float))
-        ]
-        if bad:
-            raise StudyError(f"{file}: run {i}: {', '.join(map(repr, bad))} is not a number")
+    if not all(isinstance(m, str) for m in methods) or not isinstance(study["config"], dict):
+        raise StudyError(f"{file}: 'methods' must hold names and 'config' must be an object")
+    seen: set[tuple[str, int]] = set()
+    for i, run in enumerate(runs):
+        _check_run(file, i, run)
+        if (run["method"], run["seed"]) in seen:
+            raise StudyError(f"{file}: run {i}: {run['method']!r} at seed {run['seed']} appears twice")
+        seen.add((run["method"], run["seed"]))
     study["_file"] = str(file)
     return study
+
+
+def _check_run(file: Path, i: int, run: Any) -> None:
+    """One run of a results.json: a method name, a seed (a whole number) and each metric a share in [0, 1]."""
+    missing = [k for k in ("method", "seed", *METRICS) if not isinstance(run, dict) or k not in run]
+    if missing:
+        raise StudyError(f"{file}: run {i} has no {', '.join(map(repr, missing))}")
+    if not isinstance(run["method"], str):
+        raise StudyError(f"{file}: run {i}: 'method' is not a name")
+    seed = run["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise StudyError(f"{file}: run {i}: 'seed' {seed!r} is not a whole number from 0 to 2**32 - 1")
+    bad = [
+        k
+        for k in METRICS
+        if isinstance(run[k], bool) or not isinstance(run[k], (int, float)) or not 0.0 <= run[k] <= 1.0
+    ]
+    if bad:
+        raise StudyError(f"{file}: run {i}: {', '.join(map(repr, bad))} is not a number from 0 to 1")
 
 
 def resolve_method(study: Mapping[str, Any], method: str | None) -> str:
