@@ -22,14 +22,17 @@ import functools
 import hashlib
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import architectures
 from .constants import PREDICTION_TYPES
-from .errors import BaseModelError, MoSLoraFormatError
+from .errors import BaseModelError, MoSLoraError, MoSLoraFormatError
 from .formats.safetensors_io import PICKLE_SUFFIXES, read_header
+from .jsonio import read_json_file
 from .quiet import dropping
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
 ]
 
 UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
 # diffusers' default repository per architecture (whose configs from_single_file uses without `config`).
 DEFAULT_CONFIG_REPOS = {
     "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -104,7 +108,9 @@ def _detect(path: Path, tensors: dict[str, dict], metadata: dict[str, str]) -> s
     for prefix, arch in _TEXT_PREFIXES:
         if any(k.startswith(prefix) for k in tensors):
             return arch
-    widths = {tensors[k]["shape"][-1] for k in tensors if _CROSS_ATTENTION_KEY.match(k)}
+    widths = {
+        tensors[k]["shape"][-1] for k in tensors if _CROSS_ATTENTION_KEY.match(k) and tensors[k]["shape"]
+    }
     for width in widths:
         arch = architectures.from_text_width(width)
         if arch:
@@ -116,6 +122,28 @@ def _detect(path: Path, tensors: dict[str, dict], metadata: dict[str, str]) -> s
         f"{path}: cannot tell the architecture (no text-encoder keys, cross-attention widths "
         f"{sorted(widths) or 'none'}); pass --architecture sd1, sd2 or sdxl"
     )
+
+
+def _check_components(path: Path, tensors: dict[str, dict], arch: str) -> None:
+    """Every component of a single file is there, under the names diffusers' converter reads."""
+    needed = {"UNet": (UNET_PREFIX + "input_blocks.0.0.weight", UNET_PREFIX + "out.2.weight"),
+              "VAE": (VAE_PREFIX + "encoder.conv_in.weight", VAE_PREFIX + "decoder.conv_out.weight")}  # fmt: skip
+    for component, keys in needed.items():
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise BaseModelError(
+                f"{path}: the {component} is missing or incomplete (no {missing[0]}); a single file must hold "
+                "the UNet, the VAE and the text encoder(s)"
+            )
+    clip = "conditioner.embedders.0.transformer." if arch == "sdxl" else "cond_stage_model.transformer."
+    if arch in ("sd1", "sdxl") and not any(k.startswith(clip + "text_model.") for k in tensors):
+        found = any(k.startswith(clip) for k in tensors)
+        raise BaseModelError(
+            f"{path}: the CLIP text encoder's keys "
+            + (f"lack '{clip}text_model.' (written by a converter under transformers 5?)" if found
+               else f"are missing (no '{clip}text_model.*')")
+            + "; diffusers cannot load this text encoder"
+        )  # fmt: skip
 
 
 def inspect_checkpoint(
@@ -134,6 +162,8 @@ def inspect_checkpoint(
         metadata, tensors = read_header(path)
     except MoSLoraFormatError as exc:
         raise BaseModelError(str(exc)) from None
+    except OSError as exc:
+        raise BaseModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not any(k.startswith(UNET_PREFIX) for k in tensors):
         if any(".lora_" in k or "lora_down" in k or "lora_up" in k for k in tensors):
             raise BaseModelError(
@@ -144,12 +174,17 @@ def inspect_checkpoint(
             "layout); a diffusers-format model is a folder with model_index.json"
         )
     conv_in = tensors.get(UNET_PREFIX + "input_blocks.0.0.weight", {}).get("shape")
+    if conv_in is not None and len(conv_in) != 4:
+        raise BaseModelError(
+            f"{path}: the UNet's first convolution has shape {conv_in}, not a 4-D conv weight"
+        )
     if conv_in and conv_in[1] != 4:
         raise BaseModelError(
             f"{path}: the UNet takes {conv_in[1]} input channels (an inpainting or other special model); "
             "DreamBooth here trains text-to-image models with 4 latent channels"
         )
     detected = _detect(path, tensors, metadata)
+    _check_components(path, tensors, architectures.normalize(architecture) or detected)
     detected_pt = "v_prediction" if ("v_pred" in tensors or detected == "sd2") else "epsilon"
     if architecture is not None and architectures.normalize(architecture) is None:
         raise BaseModelError(f"architecture must be sd1, sd2 or sdxl, got {architecture!r}")
@@ -167,14 +202,31 @@ def inspect_checkpoint(
 def folder_architecture(folder: str | os.PathLike) -> str:
     """The architecture of a diffusers folder, from its model_index.json and UNet config (small JSON files)."""
     folder = Path(folder)
-    import json
-
     if not (folder / "model_index.json").is_file():
         raise BaseModelError(f"{folder}: not a diffusers-format folder (no model_index.json)")
-    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    index = read_json_file(folder / "model_index.json", BaseModelError)
     unet_config = folder / "unet" / "config.json"
-    unet = json.loads(unet_config.read_text(encoding="utf-8")) if unet_config.is_file() else {}
+    unet = read_json_file(unet_config, BaseModelError) if unet_config.is_file() else {}
+    if not isinstance(index, dict) or not isinstance(unet, dict):
+        raise BaseModelError(f"{folder}: model_index.json and unet/config.json must hold JSON objects")
     return architectures.detect(unet, index)
+
+
+def _check_tokenizers(folder: Path, arch: str) -> None:
+    """The tokenizer folders a config folder must bring (a single file has none): found and complete."""
+    for name in ("tokenizer", "tokenizer_2") if arch == "sdxl" else ("tokenizer",):
+        sub = folder / name
+        if not (
+            (sub / "tokenizer.json").is_file()
+            or ((sub / "vocab.json").is_file() and (sub / "merges.txt").is_file())
+        ):
+            raise BaseModelError(
+                f"--config {folder}: no usable {name}/ (it needs vocab.json and merges.txt, or tokenizer.json); "
+                "a single file holds no tokenizer, so the config folder must"
+            )
+        config = sub / "tokenizer_config.json"
+        if config.is_file() and not isinstance(read_json_file(config, BaseModelError), dict):
+            raise BaseModelError(f"{config}: must hold a JSON object")
 
 
 def check_config_folder(checkpoint: Checkpoint, config: str | os.PathLike | None) -> str | None:
@@ -197,6 +249,7 @@ def check_config_folder(checkpoint: Checkpoint, config: str | os.PathLike | None
                 f"--config {config} is an {arch} model but {checkpoint.path.name} is {checkpoint.architecture}; "
                 "use a config folder of the same architecture"
             )
+        _check_tokenizers(folder, arch)
         return str(folder)
     repo = DEFAULT_CONFIG_REPOS[checkpoint.architecture]
     from huggingface_hub import constants, try_to_load_from_cache
@@ -244,6 +297,23 @@ def list_single_files(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
+@contextmanager
+def _wrapped(source: str | os.PathLike) -> Iterator[None]:
+    """Whatever diffusers or transformers raise while building a pipeline becomes a `BaseModelError`."""
+    try:
+        yield
+    except MoSLoraError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the loaders raise anything from KeyError to OSError
+        if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+            raise
+        text = " ".join(str(exc).split())
+        raise BaseModelError(
+            f"{source}: cannot be loaded as a Stable Diffusion pipeline ({type(exc).__name__}: "
+            f"{text[:300] + '...' if len(text) > 300 else text})"
+        ) from exc
+
+
 def load_pipeline(
     name_or_path: str | os.PathLike,
     *,
@@ -275,7 +345,10 @@ def load_pipeline(
             kwargs.setdefault("requires_safety_checker", False)
         # diffusers casts the single-file VAE with `.to(dtype)` itself and then warns about its own cast,
         # listing no module ("should be kept in float32: []"): nothing a user can act on.
-        with dropping("diffusers.models.modeling_utils", ["should be kept in float32: []"]):
+        with (
+            dropping("diffusers.models.modeling_utils", ["should be kept in float32: []"]),
+            _wrapped(checkpoint.path),
+        ):
             pipe = cls.from_single_file(
                 str(checkpoint.path), config=config_source, dtype=dtype, local_files_only=config_source is not None,
                 **kwargs,
@@ -287,7 +360,8 @@ def load_pipeline(
                 "--architecture is for single-file checkpoints; a diffusers folder's architecture comes from "
                 "its configs"
             )
-        pipe = diffusers.DiffusionPipeline.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
+        with _wrapped(name_or_path):
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
     if prediction_type is not None and pipe.scheduler.config.get("prediction_type") != prediction_type:
         pipe.scheduler = type(pipe.scheduler).from_config(
             pipe.scheduler.config, prediction_type=prediction_type

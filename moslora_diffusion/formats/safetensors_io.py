@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -16,9 +18,14 @@ from safetensors.torch import load_file, save_file
 
 from ..durable import fsync_file, replace_durably
 from ..errors import MoSLoraFormatError
+from ..jsonio import parse_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _MAX_HEADER_BYTES = 100_000_000
+# Bits per element of each dtype the safetensors format names.
+DTYPE_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4,
+              "F6_E2M3": 6, "F6_E3M2": 6, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U64": 64, "U32": 32,
+              "U16": 16, "U8": 8, "BOOL": 8, "C64": 64}  # fmt: skip
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -69,20 +76,51 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, dict
             )
         raw = fh.read(header_len)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise MoSLoraFormatError(f"{path}: corrupt safetensors header ({exc})") from None
+    header = parse_json(
+        text, f"{path}: corrupt safetensors header", MoSLoraFormatError, max_chars=_MAX_HEADER_BYTES
+    )
     if not isinstance(header, dict):
         raise MoSLoraFormatError(f"{path}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise MoSLoraFormatError(f"{path}: corrupt safetensors header ('__metadata__' must map text to text)")
     data_len = size - 8 - header_len
     for name, info in header.items():
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not offsets or len(offsets) != 2 or offsets[1] > data_len:
-            raise MoSLoraFormatError(
-                f"{path}: tensor '{name}' lies beyond the end of the file (truncated or corrupt)"
-            )
+        problem = _entry_problem(info, data_len)
+        if problem:
+            raise MoSLoraFormatError(f"{path}: tensor '{name}' {problem} (truncated or corrupt)")
     return dict(metadata), header
+
+
+def _entry_problem(info: Any, data_len: int) -> str | None:
+    """What is wrong with one tensor entry of a safetensors header, or None."""
+    if not isinstance(info, dict):
+        return "has no dtype, shape and data_offsets"
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        return f"has an invalid shape {shape!r}"
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        return f"has invalid data_offsets {offsets!r}"
+    if offsets[1] > data_len:
+        return "lies beyond the end of the file"
+    bits = DTYPE_BITS.get(dtype) if isinstance(dtype, str) else None
+    if bits is None:
+        return f"has an unknown dtype {dtype!r}"
+    if math.prod(shape) * bits != (offsets[1] - offsets[0]) * 8:
+        return f"holds {offsets[1] - offsets[0]} bytes, not the {math.prod(shape) * bits // 8} its {dtype} shape {shape} needs"
+    return None
 
 
 def tensor_digest(path: str | os.PathLike) -> str:

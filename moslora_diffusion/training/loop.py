@@ -479,15 +479,15 @@ class Trainer:
             logger.info("no checkpoint in %s yet: starting a new run", cfg.output_dir)
         seed = _shared_seed(cfg, accelerator, ckpt.read_state(resume_path) if resume_path else None)
         _check_distributed_support(cfg, accelerator)
-        if is_main:
-            run_folder.prepare_output_dir(cfg, seed)
-        accelerator.wait_for_everyone()
 
         from accelerate.utils import set_seed
 
         set_seed(seed)
         weight_dtype = _DTYPES[cfg.mixed_precision]
         comps = models.load_components(cfg, weight_dtype, accelerator.device)
+        if is_main:  # after the base model loaded: one that cannot be loaded leaves the folder as it was
+            run_folder.prepare_output_dir(cfg, seed)
+        accelerator.wait_for_everyone()
         resolution = cfg.resolution or comps.default_resolution()
         models.add_adapters(cfg, comps)  # same seed on every process: identical initial adapters
         _enable_gradient_checkpointing(cfg, comps)
