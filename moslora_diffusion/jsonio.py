@@ -50,6 +50,19 @@ def _depth(text: str) -> int:
     return deepest
 
 
+def _check_strings(value: Any) -> None:
+    """Raise UnicodeEncodeError for a string that is not text (a lone surrogate from a ``\\udXXX`` escape)."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            key.encode("utf-8")
+            _check_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item)
+
+
 def parse_json(
     text: Any,
     where: str,
@@ -65,7 +78,11 @@ def parse_json(
     if _depth(text) > max_depth:
         raise error(f"{where}: JSON nested deeper than {max_depth} levels")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
+        _check_strings(value)
+        return value
+    except UnicodeEncodeError:
+        raise error(f"{where}: JSON text holds a lone surrogate escape (not a character)") from None
     except json.JSONDecodeError as exc:
         raise error(f"{where}: invalid JSON ({exc})") from None
     except _Constant as exc:

@@ -20,7 +20,14 @@ from typing import Any, NamedTuple
 from .. import architectures
 from ..constants import COMPONENTS
 from ..errors import MoSLoraFormatError
-from .native import is_moslora_metadata, load_moslora_file, resolve_weights_path, split_key
+from ..jsonio import parse_json
+from .native import (
+    is_moslora_metadata,
+    load_moslora_file,
+    parse_native_metadata,
+    resolve_weights_path,
+    split_key,
+)
 from .safetensors_io import read_header, tensor_digest
 
 __all__ = [
@@ -71,9 +78,11 @@ class AdapterHeader:
 
     def json_metadata(self, key: str) -> Any:
         """A JSON metadata entry, or None when absent or unreadable (descriptions never fail on it)."""
+        if key not in self.metadata:
+            return None
         try:
-            return json.loads(self.metadata[key]) if key in self.metadata else None
-        except (TypeError, ValueError):
+            return parse_json(self.metadata[key], key, MoSLoraFormatError)
+        except MoSLoraFormatError:
             return None
 
     @property
@@ -177,7 +186,19 @@ def read_adapter_header(path: str | os.PathLike) -> AdapterHeader:
     """
     p = resolve_weights_path(path)
     metadata, tensors = read_header(p)
+    odd = sorted({info["dtype"] for info in tensors.values()} - set(_HEADER_DTYPES))
+    if odd:
+        raise MoSLoraFormatError(
+            f"{p}: holds {', '.join(odd)} tensors; adapter weights must be float16, bfloat16, float32 or float64"
+        )
     kind, modules = sniff(metadata, tensors, str(p))
+    if kind == "moslora":
+        parse_native_metadata(metadata, str(p))  # what the loader will read: refused here already
+    empty = [m for m in modules if not m.a_shape or m.a_shape[0] == 0]
+    if empty:
+        raise MoSLoraFormatError(
+            f"{p}: module '{empty[0].component}.{empty[0].module_path}' has rank 0 (no weights)"
+        )
     return AdapterHeader(p, kind, metadata, tensors, modules)
 
 
@@ -302,6 +323,13 @@ def _human_size(n: int) -> str:
     return f"{n} B"
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes, newlines, NUL) shown as escapes, not obeyed."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode() for ch in text
+    )
+
+
 def format_description(info: dict[str, Any]) -> str:
     """Render :func:`describe_adapter_file`'s summary as readable text."""
     fmt = info["format"] + (f" v{info['version']}" if info.get("version") else "")
@@ -344,4 +372,4 @@ def format_description(info: dict[str, Any]) -> str:
         for key, value in training.items():
             text = value if isinstance(value, str) else json.dumps(value)
             lines.append(f"  {key}: {text if len(text) <= 200 else text[:197] + '...'}")
-    return "\n".join(lines)
+    return "\n".join(_printable(line) for line in lines)

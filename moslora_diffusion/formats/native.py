@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,15 @@ from .. import architectures
 from ..constants import ARCHITECTURES, COMPONENTS, MIXER_INITS, MOSLORA_WEIGHTS_NAME
 from ..errors import MoSLoraFormatError
 from ..functional import check_shapes, fold_mixer, lora_scale, resolve_rank_alpha
+from ..jsonio import parse_json
 from .naming import is_text_encoder, path_variants, strip_text_model
 from .safetensors_io import read_header, read_safetensors, write_safetensors_atomic
 
 FORMAT_TAG = "moslora"
 FORMAT_VERSION = "1"
 PARTS = ("lora_A", "lora_mixer", "lora_B")
+ADAPTER_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_METADATA_JSON_CHARS = 1024 * 1024  # a moslora_config, base_model or training entry
 FLOAT16_MAX = 65504.0  # the largest weight change a float16 pipeline can hold
 
 __all__ = [
@@ -112,6 +116,13 @@ class ComponentConfig:
                 for v in value.values()
             ):
                 raise MoSLoraFormatError(f"{where}.{key} must map module paths to numbers, got {value!r}")
+            for pattern in value:
+                try:
+                    re.compile(rf"(.*\.)?({pattern})$")
+                except (re.error, RecursionError, OverflowError) as exc:
+                    raise MoSLoraFormatError(
+                        f"{where}.{key}: {pattern!r} is not a valid pattern ({exc})"
+                    ) from None
             patterns[key] = dict(value)
         return cls(
             r=r,
@@ -178,10 +189,8 @@ def is_moslora_metadata(metadata: Mapping[str, str] | None) -> bool:
 
 
 def _parse_json(source: str | None, metadata: Mapping[str, str], key: str) -> Any:
-    try:
-        return json.loads(metadata[key])
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise _fail(source, f"metadata '{key}' is not valid JSON ({exc})") from None
+    where = f"{source or '<adapter>'}: metadata '{key}' is not valid JSON"
+    return parse_json(metadata[key], where, MoSLoraFormatError, max_chars=MAX_METADATA_JSON_CHARS)
 
 
 @dataclass
@@ -311,10 +320,10 @@ class MoSLoraFile:
                 )
             if parts[0] not in self.config:
                 raise _fail(src, f"key '{key}': component '{parts[0]}' has no entry in moslora_config")
-            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            if not isinstance(value, torch.Tensor) or value.dtype not in ADAPTER_DTYPES:
                 raise _fail(
                     src,
-                    f"key '{key}': expected a floating-point tensor, got {getattr(value, 'dtype', value)}",
+                    f"key '{key}': expected float16, bfloat16, float32 or float64, got {getattr(value, 'dtype', value)}",
                 )
             if not torch.isfinite(value).all():
                 raise _fail(src, f"key '{key}': contains NaN or infinite values")
@@ -408,31 +417,40 @@ class MoSLoraFile:
             raise _fail(
                 source, f"not a MoSLoRA file (metadata 'format' is {tag!r}, expected '{FORMAT_TAG}').{hint}"
             )
-        version = metadata.get("moslora_version")
-        if version != FORMAT_VERSION:
-            raise _fail(
-                source,
-                f"unsupported moslora_version {version!r}; this version of moslora-diffusion reads '1'",
-            )
-        if "moslora_config" not in metadata:
-            raise _fail(source, "metadata lacks 'moslora_config'")
-        raw_config = _parse_json(source, metadata, "moslora_config")
-        if not isinstance(raw_config, dict) or not raw_config:
-            raise _fail(source, "metadata 'moslora_config' must be a non-empty JSON object of components")
-        config = {}
-        for component, entry in raw_config.items():
-            try:
-                config[component] = ComponentConfig.from_dict(entry, f"moslora_config['{component}']")
-            except ValueError as exc:
-                raise _fail(source, str(exc)) from None
-        base_model = _parse_json(source, metadata, "base_model") if "base_model" in metadata else None
-        training = _parse_json(source, metadata, "training") if "training" in metadata else None
-        for key, value in (("base_model", base_model), ("training", training)):
-            if value is not None and not isinstance(value, dict):
-                raise _fail(source, f"metadata '{key}' must be a JSON object")
+        config, base_model, training = parse_native_metadata(metadata, source)
         result = cls(tensors, config, base_model, training, source)
         result.validate()
         return result
+
+
+def parse_native_metadata(
+    metadata: Mapping[str, str], source: str | None
+) -> tuple[dict[str, ComponentConfig], dict[str, Any] | None, dict[str, Any] | None]:
+    """(config per component, base_model, training) of a native file's metadata, checked; the header check
+    and the loader both read it here, so a file the picker accepts is one the loader accepts."""
+    version = metadata.get("moslora_version")
+    if version != FORMAT_VERSION:
+        raise _fail(
+            source,
+            f"unsupported moslora_version {version!r}; this version of moslora-diffusion reads '1'",
+        )
+    if "moslora_config" not in metadata:
+        raise _fail(source, "metadata lacks 'moslora_config'")
+    raw_config = _parse_json(source, metadata, "moslora_config")
+    if not isinstance(raw_config, dict) or not raw_config:
+        raise _fail(source, "metadata 'moslora_config' must be a non-empty JSON object of components")
+    config = {}
+    for component, entry in raw_config.items():
+        try:
+            config[component] = ComponentConfig.from_dict(entry, f"moslora_config['{component}']")
+        except ValueError as exc:
+            raise _fail(source, str(exc)) from None
+    base_model = _parse_json(source, metadata, "base_model") if "base_model" in metadata else None
+    training = _parse_json(source, metadata, "training") if "training" in metadata else None
+    for key, value in (("base_model", base_model), ("training", training)):
+        if value is not None and not isinstance(value, dict):
+            raise _fail(source, f"metadata '{key}' must be a JSON object")
+    return config, base_model, training
 
 
 def base_model_info(
