@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import MoSLoraError
 
-__all__ = ["MAX_JSON_CHARS", "MAX_JSON_DEPTH", "parse_json", "read_json_file"]
+__all__ = ["MAX_JSON_CHARS", "MAX_JSON_DEPTH", "parse_json", "read_json_file", "text_safe"]
 
 MAX_JSON_CHARS = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
@@ -109,3 +109,19 @@ def read_json_file(
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return parse_json(text, f"{path}: {what}" if what else str(path), error, max_chars)
+
+
+def text_safe(value: Any) -> Any:
+    """``value`` with every string made writable as UTF-8: bytes of a non-UTF-8 file name (which Python
+    keeps as lone surrogates) become ``\\xNN`` escapes. For what the toolkit writes into files and metadata."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {text_safe(k): text_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [text_safe(v) for v in value]
+    return value

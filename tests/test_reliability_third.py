@@ -318,3 +318,54 @@ def test_compare_toyworld_reads_hostile_json_with_a_message(tmp_path, text, mess
     (tmp_path / "results.json").write_bytes(b'{"runs": "\xff"}')
     with pytest.raises(StudyError, match="not UTF-8"):
         pairing.load_study(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("s0.txt", "a sks circle".encode("utf-16"), r"s0.txt: not UTF-8 text \(it looks like UTF-16\)"),
+        (
+            "metadata.jsonl",
+            '{"file_name": "s0.png", "text": "a sks café"}'.encode("latin-1"),
+            "metadata.jsonl: not UTF-8",
+        ),
+    ],
+)
+def test_captions_in_another_encoding_are_named(tmp_path, name, raw, message):
+    """Fault 6: a UTF-16 caption or a Latin-1 metadata.jsonl ended in a UnicodeDecodeError traceback."""
+    from PIL import Image
+
+    from moslora_diffusion.errors import TrainConfigError
+    from moslora_diffusion.training import data
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "s0.png")
+    (tmp_path / name).write_bytes(raw)
+    with pytest.raises(TrainConfigError, match=message):
+        data.check_instance_data(str(tmp_path), "a sks circle")
+    (tmp_path / name).write_bytes(
+        b"\xef\xbb\xbf" + raw.decode("utf-16" if name.endswith(".txt") else "latin-1").encode()
+    )
+    assert "sks" in data.check_instance_data(str(tmp_path), "x").captions[0]  # UTF-8 with a BOM is fine
+
+
+def test_an_instance_folder_with_a_non_utf8_name_trains_and_writes_its_card(tmp_path):
+    """Fault 6: the run trained fully, then the model card crashed (exit 1, no README)."""
+    import os
+    import shutil
+
+    from moslora_diffusion import toyworld
+    from moslora_diffusion.formats import load_moslora_file
+    from moslora_diffusion.training import parse_args, run_training
+
+    folder = os.fsdecode(os.fsencode(str(tmp_path)) + b"/subject-\xff")
+    shutil.copytree(toyworld.subject_path(), folder)
+    out = tmp_path / "out"
+    args = _toy_args(out, "--max_train_steps", "1")
+    args[args.index("--instance_data_dir") + 1] = folder
+    run_training(parse_args(args))
+    assert (out / "README.md").read_text(encoding="utf-8").startswith("---")
+    assert (
+        load_moslora_file(out / "moslora_weights.safetensors")
+        .training["instance_data_dir"]
+        .endswith("subject-\\xff")
+    )

@@ -23,7 +23,7 @@ from .. import architectures
 from ..constants import ARCHITECTURES, COMPONENTS, MIXER_INITS, MOSLORA_WEIGHTS_NAME
 from ..errors import MoSLoraFormatError
 from ..functional import check_shapes, fold_mixer, lora_scale, resolve_rank_alpha
-from ..jsonio import parse_json
+from ..jsonio import parse_json, text_safe
 from .naming import is_text_encoder, path_variants, strip_text_model
 from .safetensors_io import read_header, read_safetensors, write_safetensors_atomic
 
@@ -288,9 +288,9 @@ class MoSLoraFile:
             ),
         }
         if self.base_model:
-            meta["base_model"] = json.dumps(self.base_model, sort_keys=True)
+            meta["base_model"] = json.dumps(text_safe(self.base_model), sort_keys=True)
         if self.training:
-            meta["training"] = json.dumps(self.training, sort_keys=True, default=str)
+            meta["training"] = json.dumps(text_safe(self.training), sort_keys=True, default=str)
         return meta
 
     # ----------------------------------------------------------------- checks and IO

@@ -78,12 +78,25 @@ def check_image(path: str | Path) -> None:
         im.verify()
 
 
+def read_text(path: Path) -> str:
+    """A caption or metadata file as text: UTF-8 (a byte-order mark is fine); anything else is named."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        hint = " (it looks like UTF-16)" if path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise TrainConfigError(
+            f"{path}: not UTF-8 text{hint}: {exc.reason} at byte {exc.start}; save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise TrainConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def _read_metadata(folder: Path) -> dict[str, str]:
     path = folder / METADATA_NAME
     if not path.is_file():
         return {}
     captions: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -125,7 +138,7 @@ def scan_images(folder: str | Path, default_caption: str | None = None) -> Image
             continue
         caption = metadata.get(path.name)
         if caption is None and path.with_suffix(".txt").is_file():
-            caption = path.with_suffix(".txt").read_text(encoding="utf-8").strip() or None
+            caption = read_text(path.with_suffix(".txt")).strip() or None
         paths.append(path)
         captions.append(caption if caption is not None else default_caption)
     return ImageSet(paths, captions, unreadable)

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..durable import write_atomic
+from ..jsonio import text_safe
 from .args import TrainConfig
 
 _ARCH_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL"}
@@ -142,8 +144,5 @@ def render_model_card(
 
 
 def write_model_card(text: str, output_dir: str | Path) -> Path:
-    path = Path(output_dir) / "README.md"
-    tmp = path.with_name(".README.md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """Write the card as ``README.md`` (atomically; a non-UTF-8 file name in it is shown escaped)."""
+    return write_atomic(Path(output_dir) / "README.md", text_safe(text))
