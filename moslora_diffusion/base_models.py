@@ -46,6 +46,7 @@ __all__ = [
     "folder_architecture",
     "list_single_files",
     "load_pipeline",
+    "as_base_model_error",
     "file_sha256",
 ]
 
@@ -64,6 +65,7 @@ _TEXT_PREFIXES = (
     ("cond_stage_model.model.", "sd2"),  # LDM: OpenCLIP ViT-H
     ("cond_stage_model.transformer.", "sd1"),  # LDM: OpenAI CLIP ViT-L
 )
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 _CROSS_ATTENTION_KEY = re.compile(r"^model\.diffusion_model\..*\.attn2\.to_k\.weight$")
 
 
@@ -183,6 +185,16 @@ def inspect_checkpoint(
             f"{path}: the UNet takes {conv_in[1]} input channels (an inpainting or other special model); "
             "DreamBooth here trains text-to-image models with 4 latent channels"
         )
+    odd = [
+        k
+        for k, info in tensors.items()
+        if k.endswith((".weight", ".bias")) and info["dtype"] not in _FLOAT_DTYPES
+    ]
+    if odd:
+        raise BaseModelError(
+            f"{path}: '{odd[0]}' holds {tensors[odd[0]]['dtype']} values; a model's weights must be floating "
+            f"point ({len(odd)} such tensors)"
+        )
     detected = _detect(path, tensors, metadata)
     _check_components(path, tensors, architectures.normalize(architecture) or detected)
     detected_pt = "v_prediction" if ("v_pred" in tensors or detected == "sd2") else "epsilon"
@@ -298,7 +310,7 @@ def list_single_files(folder: str | os.PathLike) -> list[Path]:
 
 
 @contextmanager
-def _wrapped(source: str | os.PathLike) -> Iterator[None]:
+def as_base_model_error(source: str | os.PathLike) -> Iterator[None]:
     """Whatever diffusers or transformers raise while building a pipeline becomes a `BaseModelError`."""
     try:
         yield
@@ -347,7 +359,7 @@ def load_pipeline(
         # listing no module ("should be kept in float32: []"): nothing a user can act on.
         with (
             dropping("diffusers.models.modeling_utils", ["should be kept in float32: []"]),
-            _wrapped(checkpoint.path),
+            as_base_model_error(checkpoint.path),
         ):
             pipe = cls.from_single_file(
                 str(checkpoint.path), config=config_source, dtype=dtype, local_files_only=config_source is not None,
@@ -360,7 +372,7 @@ def load_pipeline(
                 "--architecture is for single-file checkpoints; a diffusers folder's architecture comes from "
                 "its configs"
             )
-        with _wrapped(name_or_path):
+        with as_base_model_error(name_or_path):
             pipe = diffusers.DiffusionPipeline.from_pretrained(str(name_or_path), dtype=dtype, **kwargs)
     if prediction_type is not None and pipe.scheduler.config.get("prediction_type") != prediction_type:
         pipe.scheduler = type(pipe.scheduler).from_config(

@@ -168,3 +168,29 @@ def test_a_broken_config_folder_is_named_before_training(damage, message, toy_fi
             "--output_dir", str(tmp_path / "out")]  # fmt: skip
     with pytest.raises(TrainConfigError, match=message):
         validate_config(parse_args(args))
+
+
+def test_integer_weights_are_refused_before_training(toy_file, tmp_path):
+    """Fault 8: bool / int32 base weights ended in a NaN-loss message that suggested a lower learning rate."""
+    header, data = _split(toy_file)
+    info = header[CONV_IN]
+    n = (info["data_offsets"][1] - info["data_offsets"][0]) // 4
+    header[CONV_IN] = {**info, "dtype": "I32"}
+    path = _write(tmp_path / "int.safetensors", header, data)
+    with pytest.raises(
+        BaseModelError, match=f"'{CONV_IN}' holds I32 values; a model's weights must be floating"
+    ):
+        base_models.inspect_checkpoint(path)
+    assert n > 0
+
+
+def test_bucket_settings_that_leave_no_bucket_are_refused_before_loading(tmp_path):
+    """Fault 8: `--bucket --resolution 32` with the default step 64 failed only after the model loaded."""
+    from moslora_diffusion.training import parse_args, validate_config
+
+    args = ["--pretrained_model_name_or_path", str(toyworld.base_model_path()), "--instance_data_dir",
+            str(toyworld.subject_path()), "--instance_prompt", "a sks circle", "--bucket", "--resolution", "32",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(TrainConfigError, match=r"--bucket: no bucket with sides in \[64, 64\] fits 32"):
+        validate_config(parse_args(args))
+    validate_config(parse_args([*args, "--bucket_step", "8"]))

@@ -15,8 +15,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+from ..errors import TrainConfigError
 
 __all__ = ["bucket_sizes", "choose_bucket", "assign_buckets", "BucketOrder", "histogram"]
 
@@ -62,6 +65,19 @@ def assign_buckets(
     high = max_side or max(low, resolution * 2 // step * step)
     sizes = bucket_sizes(resolution, step, low, high)
     return [choose_bucket(s, sizes, resolution, step, no_upscale) for s in image_sizes]
+
+
+def buckets_for(cfg: Any, image_sizes: list[Size], resolution: int) -> list[Size]:
+    """:func:`assign_buckets` with the training flags of ``cfg``; settings that leave no bucket are a
+    `TrainConfigError` (preflight calls it with no images once the resolution is known)."""
+    try:
+        return assign_buckets(image_sizes, resolution, cfg.bucket_step, cfg.min_bucket_side,
+                              cfg.max_bucket_side, cfg.bucket_no_upscale)  # fmt: skip
+    except ValueError as exc:
+        raise TrainConfigError(
+            f"--bucket: {exc} (resolution {resolution}, --bucket_step {cfg.bucket_step}, "
+            "--min_bucket_side / --max_bucket_side); use a smaller --bucket_step"
+        ) from None
 
 
 def histogram(buckets: list[Size]) -> str:

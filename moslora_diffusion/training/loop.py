@@ -499,16 +499,7 @@ class Trainer:
 
         bucket_of = None
         if cfg.bucket:
-            try:
-                bucket_of = buckets.assign_buckets(
-                    [s.image.size for s in instances], resolution, cfg.bucket_step,
-                    cfg.min_bucket_side, cfg.max_bucket_side, cfg.bucket_no_upscale,
-                )  # fmt: skip
-            except ValueError as exc:
-                raise TrainConfigError(
-                    f"--bucket: {exc} (resolution {resolution}, --bucket_step {cfg.bucket_step}, "
-                    "--min_bucket_side / --max_bucket_side); use a smaller --bucket_step"
-                ) from None
+            bucket_of = buckets.buckets_for(cfg, [s.image.size for s in instances], resolution)
             if is_main:
                 tqdm.write(f"aspect-ratio buckets (width x height):\n{buckets.histogram(bucket_of)}")
             order = buckets.BucketOrder(

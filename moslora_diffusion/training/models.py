@@ -20,7 +20,7 @@ from .. import architectures, base_models
 from ..adapters import add_moslora_adapter, matched_modules
 from ..config import MoSLoraConfig
 from ..constants import TEXT_ENCODERS as TEXT_COMPONENTS
-from ..errors import TrainConfigError
+from ..errors import BaseModelError, TrainConfigError
 from ..targets import resolve_targets
 from .args import TrainConfig
 
@@ -103,11 +103,22 @@ def load_components(cfg: TrainConfig, weight_dtype: torch.dtype, device: torch.d
     if base_models.is_single_file(cfg.pretrained_model_name_or_path):
         comps = _components_of_single_file(cfg, weight_dtype)
     else:
-        comps = _components_of_folder(cfg, weight_dtype)
+        with base_models.as_base_model_error(cfg.pretrained_model_name_or_path):
+            comps = _components_of_folder(cfg, weight_dtype)
     if cfg.pretrained_vae_model_name_or_path:
         from diffusers import AutoencoderKL
 
-        comps.vae = AutoencoderKL.from_pretrained(cfg.pretrained_vae_model_name_or_path, dtype=weight_dtype)
+        with base_models.as_base_model_error(cfg.pretrained_vae_model_name_or_path):
+            comps.vae = AutoencoderKL.from_pretrained(
+                cfg.pretrained_vae_model_name_or_path, dtype=weight_dtype
+            )
+    for model in (comps.unet, comps.vae, *comps.text_encoders):
+        odd = next((n for n, p in model.named_parameters() if not p.is_floating_point()), None)
+        if odd is not None:
+            raise BaseModelError(
+                f"{cfg.pretrained_model_name_or_path}: {type(model).__name__} weight '{odd}' is not floating "
+                "point; a base model's weights must be"
+            )
     for model in (comps.unet, comps.vae, *comps.text_encoders):
         model.requires_grad_(False)
         model.eval()

@@ -96,4 +96,8 @@ def validate_config(cfg: TrainConfig) -> None:
     check_model_source(cfg)
     check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
     check_class_data_dir(cfg)
+    if cfg.bucket and cfg.resolution:
+        from .buckets import buckets_for
+
+        buckets_for(cfg, [], cfg.resolution)
     check_output_dir(cfg)
