@@ -2,7 +2,7 @@
 
 Each measurement runs in a fresh process. "AUTO" is what every entry point of the package does (the mode is
 set at import); "OFF" multiplies one matrix before importing the package with ``MKL_CBWR`` unset, so MKL
-starts without a reproducible mode (what torch does on its own). Rounds alternate the two to share the
+starts without a reproducible mode (what torch does on its own). Rounds alternate the two (ABBA) to share the
 machine's noise; the table shows the fastest round of each and the ratio OFF/AUTO (above 1: AUTO faster).
 
     python benchmarks/bench_reproducible.py                 # GEMMs + 60 toy training steps, 3 rounds
@@ -48,7 +48,7 @@ for m, k, n in {gemms!r}:
     a, b = torch.randn(m, k), torch.randn(k, n)
     for _ in range(3):
         a @ b
-    reps = max(3, int(2e9 / (2 * m * k * n)))
+    reps = max(3, int(2e10 / (2 * m * k * n)))
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    for _ in range(args.rounds):
-        for mode in MODES:
+    for i in range(args.rounds):
+        for mode in list(MODES)[:: 1 if i % 2 == 0 else -1]:  # ABBA: drift in the machine cancels out
             runs[mode].append(_measure(mode, args.threads, args.steps))
     rows = []
     for shape in runs["AUTO"][0]["gemm"]:
