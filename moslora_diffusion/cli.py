@@ -239,7 +239,10 @@ def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="training processes at a time (1 torch thread each; at most the cores)",
     )
-    parser.add_argument("--no-docs", action="store_true", help="do not append the table to docs/quality.md")
+    parser.add_argument(
+        "--docs", metavar="PATH", default=None,
+        help="also append a dated section (command, table, figures) to this markdown file, e.g. docs/quality.md",
+    )  # fmt: skip
 
 
 @subcommand(
@@ -248,7 +251,7 @@ def _eval_toyworld_args(parser: argparse.ArgumentParser) -> None:
     _eval_toyworld_args,
 )
 def run_eval_toyworld(args: argparse.Namespace) -> int:
-    from .toyworld.dreambench import run_cli
+    from .yardstick.cli import run_cli
 
     return run_cli(args)
 
@@ -264,7 +267,10 @@ def _compare_toyworld_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--method_b", default=None, help="B's method, likewise; default: B's first")
     parser.add_argument(
-        "--docs", action="store_true", help="append the table, with this command, to docs/quality.md"
+        "--docs",
+        metavar="PATH",
+        default=None,
+        help="also append the table, with this command, to this markdown file",
     )
 
 
@@ -274,7 +280,7 @@ def _compare_toyworld_args(parser: argparse.ArgumentParser) -> None:
     _compare_toyworld_args,
 )
 def run_compare_toyworld(args: argparse.Namespace) -> int:
-    from .toyworld.pairing import run_cli as _run
+    from .yardstick.pairing import run_cli as _run
 
     return _run(args)
 

@@ -1,4 +1,4 @@
-"""Benchmark reports: machine description, markdown tables, and dated sections in docs/benchmarks.md."""
+"""Reports: machine description, markdown tables, and dated sections appended to a markdown file."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import platform
 import shlex
 import sys
 from pathlib import Path
-
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def machine_description(device: str = "cpu") -> str:
@@ -29,9 +27,9 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
 
 
 def append_section(
-    title: str, body: str, device: str = "cpu", docs: Path = DOCS, command: str | None = None
+    title: str, body: str, docs: Path, device: str = "cpu", command: str | None = None
 ) -> None:
-    """Append a dated section with the exact command and machine to docs/benchmarks.md."""
+    """Append a dated section with the exact command and machine to the markdown file ``docs``."""
     if command is None:
         command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -39,7 +37,7 @@ def append_section(
     docs.parent.mkdir(parents=True, exist_ok=True)
     if not docs.exists():
         docs.write_text(
-            "# Benchmarks\n\nEach section is appended by a script under `benchmarks/`; newest last.\n"
+            f"# {docs.stem.replace('_', ' ').capitalize()}\n\nDated sections, appended by commands; newest last.\n"
         )
     with docs.open("a") as f:
         f.write(text)

@@ -5,13 +5,15 @@ import json
 import pytest
 
 from moslora_diffusion.errors import StudyError
-from moslora_diffusion.toyworld import dreambench, pairing
+from moslora_diffusion.toyworld import scoring
+from moslora_diffusion.yardstick import config as study
+from moslora_diffusion.yardstick import pairing, report, runs
 
 
 def _study(tmp_path, name, methods, values, config=None, rank=8):
     """A results.json whose method ``m`` scores ``values[m][seed]`` on every metric."""
     runs = [
-        {"method": m, "seed": s, **{k: v for k in dreambench.METRICS}}
+        {"method": m, "seed": s, **{k: v for k in scoring.METRICS}}
         for m in methods
         for s, v in values[m].items()
     ]
@@ -44,7 +46,7 @@ def test_one_study_pairs_the_same_way_as_its_own_paired_table(tmp_path):
     study = pairing.load_study(folder / "results.json")
     table = pairing.comparison_table(pairing.compare_studies(study, study, "moslora", "lora-2r"))
     assert "| A − B, paired (3 seeds) | 13.3 ± 14.3 |" in table
-    assert "| MoSLoRA r=8 − LoRA r=16 (3 seeds) | 13.3 ± 14.3 |" in dreambench.paired_table(study)
+    assert "| MoSLoRA r=8 − LoRA r=16 (3 seeds) | 13.3 ± 14.3 |" in report.paired_table(study)
 
 
 def test_refuses_what_cannot_be_paired(tmp_path):
@@ -77,7 +79,7 @@ def test_bad_files_are_named(tmp_path):
     bad.write_text(json.dumps({"runs": [{"method": "A", "seed": 0}], "methods": ["A"], "config": {}}))
     with pytest.raises(StudyError, match="run 0 has no 'subject_fidelity'"):
         pairing.load_study(tmp_path)
-    run = {"method": "A", "seed": 0, **{k: 0.5 for k in dreambench.METRICS}}
+    run = {"method": "A", "seed": 0, **{k: 0.5 for k in scoring.METRICS}}
     bad.write_text(
         json.dumps({"runs": [{**run, "prior_preservation": "high"}], "methods": ["A"], "config": {}})
     )
@@ -107,9 +109,9 @@ def test_learning_curves_do_not_change_the_trained_adapter(tmp_path):
 
     from safetensors.torch import load_file
 
-    cfg = dreambench.BenchConfig.smoke_config(subject="star", curve_every=2)
-    plain, _ = dreambench.train_adapter("moslora", 4, 3, tmp_path / "plain", cfg)
-    curved, curve = dreambench.train_adapter(
+    cfg = study.BenchConfig.smoke_config(subject="star", curve_every=2)
+    plain, _ = runs.train_adapter("moslora", 4, 3, tmp_path / "plain", cfg)
+    curved, curve = runs.train_adapter(
         "moslora", 4, 3, tmp_path / "curved", dataclasses.replace(cfg, curves=True), curve=True
     )
     assert [p["step"] for p in curve] == [2, 4]
@@ -118,19 +120,31 @@ def test_learning_curves_do_not_change_the_trained_adapter(tmp_path):
 
 
 def test_cli_docs_appends_the_table_with_its_command(tmp_path, monkeypatch):
-    from moslora_diffusion import reporting
     from moslora_diffusion.cli import main
 
-    docs = tmp_path / "docs" / "benchmarks.md"
-    monkeypatch.setattr(reporting, "DOCS", docs)
+    docs = tmp_path / "docs" / "quality.md"
     vals = {"MoSLoRA r=8": {0: 0.5, 1: 1.0}, "LoRA r=8": {0: 0.25, 1: 0.75}}
     folder = _study(tmp_path, "s", ["MoSLoRA r=8", "LoRA r=8"], vals)
     monkeypatch.setattr(
         "sys.argv",
-        ["moslora-diffusion", "compare-toyworld", str(folder), str(folder), "--method_b", "lora", "--docs"],
+        [
+            "moslora-diffusion",
+            "compare-toyworld",
+            str(folder),
+            str(folder),
+            "--method_b",
+            "lora",
+            "--docs",
+            str(docs),
+        ],
     )
-    assert main(["compare-toyworld", str(folder), str(folder), "--method_b", "lora", "--docs"]) == 0
+    assert (
+        main(["compare-toyworld", str(folder), str(folder), "--method_b", "lora", "--docs", str(docs)]) == 0
+    )
     text = (tmp_path / "docs" / "quality.md").read_text()
     assert "## Toy-world paired comparison (compare-toyworld)" in text
-    assert f"- Command: `moslora-diffusion compare-toyworld {folder} {folder} --method_b lora --docs`" in text
+    assert (
+        f"- Command: `moslora-diffusion compare-toyworld {folder} {folder} --method_b lora --docs {docs}`"
+        in text
+    )
     assert "| A − B, paired (2 seeds) | 25.0 ± 0.0 |" in text

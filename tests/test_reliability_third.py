@@ -294,9 +294,10 @@ def test_compare_toyworld_refuses_impossible_studies(tmp_path, change, message):
     import json
 
     from moslora_diffusion.errors import StudyError
-    from moslora_diffusion.toyworld import dreambench, pairing
+    from moslora_diffusion.toyworld import scoring
+    from moslora_diffusion.yardstick import pairing
 
-    runs = [{"method": "A", "seed": s, **{m: 0.5 for m in dreambench.METRICS}} for s in range(2)]
+    runs = [{"method": "A", "seed": s, **{m: 0.5 for m in scoring.METRICS}} for s in range(2)]
     study = {"runs": runs, "methods": ["A"], "config": {}}
     change(study)
     (tmp_path / "results.json").write_text(json.dumps(study))
@@ -310,7 +311,7 @@ def test_compare_toyworld_refuses_impossible_studies(tmp_path, change, message):
 )
 def test_compare_toyworld_reads_hostile_json_with_a_message(tmp_path, text, message):
     from moslora_diffusion.errors import StudyError
-    from moslora_diffusion.toyworld import pairing
+    from moslora_diffusion.yardstick import pairing
 
     (tmp_path / "results.json").write_text(text)
     with pytest.raises(StudyError, match=message):

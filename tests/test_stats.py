@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from moslora_diffusion.stats import format_mean_ci, mean_ci95, t_critical_975
+from moslora_diffusion.yardstick.stats import format_mean_ci, mean_ci95, t_critical_975
 
 
 def test_mean_ci_matches_hand_computation():

@@ -281,7 +281,7 @@ def test_pretrain_smoke(tmp_path):
     """A few steps of every stage end in a pipeline directory that the stock loader reads."""
     from diffusers import StableDiffusionPipeline
 
-    from moslora_diffusion.toyworld.pretrain import PretrainConfig, pretrain
+    from tools.toyworld.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(
         output_dir=tmp_path,
@@ -308,8 +308,8 @@ def test_broaden_vae_anchor_keeps_world_latents_in_place():
 
     from moslora_diffusion.toyworld.data import training_scene
     from moslora_diffusion.toyworld.models import build_vae
-    from moslora_diffusion.toyworld.pretrain import PretrainConfig, broaden_vae, images_to_tensor
     from moslora_diffusion.toyworld.render import render_batch
+    from tools.toyworld.pretrain import PretrainConfig, broaden_vae, images_to_tensor
 
     torch.manual_seed(0)
     original = build_vae(scaling_factor=0.5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from moslora_diffusion.toyworld import dreambench
+from moslora_diffusion.toyworld import scoring
 from moslora_diffusion.toyworld.data import (
     HELD_OUT_TWO_COLOUR,
     SUBJECT_DESIGN_COLOURS,
@@ -155,7 +155,7 @@ def test_subject_lookup_and_entry_defaults():
 
 
 def test_star_yardstick_prompts_and_scores():
-    sets = dreambench.prompt_sets(images_per_prompt=1, quick=False, subject="star")
+    sets = scoring.prompt_sets(images_per_prompt=1, quick=False, subject="star")
     assert all(p.startswith("a sks shape on a ") for p, _, _ in sets["subject"])
     assert {exp[2] for _, exp, _ in sets["subject"]} == set(STAR.backgrounds)
     assert all(p.startswith(f"a {exp[1]} shape on a ") and exp[0] is None for p, exp, _ in sets["class"])
@@ -168,7 +168,7 @@ def test_star_yardstick_prompts_and_scores():
         ],
         "ordinary": [render(Scene(*exp, 18, 16, 16)) for _, exp, _ in sets["ordinary"]],
     }
-    assert dreambench.score_images(images, sets, "star") == {m: 1.0 for m in dreambench.METRICS}
+    assert scoring.score_images(images, sets, "star") == {m: 1.0 for m in scoring.METRICS}
     # the star drawn for class prompts is no longer the class: prior lost
     leaky = {
         **images,
@@ -176,7 +176,7 @@ def test_star_yardstick_prompts_and_scores():
             STAR.render(rng, exp[2] if exp[2] in STAR.backgrounds else "red") for _, exp, _ in sets["class"]
         ],
     }
-    assert dreambench.score_images(leaky, sets, "star")["prior_preservation"] == 0.0
+    assert scoring.score_images(leaky, sets, "star")["prior_preservation"] == 0.0
 
 
 def test_bundled_model_composes_held_out_two_colour_objects_but_not_the_subjects():
@@ -244,7 +244,7 @@ def test_bundled_vae_carries_both_subjects_and_the_world():
     from diffusers import AutoencoderKL
 
     from moslora_diffusion.toyworld import base_model_path
-    from moslora_diffusion.toyworld.vae_probe import round_trip_rates
+    from tools.toyworld.vae_probe import round_trip_rates
 
     torch.set_num_threads(2)
     vae = AutoencoderKL.from_pretrained(base_model_path() / "vae").eval()

@@ -32,8 +32,7 @@ def validation_scorer(
     """A scorer over the yardstick's subject prompts (4 backgrounds x ``subject_per_prompt``) and its
     ordinary-prompt panel (12 prompts x ``ordinary_per_prompt``): 20 images, about 4 s on 2 cores.
     ``subject``: a bundled subject or its key (default: the circle)."""
-    from .dreambench import prompt_sets, score_images
-    from .evaluate import generate
+    from .scoring import generate_families, prompt_sets, score_images
     from .subject import get_subject
 
     subject = get_subject(subject)
@@ -43,12 +42,8 @@ def validation_scorer(
     }
 
     def score(pipe: Any) -> dict[str, float]:
-        order = [(family, item) for family, items in panel.items() for item in items]
-        images = generate(pipe, [p for _, (p, _, _) in order], [s for _, (_, _, s) in order])
-        by_family: dict[str, list] = {family: [] for family in panel}
-        for (family, _), image in zip(order, images):
-            by_family[family].append(image)
-        scores = score_images({**by_family, "class": []}, {**panel, "class": []}, subject)
+        images = generate_families(pipe, panel)
+        scores = score_images({**images, "class": []}, {**panel, "class": []}, subject)
         return {label: scores[key] for key, label in SCORE_NAMES.items()}
 
     return score

@@ -1,6 +1,6 @@
 """Can the toy VAE carry an outline? Encoder-mean -> decoder round trips, read back by the reader.
 
-    python -m moslora_diffusion.toyworld.vae_probe [--pipeline DIR] [--n 128] [--grid PATH]
+    python -m tools.toyworld.vae_probe [--pipeline DIR] [--n 128] [--grid PATH]
 
 prints the share of round trips read right for world scenes (one- and two-colour) and each bundled subject's
 instance-style renders (its own detector), and can save a picture: originals above, round trips below. No
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .subject import SUBJECTS, Subject
+from moslora_diffusion.toyworld.subject import SUBJECTS, Subject
 
 
 def subject_renders(subject: Subject, n: int, seed: int = 5) -> np.ndarray:
@@ -27,7 +27,7 @@ def subject_renders(subject: Subject, n: int, seed: int = 5) -> np.ndarray:
 def round_trip_rates(vae, n: int = 128, seed: int = 5) -> dict[str, float]:
     """Share of round trips read right: ``world`` (one-colour scenes), ``world_two_colour`` and one entry
     per bundled subject key."""
-    from .pretrain import reconstruction_accuracy, round_trip
+    from tools.toyworld.pretrain import reconstruction_accuracy, round_trip
 
     rates = {
         "world": reconstruction_accuracy(vae, n=n, seed=seed, two_colour_p=0.0),
@@ -43,7 +43,7 @@ def round_trip_grid(vae, path: Path, per_subject: int = 8, seed: int = 5) -> Non
     """Save originals (top row) and their round trips (bottom row) for each subject, 4x enlarged."""
     from PIL import Image
 
-    from .pretrain import round_trip
+    from tools.toyworld.pretrain import round_trip
 
     images = np.concatenate([subject_renders(s, per_subject, seed) for s in SUBJECTS.values()])
     grid = np.concatenate([np.concatenate(list(images), 1), np.concatenate(list(round_trip(vae, images)), 1)])
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import AutoencoderKL
 
-    from . import base_model_path
+    from moslora_diffusion.toyworld import base_model_path
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pipeline", default=None, help="pipeline folder (default: the bundled base model)")

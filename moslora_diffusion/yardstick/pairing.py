@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import StudyError
 from ..jsonio import read_json_file
-from ..stats import format_mean_ci
-from .dreambench import METHOD_KEYS, METRIC_LABELS, METRICS, BenchConfig
+from .config import METHOD_KEYS, METRIC_LABELS, METRICS, BenchConfig
+from .stats import format_mean_ci
 
 # What fixes the scored prompts and their sampling seeds: studies differing here cannot be paired.
 PANEL_KEYS = ("subject", "images_per_prompt", "quick")
@@ -185,7 +185,7 @@ def comparison_table(comparison: Mapping[str, Any]) -> str:
 
 
 def run_cli(args: Any) -> int:
-    """`moslora-diffusion compare-toyworld`: print the paired table; with ``--docs`` append it to docs/quality.md."""
+    """`moslora-diffusion compare-toyworld`: print the paired table; with ``--docs PATH`` append it to PATH."""
     import shlex
     import sys
 
@@ -194,8 +194,8 @@ def run_cli(args: Any) -> int:
     )
     table = comparison_table(comparison)
     print(table)
-    if getattr(args, "docs", False):
-        from ..reporting import DOCS, append_section
+    if getattr(args, "docs", None):
+        from ..reporting import append_section
 
         command = "moslora-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         body = (
@@ -207,6 +207,6 @@ def run_cli(args: Any) -> int:
             "Toy-world paired comparison (compare-toyworld)",
             body,
             command=command,
-            docs=DOCS.parent / "quality.md",
+            docs=Path(args.docs),
         )
     return 0

@@ -24,11 +24,22 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from .data import HELD_OUT_COMBOS, HELD_OUT_TWO_COLOUR, training_caption, training_scene
-from .reader import matches_two_colour, read_attributes
-from .render import Scene, all_two_colour_combos, random_outline_array, random_scene, render_batch
-from .tokenizer import build_vocab_and_merges
+from moslora_diffusion.errors import ConfigError
+from moslora_diffusion.toyworld.data import (
+    HELD_OUT_COMBOS,
+    HELD_OUT_TWO_COLOUR,
+    training_caption,
+    training_scene,
+)
+from moslora_diffusion.toyworld.reader import matches_two_colour, read_attributes
+from moslora_diffusion.toyworld.render import (
+    Scene,
+    all_two_colour_combos,
+    random_outline_array,
+    random_scene,
+    render_batch,
+)
+from moslora_diffusion.toyworld.tokenizer import build_vocab_and_merges
 
 
 @dataclasses.dataclass
@@ -141,7 +152,7 @@ def train_vae(cfg: PretrainConfig, log: list[dict[str, Any]], vae=None):
     import torch
     from tqdm.auto import tqdm
 
-    from .models import build_vae
+    from moslora_diffusion.toyworld.models import build_vae
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1)
@@ -297,7 +308,7 @@ def save_pipeline(path: Path, vae, text_encoder, tokenizer, unet) -> None:
     """Save a stock StableDiffusionPipeline (DDIM scheduler, no safety checker), replacing ``path`` atomically."""
     from diffusers import StableDiffusionPipeline
 
-    from .models import build_sample_scheduler
+    from moslora_diffusion.toyworld.models import build_sample_scheduler
 
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -382,9 +393,14 @@ def pretrain(cfg: PretrainConfig) -> Path:
     from diffusers.training_utils import compute_snr
     from tqdm.auto import tqdm
 
-    from .evaluate import evaluate_base
-    from .models import build_text_encoder, build_train_scheduler, build_unet, build_vae
-    from .tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer_files
+    from moslora_diffusion.toyworld.evaluate import evaluate_base
+    from moslora_diffusion.toyworld.models import (
+        build_text_encoder,
+        build_train_scheduler,
+        build_unet,
+        build_vae,
+    )
+    from moslora_diffusion.toyworld.tokenizer import MAX_LENGTH, load_tokenizer, write_tokenizer_files
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)

@@ -1,6 +1,7 @@
-"""Pretrain the toy-world base model from scratch on the CPU (see moslora_diffusion/toyworld/pretrain.py).
+"""Pretrain the toy-world base model from scratch on the CPU (see tools/toyworld/pretrain.py). From the
+repository's root:
 
-    nice -n 5 python train_scripts/pretrain_toyworld.py --output-dir outputs/toyworld_pretrain
+    nice -n 5 python -m tools.toyworld.pretrain_toyworld --output-dir outputs/toyworld_pretrain
 
 writes OUTPUT/pipeline (a stock StableDiffusionPipeline), OUTPUT/loss_curve.png and OUTPUT/train_log.json.
 """
@@ -11,7 +12,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from moslora_diffusion.toyworld.pretrain import PretrainConfig, pretrain
+from tools.toyworld.pretrain import PretrainConfig, pretrain
 
 
 def main() -> None:

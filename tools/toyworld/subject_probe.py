@@ -1,6 +1,6 @@
 """How learnable is the bundled subject? A plain-PEFT LoRA DreamBooth probe on the toy-world base model.
 
-    python -m moslora_diffusion.toyworld.subject_probe --targets attn,ff,conv --rank 4 --steps 300
+    python -m tools.toyworld.subject_probe --targets attn,ff,conv --rank 4 --steps 300
 
 Trains a standard LoRA (no mixer, no prior preservation) on the subject's instance images with the
 instance prompt, then draws "a sks circle on a <colour> background" and reports how often the subject
@@ -43,10 +43,10 @@ def probe(
     from peft import LoraConfig
     from tqdm.auto import tqdm
 
-    from .evaluate import generate, load_pipeline
-    from .pretrain import images_to_tensor
-    from .reader import read_attributes
-    from .subject import INSTANCE_PROMPT, detect_subject, subject_info
+    from moslora_diffusion.toyworld.evaluate import generate, load_pipeline
+    from moslora_diffusion.toyworld.reader import read_attributes
+    from moslora_diffusion.toyworld.subject import INSTANCE_PROMPT, detect_subject, subject_info
+    from tools.toyworld.pretrain import images_to_tensor
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     torch.manual_seed(seed)
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     images = res.pop("images")
     if args.grid:
-        from .evaluate import make_grid
+        from moslora_diffusion.toyworld.evaluate import make_grid
 
         make_grid(images, ncols=8, scale=2).save(args.grid)
     print(json.dumps(res))
