@@ -7,10 +7,24 @@ zero-length or partial file under the final name.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["fsync_file", "fsync_dir", "fsync_tree", "replace_durably", "write_atomic"]
+__all__ = [
+    "fsync_file",
+    "fsync_dir",
+    "fsync_tree",
+    "replace_durably",
+    "temporary_beside",
+    "write_atomic",
+    "write_image",
+    "write_figure",
+    "copy_atomic",
+]
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -45,18 +59,55 @@ def replace_durably(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     fsync_dir(Path(final).parent)
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8) to ``path`` durably, through a temporary name unique to this call."""
+@contextmanager
+def temporary_beside(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name next to ``path``, unique to this call: write it fully inside the block; on leaving,
+    it is fsynced and renamed onto ``path`` durably (or removed if the block raised)."""
     path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        fsync_file(tmp)
         replace_durably(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def _write_with(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    with temporary_beside(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` durably, through a temporary name unique to this call."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return _write_with(path, lambda tmp: tmp.write_bytes(raw))
+
+
+def write_image(path: str | os.PathLike, image: Any, **save_kwargs: Any) -> Path:
+    """Save a PIL image durably; the format comes from ``path``'s suffix (``save_kwargs`` go to ``save``)."""
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(
+        Path(path).suffix.lower(), "PNG"
+    )
+    return _write_with(path, lambda tmp: image.save(tmp, format=fmt, **save_kwargs))
+
+
+def write_figure(path: str | os.PathLike, fig: Any, **savefig_kwargs: Any) -> Path:
+    """Save a matplotlib figure durably (format from the suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    try:
+        return _write_with(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kwargs))
+    finally:
+        plt.close(fig)
+
+
+def copy_atomic(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy a file onto ``path`` durably."""
+    return _write_with(path, lambda tmp: shutil.copyfile(source, tmp))

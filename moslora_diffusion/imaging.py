@@ -1,4 +1,5 @@
-"""Image helpers shared by the web UI, the quick start and the toy-world reports: labelled grids."""
+"""Image grids, the one place for them: plain tiles (validation samples, toy-world reports) and labelled grids
+(the web UI's compare grid, the quick start)."""
 
 from __future__ import annotations
 
@@ -60,4 +61,22 @@ def labelled_grid(
         for j, image in enumerate(row):
             cell = image.convert("RGB").resize((cw, ch), Image.NEAREST) if scale > 1 else image.convert("RGB")
             grid.paste(cell, (label_w + j * (cw + pad), y))
+    return grid
+
+
+def tile(
+    images: Sequence[Image.Image], ncols: int | None = None, scale: int = 1, pad: int = 0
+) -> Image.Image:
+    """Images row-major in a grid on white, each enlarged ``scale`` times (nearest neighbour) with ``pad``
+    pixels between and around them; ``ncols`` defaults to a near-square grid."""
+    if not images:
+        raise ValueError("a grid needs at least one image")
+    ncols = ncols or math.ceil(math.sqrt(len(images)))
+    w, h = images[0].size[0] * scale, images[0].size[1] * scale
+    nrows = math.ceil(len(images) / ncols)
+    grid = Image.new("RGB", (ncols * (w + pad) + pad, nrows * (h + pad) + pad), (255, 255, 255))
+    for i, im in enumerate(images):
+        r, c = divmod(i, ncols)
+        cell = im.convert("RGB") if scale == 1 else im.convert("RGB").resize((w, h), Image.Resampling.NEAREST)
+        grid.paste(cell, (pad + c * (w + pad), pad + r * (h + pad)))
     return grid

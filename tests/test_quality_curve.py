@@ -61,9 +61,9 @@ def test_toy_scorer_only_for_the_bundled_subject_on_the_bundled_model(tmp_path):
 
 
 def test_toy_scorer_reads_the_base_model(tmp_path):
-    from moslora_diffusion.toyworld.evaluate import load_pipeline
+    from moslora_diffusion.toyworld.evaluate import load_toy_pipeline
 
-    scores = quality.validation_scorer(1, 1)(load_pipeline())
+    scores = quality.validation_scorer(1, 1)(load_toy_pipeline())
     assert set(scores) == {"subject fidelity", "prompt fidelity", "ordinary prompts"}
     assert scores["subject fidelity"] <= 0.25  # the base model has never seen the subject
     assert scores["ordinary prompts"] >= 0.5  # and draws ordinary held-out prompts well

@@ -265,7 +265,8 @@ def test_toyworld_import_is_lazy():
 
 
 def test_scoring_counts_attributes():
-    from moslora_diffusion.toyworld.evaluate import make_grid, score
+    from moslora_diffusion.imaging import tile
+    from moslora_diffusion.toyworld.evaluate import score
 
     combos = list(HELD_OUT_COMBOS[:3])
     images = [render(Scene(*c)) for c in combos]
@@ -273,7 +274,7 @@ def test_scoring_counts_attributes():
     res = score(images, combos)
     assert res["n"] == 3 and res["shape"] == 1.0 and res["color"] == 1.0
     assert res["background"] == pytest.approx(2 / 3) and res["all_three"] == pytest.approx(2 / 3)
-    assert make_grid(images, ncols=2, scale=2, pad=2).size == (2 * 66 + 2, 2 * 66 + 2)
+    assert tile(images, ncols=2, scale=2, pad=2).size == (2 * 66 + 2, 2 * 66 + 2)
 
 
 @pytest.mark.slow

@@ -184,10 +184,10 @@ def test_bundled_model_composes_held_out_two_colour_objects_but_not_the_subjects
     subject (that is DreamBooth's job)."""
     import torch
 
-    from moslora_diffusion.toyworld.evaluate import generate, load_pipeline
+    from moslora_diffusion.toyworld.evaluate import generate, load_toy_pipeline
 
     torch.set_num_threads(2)
-    pipe = load_pipeline()
+    pipe = load_toy_pipeline()
     combos = list(HELD_OUT_TWO_COLOUR[::2])
     res = score(generate(pipe, [combo_caption(c) for c in combos], [0] * len(combos)), combos)
     assert res["all_three"] >= 0.75, res

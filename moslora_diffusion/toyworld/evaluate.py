@@ -18,26 +18,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..durable import write_atomic, write_image
+from ..imaging import tile
 from .data import HELD_OUT_COMBOS, HELD_OUT_TWO_COLOUR
 from .reader import halves_match, read_attributes, read_halves
 from .render import caption
 
 
-def make_grid(images: Sequence[Image.Image], ncols: int, scale: int = 2, pad: int = 2) -> Image.Image:
-    """Images tiled row-major into a grid, each enlarged ``scale`` times (nearest neighbour)."""
-    if not images:
-        raise ValueError("make_grid needs at least one image")
-    w, h = images[0].size
-    w, h = w * scale, h * scale
-    nrows = (len(images) + ncols - 1) // ncols
-    grid = Image.new("RGB", (ncols * (w + pad) + pad, nrows * (h + pad) + pad), (255, 255, 255))
-    for i, im in enumerate(images):
-        r, c = divmod(i, ncols)
-        grid.paste(im.resize((w, h), Image.Resampling.NEAREST), (pad + c * (w + pad), pad + r * (h + pad)))
-    return grid
-
-
-def load_pipeline(model: str | os.PathLike | None = None):
+def load_toy_pipeline(model: str | os.PathLike | None = None):
     """The bundled base model (or ``model``) as a float32 StableDiffusionPipeline on the CPU."""
     import torch
     from diffusers import StableDiffusionPipeline
@@ -143,7 +131,7 @@ def evaluate_base(
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if pipe is None:
-        pipe = load_pipeline(model)
+        pipe = load_toy_pipeline(model)
     items = eval_set(per_combo, combos)
     images = generate(pipe, [p for _, p, _ in items], [s for _, _, s in items], progress=progress)
     result = score(images, [c for c, _, _ in items])
@@ -151,7 +139,7 @@ def evaluate_base(
     if grid_path is not None:
         ncols = min(per_combo, 10)
         rows = [images[i * per_combo : i * per_combo + ncols] for i in range(len(combos))]
-        make_grid([im for row in rows for im in row], ncols=ncols, scale=2).save(grid_path)
+        write_image(grid_path, tile([im for row in rows for im in row], ncols=ncols, scale=2, pad=2))
     return result
 
 
@@ -172,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:
-        Path(args.json).write_text(text + "\n")
+        write_atomic(Path(args.json), text + "\n")
     return 0
 
 

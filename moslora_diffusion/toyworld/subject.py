@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..durable import write_atomic
 from .reader import matches_two_colour
 from .render import COLORS, SHAPES, compose, jitter_geometry, shape_mask, split_fill
 from .tokenizer import RARE_TOKEN
@@ -155,9 +156,7 @@ class Subject:
         ) as fh:  # the training script's captions
             for item in files:
                 fh.write(json.dumps({"file_name": item["file"], "text": item["caption"]}) + "\n")
-        tmp = directory / "subject.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, directory / "subject.json")
+        write_atomic(directory / "subject.json", json.dumps(info, indent=2) + "\n")
         return directory
 
     def info(self) -> dict[str, Any]:

@@ -13,9 +13,9 @@ import json
 import os
 import random
 import string
-import tempfile
 from pathlib import Path
 
+from ..durable import write_atomic
 from .render import COLORS, SHAPES
 
 MAX_LENGTH = 16
@@ -82,20 +82,13 @@ def build_vocab_and_merges(words: tuple[str, ...] = WORDS, seed: int = 0) -> tup
     return vocab, [f"{a} {b}" for a, b in merges]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_tokenizer_files(directory: str | os.PathLike) -> Path:
     """Write vocab.json, merges.txt and tokenizer_config.json into ``directory``; return it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab, merges = build_vocab_and_merges()
-    _atomic_write(directory / "vocab.json", json.dumps(vocab, indent=0, ensure_ascii=False))
-    _atomic_write(directory / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+    write_atomic(directory / "vocab.json", json.dumps(vocab, indent=0, ensure_ascii=False))
+    write_atomic(directory / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": MAX_LENGTH,
@@ -105,7 +98,7 @@ def write_tokenizer_files(directory: str | os.PathLike) -> Path:
         "pad_token": EOS,
         "do_lower_case": True,
     }
-    _atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2))
+    write_atomic(directory / "tokenizer_config.json", json.dumps(config, indent=2))
     return directory
 
 

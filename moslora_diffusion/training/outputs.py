@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import formats as fmt
+from ..durable import write_atomic, write_figure
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +86,6 @@ def write_adapter_files(
     return files
 
 
-def _save_figure(fig: Any, path: str | Path) -> Path:
-    """Write a matplotlib figure to ``path`` atomically (temporary name, then rename) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
 def plot_loss_curve(losses: list[float], path: str | Path) -> Path | None:
     """Save a PNG of the loss per step (with a moving average); None when matplotlib is missing."""
     if not losses:
@@ -121,7 +110,7 @@ def plot_loss_curve(losses: list[float], path: str | Path) -> Path | None:
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return write_figure(path, fig)
 
 
 QUALITY_NAME = "quality.json"
@@ -134,9 +123,7 @@ def write_quality(quality: list[dict[str, float]], out: str | Path) -> dict[str,
 
     out = Path(out)
     path = out / QUALITY_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(quality, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(quality, indent=1) + "\n")
     files = {"quality": path}
     curve = plot_quality_curve(quality, out / QUALITY_CURVE_NAME)
     if curve is not None:
@@ -165,4 +152,4 @@ def plot_quality_curve(quality: list[dict[str, float]], path: str | Path) -> Pat
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return write_figure(path, fig)

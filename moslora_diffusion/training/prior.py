@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..durable import write_atomic, write_image
 from ..errors import TrainConfigError
 from .args import TrainConfig
 from .data import list_image_files, scan_images
@@ -33,7 +34,7 @@ def missing_class_images(cfg: TrainConfig) -> int:
     return max(0, cfg.num_class_images - len(found))
 
 
-def _load_pipeline(cfg: TrainConfig, arch: str, dtype: torch.dtype, device: torch.device) -> Any:
+def _class_image_pipeline(cfg: TrainConfig, arch: str, dtype: torch.dtype, device: torch.device) -> Any:
     from diffusers import AutoencoderKL
 
     from ..base_models import load_pipeline
@@ -99,7 +100,7 @@ def generate_class_images(
             names.append(candidate)
         index += 1
     logger.info("generating %d class images for %d prompt(s) into %s", missing, len(prompts), folder)
-    pipe = _load_pipeline(cfg, arch, dtype, device)
+    pipe = _class_image_pipeline(cfg, arch, dtype, device)
     written = []
     seed = cfg.seed if cfg.seed is not None else 0
     with tqdm(total=missing, desc="class images", unit="img") as bar:
@@ -117,12 +118,8 @@ def generate_class_images(
             ).images
             for path, image, text in zip(batch, images, texts):
                 if with_captions:  # the caption first: an image is never there without its caption
-                    caption_tmp = path.with_name(f".{path.stem}.txt.tmp")
-                    caption_tmp.write_text(text + "\n", encoding="utf-8")
-                    caption_tmp.replace(path.with_suffix(".txt"))
-                tmp = path.with_name(f".{path.name}.tmp")
-                image.save(tmp, format="PNG")
-                tmp.replace(path)
+                    write_atomic(path.with_suffix(".txt"), text + "\n")
+                write_image(path, image)
                 written.append(path)
             bar.update(len(batch))
     del pipe

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from ..durable import write_image
+from ..imaging import tile
 from .models import Components
 
 VALIDATION_DIR = "validation"
@@ -68,23 +69,9 @@ def generate_samples(
     ).images
 
 
-def image_grid(images: list[Image.Image]) -> Image.Image:
-    """Images side by side in a near-square grid."""
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h), "white")
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    return grid
-
-
 def save_grid(images: list[Image.Image], output_dir: str | Path, step: int) -> Path:
     """Write `output_dir/validation/step-<step>.png` atomically and return its path."""
     folder = Path(output_dir) / VALIDATION_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:06d}.png"
-    tmp = folder / f".{path.name}.tmp.png"
-    image_grid(images).save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    return write_image(path, tile(images))

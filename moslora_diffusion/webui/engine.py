@@ -42,7 +42,7 @@ __all__ = [
     "GenerationStopped",
     "Engine",
     "validate_request",
-    "load_pipeline",
+    "load_serving_pipeline",
 ]
 
 MAX_SEED = 2**32 - 1
@@ -271,7 +271,7 @@ def list_models(models_dir: str | os.PathLike | None) -> dict[str, str]:
     return found
 
 
-def load_pipeline(
+def load_serving_pipeline(
     base_model: str | os.PathLike,
     device: str | None = None,
     dtype: str | None = None,
@@ -401,7 +401,7 @@ class Engine:
         self._acquire()
         try:
             old = self.pipe
-            pipe = load_pipeline(self.models[name], self._device, self._dtype, self.configs)
+            pipe = load_serving_pipeline(self.models[name], self._device, self._dtype, self.configs)
             self._use_pipeline(pipe, self.models[name])
             del old
             gc.collect()
@@ -421,7 +421,7 @@ class Engine:
         configs: dict[str, str] | None = None,
     ) -> Engine:
         return cls(
-            load_pipeline(base_model, device, dtype, configs),
+            load_serving_pipeline(base_model, device, dtype, configs),
             base_model,
             adapters_dir,
             output_dir,

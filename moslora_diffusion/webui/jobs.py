@@ -12,7 +12,6 @@ import importlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .. import toyworld
 from ..base_models import config_for
 from ..constants import ADAPTER_TYPES
+from ..durable import copy_atomic
 from ..errors import BusyError, RequestError
 from ..toyworld.quality import scorer_for
 from .adapter_files import ADAPTER_SUFFIX
@@ -160,14 +160,7 @@ def _install_adapter(weights: Path, adapters_dir: Path, name: str) -> str:
     final, k = name, 2
     while (adapters_dir / f"{final}{ADAPTER_SUFFIX}").exists():
         final, k = f"{name}-{k}", k + 1
-    fd, tmp = tempfile.mkstemp(prefix=f".{final}.", suffix=".tmp", dir=adapters_dir)
-    os.close(fd)
-    try:
-        shutil.copyfile(weights, tmp)
-        os.replace(tmp, adapters_dir / f"{final}{ADAPTER_SUFFIX}")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    copy_atomic(weights, adapters_dir / f"{final}{ADAPTER_SUFFIX}")
     return f"{final}{ADAPTER_SUFFIX}"
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from ..durable import write_image
 from ..errors import RequestError
 
 __all__ = [
@@ -176,16 +176,7 @@ def save_png(image: Image.Image, directory: str | os.PathLike, stem: str, parame
     directory.mkdir(parents=True, exist_ok=True)
     info = PngInfo()
     info.add_text("parameters", parameters)
-    path = directory / f"{stem}.png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".png.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_image(directory / f"{stem}.png", image, pnginfo=info)
 
 
 def read_parameters(path: str | os.PathLike) -> str | None:

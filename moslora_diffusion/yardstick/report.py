@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..durable import write_figure, write_image
 from ..toyworld.scoring import METRICS
 from ..toyworld.subject import get_subject
 from .config import METRIC_LABELS
@@ -81,9 +82,7 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     fig.tight_layout()  # the legend below the axes: it never hides a bar
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return write_figure(path, fig, dpi=100)
 
 
 CURVE_METRICS = {"subject fidelity": "subject fidelity", "ordinary prompts": "ordinary prompts (all 3 right)"}
@@ -93,13 +92,14 @@ def sample_grid(result: dict[str, Any], path: str | Path, seeds: int = 2, sampli
     """What the numbers look like: the subject prompt on each of the subject's backgrounds (``sampling_seeds``
     images each), one row for the base model, then one per method and training seed (the first ``seeds``),
     in the table's method order. Needs the runs' saved adapters."""
-    from ..toyworld.evaluate import generate, load_pipeline, make_grid
+    from ..imaging import tile
+    from ..toyworld.evaluate import generate, load_toy_pipeline
 
     subject = get_subject(result["config"]["subject"])
     prompts = [f"{subject.instance_prompt} on a {bg} background" for bg in subject.backgrounds]
     prompts = [p for p in prompts for _ in range(sampling_seeds)]
     draw_seeds = [k for _ in subject.backgrounds for k in range(sampling_seeds)]
-    pipe = load_pipeline()
+    pipe = load_toy_pipeline()
     pipe.set_progress_bar_config(disable=True)
     images = generate(pipe, prompts, draw_seeds)
     for method in result["methods"]:
@@ -110,7 +110,7 @@ def sample_grid(result: dict[str, Any], path: str | Path, seeds: int = 2, sampli
             finally:
                 pipe.delete_adapters(name)
     path = Path(path)
-    make_grid(images, ncols=len(prompts), scale=3).save(path)
+    write_image(path, tile(images, ncols=len(prompts), scale=3, pad=2))
     return path
 
 
@@ -153,9 +153,7 @@ def plot_curves(result: dict[str, Any], path: str | Path) -> Path | None:
     )
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return write_figure(path, fig, dpi=100)
 
 
 def append_study_section(

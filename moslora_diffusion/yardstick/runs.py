@@ -86,11 +86,11 @@ def _worker_init(log_dir: str, parent: int) -> None:
 
 
 def _score_adapter(weights: Path, name: str, sets: dict[str, list], subject: str) -> dict[str, float]:
-    from ..toyworld.evaluate import load_pipeline
+    from ..toyworld.evaluate import load_toy_pipeline
 
     global _WORKER_PIPE
     if _WORKER_PIPE is None:
-        _WORKER_PIPE = load_pipeline()
+        _WORKER_PIPE = load_toy_pipeline()
     pipe = _WORKER_PIPE
     adapter = pipe.load_moslora_weights(str(weights), adapter_name=name)
     try:
@@ -116,13 +116,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print, workers: int
     """Train and score every method x seed (``workers`` processes at a time); return scores and summaries."""
     from tqdm.auto import tqdm
 
-    from ..toyworld.evaluate import load_pipeline
+    from ..toyworld.evaluate import load_toy_pipeline
 
     started = time.time()
     sets = prompt_sets(cfg.images_per_prompt, cfg.quick, cfg.subject)
     work = Path(cfg.output_dir) if cfg.output_dir else Path(tempfile.mkdtemp(prefix="eval-toyworld-"))
     work.mkdir(parents=True, exist_ok=True)
-    base_scores = score_images(generate_families(load_pipeline(), sets), sets, cfg.subject)
+    base_scores = score_images(generate_families(load_toy_pipeline(), sets), sets, cfg.subject)
     log(f"base model: {json.dumps({k: round(v, 3) for k, v in base_scores.items()})}")
     # seeds outermost: a stopped study has every method at the seeds it finished (paired)
     tasks = [(label, adapter, rank, seed, cfg, str(work))

@@ -43,14 +43,14 @@ def probe(
     from peft import LoraConfig
     from tqdm.auto import tqdm
 
-    from moslora_diffusion.toyworld.evaluate import generate, load_pipeline
+    from moslora_diffusion.toyworld.evaluate import generate, load_toy_pipeline
     from moslora_diffusion.toyworld.reader import read_attributes
     from moslora_diffusion.toyworld.subject import INSTANCE_PROMPT, detect_subject, subject_info
     from tools.toyworld.pretrain import images_to_tensor
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     torch.manual_seed(seed)
-    pipe = load_pipeline(model)
+    pipe = load_toy_pipeline(model)
     unet, vae, te, tok = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     for m in (unet, vae, te):
         m.requires_grad_(False)
@@ -140,9 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     images = res.pop("images")
     if args.grid:
-        from moslora_diffusion.toyworld.evaluate import make_grid
+        from moslora_diffusion.imaging import tile
 
-        make_grid(images, ncols=8, scale=2).save(args.grid)
+        tile(images, ncols=8, scale=2, pad=2).save(args.grid)
     print(json.dumps(res))
     return 0
 
