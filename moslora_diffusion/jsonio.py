@@ -69,8 +69,10 @@ def parse_json(
     error: type[MoSLoraError],
     max_chars: int = MAX_JSON_CHARS,
     max_depth: int = MAX_JSON_DEPTH,
+    allow_nonfinite: bool = False,
 ) -> Any:
-    """``json.loads`` within size and depth bounds, without NaN / Infinity; else ``error`` naming ``where``."""
+    """``json.loads`` within size and depth bounds, without NaN / Infinity (unless ``allow_nonfinite``: the
+    caller checks its numbers and names the bad one); else ``error`` naming ``where``."""
     if not isinstance(text, str):
         raise error(f"{where}: expected JSON text, got {type(text).__name__}")
     if len(text) > max_chars:
@@ -78,7 +80,7 @@ def parse_json(
     if _depth(text) > max_depth:
         raise error(f"{where}: JSON nested deeper than {max_depth} levels")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=None if allow_nonfinite else _reject_constant)
         _check_strings(value)
         return value
     except UnicodeEncodeError:

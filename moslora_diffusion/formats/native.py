@@ -190,7 +190,8 @@ def is_moslora_metadata(metadata: Mapping[str, str] | None) -> bool:
 
 def _parse_json(source: str | None, metadata: Mapping[str, str], key: str) -> Any:
     where = f"{source or '<adapter>'}: metadata '{key}' is not valid JSON"
-    return parse_json(metadata[key], where, MoSLoraFormatError, max_chars=MAX_METADATA_JSON_CHARS)
+    # NaN / Infinity parse: the config's own checks name the field that holds one
+    return parse_json(metadata[key], where, MoSLoraFormatError, MAX_METADATA_JSON_CHARS, allow_nonfinite=True)
 
 
 @dataclass
