@@ -340,7 +340,6 @@ def load_pipeline(
     Single files go through ``from_single_file`` with the configs of :func:`check_config_folder`; the
     pipeline's scheduler gets the checkpoint's prediction type. ``prediction_type`` also overrides a
     folder's scheduler. ``kwargs`` go to the diffusers loader (components to replace, ``variant``…).
-    The pipeline carries ``moslora_checkpoint`` (a `Checkpoint`, or None for folders).
     """
     import diffusers
 
@@ -378,7 +377,6 @@ def load_pipeline(
         pipe.scheduler = type(pipe.scheduler).from_config(
             pipe.scheduler.config, prediction_type=prediction_type
         )
-    pipe.moslora_checkpoint = checkpoint
     return pipe
 
 

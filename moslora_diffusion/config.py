@@ -60,9 +60,10 @@ class MoSLoraConfig(LoraConfig):
             )
         from torch import nn
 
+        from .compat import register_custom_lora_layers
         from .layer import MoSLoraConv2d, MoSLoraLinear
 
-        self._register_custom_module({nn.Linear: MoSLoraLinear, nn.Conv2d: MoSLoraConv2d})
+        register_custom_lora_layers(self, {nn.Linear: MoSLoraLinear, nn.Conv2d: MoSLoraConv2d})
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form PEFT saves; its `peft_type` routes `from_pretrained` back to this class."""

@@ -19,6 +19,11 @@ __all__ = [
     "RequestError",
     "BaseModelError",
     "StudyError",
+    "LibraryVersionError",
+    "StoppedError",
+    "EngineBusy",
+    "JobBusy",
+    "GenerationStopped",
 ]
 
 
@@ -54,6 +59,10 @@ class StudyError(MoSLoraError):
     """An eval-toyworld results file that cannot be read, or two studies that cannot be paired as asked."""
 
 
+class LibraryVersionError(MoSLoraError):
+    """An installed library lacks an API this version of moslora-diffusion relies on (see ``compat``)."""
+
+
 class RequestError(MoSLoraError):
     """A request with a bad value: a command option, a generation or a web-UI training request."""
 
@@ -64,6 +73,22 @@ class OutputWriteError(MoSLoraError):
 
 class BusyError(MoSLoraError):
     """The generator or the trainer is busy with another request."""
+
+
+class EngineBusy(BusyError):
+    """Another generation holds the device for longer than the caller wanted to wait."""
+
+
+class JobBusy(BusyError):
+    """A training job is already running."""
+
+
+class StoppedError(MoSLoraError):
+    """The user stopped the work (a Stop button): not a fault, and nothing was left half-written."""
+
+
+class GenerationStopped(StoppedError):
+    """The user stopped a generation before its first image was done."""
 
 
 class NonFiniteLossError(MoSLoraError):

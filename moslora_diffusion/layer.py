@@ -89,28 +89,18 @@ def _declares_moslora(config: Any) -> bool:
 
 
 class _MoSLoraLayerMixin:
-    """Adds the mixer ModuleDict and the MoSLoRA entry of the `lora_variants` table.
+    """Adds the mixer ModuleDict, and resolves a config that asks for MoSLoRA to its variant.
 
     Adapters added to the same layer with a plain `LoraConfig` (which has no `use_moslora` field) are
     resolved against PEFT's own table and stay plain LoRA.
     """
 
     adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_mixer",)
-    _plain_lookup = False
-
-    @property
-    def lora_variants(self) -> dict[tuple[str, ...], Any]:
-        table = dict(super().lora_variants)
-        if not self._plain_lookup:
-            table[(VARIANT_FLAG,)] = MoSLoraVariant
-        return table
 
     def resolve_lora_variant(self, *, config: Any, **kwargs: Any) -> LoraVariant | None:
-        self._plain_lookup = not _declares_moslora(config)
-        try:
-            return super().resolve_lora_variant(config=config, **kwargs)
-        finally:
-            self._plain_lookup = False
+        if _declares_moslora(config) and getattr(config, VARIANT_FLAG):
+            return MoSLoraVariant()  # MoSLoraConfig refuses every other variant option, so none combines
+        return super().resolve_lora_variant(config=config, **kwargs)  # a plain LoraConfig: PEFT's own table
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config: Any, **kwargs: Any) -> None:
         if "lora_mixer" not in self._modules:

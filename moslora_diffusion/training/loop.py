@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..compat import reset_accelerate_state
 from ..errors import NonFiniteLossError, TrainConfigError
 from ..reproducible import require_reproducible_math
 from . import buckets, data, losses, models, outputs, prior, run_folder, validation
@@ -433,10 +434,7 @@ def run_training(
             return trainer.train(should_stop, started)
     finally:
         accelerator.end_training()
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state()
-        GradientState._reset_state()
+        reset_accelerate_state()
 
 
 class Trainer:

@@ -179,7 +179,7 @@ def _components_of_single_file(cfg: TrainConfig, weight_dtype: torch.dtype) -> C
         prediction_type=cfg.prediction_type,
         dtype=weight_dtype,
     )
-    arch = pipe.moslora_checkpoint.architecture
+    arch = base_models.inspect_checkpoint(cfg.pretrained_model_name_or_path, cfg.architecture).architecture
     text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if arch == "sdxl" else [])
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if arch == "sdxl" else [])
     noise_scheduler, inference_scheduler = _schedulers(pipe.scheduler.config, type(pipe.scheduler), None)

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import architectures, base_models, toyworld
-from ..errors import AdapterMismatchError, BaseModelError, BusyError, MoSLoraError, RequestError
+from ..errors import (
+    AdapterMismatchError,
+    BaseModelError,
+    EngineBusy,
+    GenerationStopped,
+    MoSLoraError,
+    RequestError,
+)
 from ..formats.inspect import describe_adapter_file
 from ..loading import check_file_fits, install_pipeline_methods
 from .adapter_files import ADAPTER_SUFFIX, list_adapters, safe_adapter_path
@@ -61,14 +68,6 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "UniPC": ("UniPCMultistepScheduler", {}),
 }
-
-
-class GenerationStopped(RequestError):
-    """The user stopped a generation before its first image was done."""
-
-
-class EngineBusy(BusyError):
-    """Another generation holds the device for longer than the caller wanted to wait."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from .. import toyworld
 from ..base_models import config_for
 from ..constants import ADAPTER_TYPES
 from ..durable import copy_atomic
-from ..errors import BusyError, RequestError
+from ..errors import JobBusy, RequestError
 from ..toyworld.quality import scorer_for
 from .adapter_files import ADAPTER_SUFFIX
 
@@ -42,10 +42,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 CANCELLING = "cancelling after the current step..."
 # The status line for training events (the events' own messages name server paths).
 _EVENT_NOTES = {"validation": "step {step}: preview updated", "checkpoint": "step {step}: checkpoint saved"}
-
-
-class JobBusy(BusyError):
-    """A training job is already running."""
 
 
 @dataclass(frozen=True)
