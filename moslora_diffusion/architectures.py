@@ -11,12 +11,73 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .constants import ARCHITECTURES
 
 # Width of the text conditioning (the UNet's cross_attention_dim) of each family's real models.
 TEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Every per-architecture fact the toolkit uses, in one row (see :data:`ARCHITECTURE_TABLE`)."""
+
+    key: str  # sd1, sd2, sdxl
+    display_name: str
+    pipeline_class: str  # diffusers' text-to-image pipeline
+    text_encoders: tuple[str, ...]  # pipeline components, in conditioning order
+    tokenizers: tuple[str, ...]
+    kohya_prefixes: dict[str, str]  # component -> kohya-ss module-name prefix
+    kohya_base_version: str  # ss_base_model_version of kohya-written files
+    modelspec_architecture: str  # modelspec.architecture of a LoRA for this base
+    default_config_repo: str  # diffusers' repository of configs and tokenizers for single files
+    single_file_text_prefixes: tuple[str, ...]  # text-encoder key prefixes of the original (LDM / SGM) layout
+    single_file_clip_prefix: str | None  # the CLIP (transformers) text encoder's prefix there, if it has one
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.key == "sdxl"
+
+
+ARCHITECTURE_TABLE: dict[str, Architecture] = {
+    "sd1": Architecture(
+        key="sd1", display_name="SD 1.x", pipeline_class="StableDiffusionPipeline",
+        text_encoders=("text_encoder",), tokenizers=("tokenizer",),
+        kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"}, kohya_base_version="sd_v1",
+        modelspec_architecture="stable-diffusion-v1/lora",
+        default_config_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        single_file_text_prefixes=("cond_stage_model.transformer.",),
+        single_file_clip_prefix="cond_stage_model.transformer.",
+    ),
+    "sd2": Architecture(
+        key="sd2", display_name="SD 2.x", pipeline_class="StableDiffusionPipeline",
+        text_encoders=("text_encoder",), tokenizers=("tokenizer",),
+        kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"}, kohya_base_version="sd_v2",
+        modelspec_architecture="stable-diffusion-v2-768-v/lora",
+        default_config_repo="stabilityai/stable-diffusion-2-1",
+        single_file_text_prefixes=("cond_stage_model.model.",),  # OpenCLIP ViT-H, not a transformers model
+        single_file_clip_prefix=None,
+    ),
+    "sdxl": Architecture(
+        key="sdxl", display_name="SDXL", pipeline_class="StableDiffusionXLPipeline",
+        text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"),
+        kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
+        kohya_base_version="sdxl_base_v1-0", modelspec_architecture="stable-diffusion-xl-v1-base/lora",
+        default_config_repo="stabilityai/stable-diffusion-xl-base-1.0",
+        single_file_text_prefixes=("conditioner.embedders.1.model.", "conditioner.embedders.0.transformer."),
+        single_file_clip_prefix="conditioner.embedders.0.transformer.",
+    ),
+}  # fmt: skip
+
+
+def spec(arch: str) -> Architecture:
+    """The table row of ``arch`` (sd1 / sd2 / sdxl)."""
+    try:
+        return ARCHITECTURE_TABLE[arch]
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}") from None
 
 
 def from_text_width(width: Any) -> str | None:

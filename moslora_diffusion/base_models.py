@@ -52,18 +52,11 @@ __all__ = [
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-# diffusers' default repository per architecture (whose configs from_single_file uses without `config`).
-DEFAULT_CONFIG_REPOS = {
-    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
-# Text-encoder key prefixes of the original layouts, in the order they are checked.
-_TEXT_PREFIXES = (
-    ("conditioner.embedders.1.model.", "sdxl"),  # SGM: OpenCLIP bigG second encoder
-    ("conditioner.embedders.0.transformer.", "sdxl"),
-    ("cond_stage_model.model.", "sd2"),  # LDM: OpenCLIP ViT-H
-    ("cond_stage_model.transformer.", "sd1"),  # LDM: OpenAI CLIP ViT-L
+# Text-encoder key prefixes of the original layouts, in the order they are checked (SDXL's first).
+_TEXT_PREFIXES = tuple(
+    (prefix, arch)
+    for arch in ("sdxl", "sd2", "sd1")
+    for prefix in architectures.spec(arch).single_file_text_prefixes
 )
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 _CROSS_ATTENTION_KEY = re.compile(r"^model\.diffusion_model\..*\.attn2\.to_k\.weight$")
@@ -81,7 +74,7 @@ class Checkpoint:
 
     @property
     def pipeline_class_name(self) -> str:
-        return "StableDiffusionXLPipeline" if self.architecture == "sdxl" else "StableDiffusionPipeline"
+        return architectures.spec(self.architecture).pipeline_class
 
 
 def is_single_file(name_or_path: str | os.PathLike | None) -> bool:
@@ -137,8 +130,8 @@ def _check_components(path: Path, tensors: dict[str, dict], arch: str) -> None:
                 f"{path}: the {component} is missing or incomplete (no {missing[0]}); a single file must hold "
                 "the UNet, the VAE and the text encoder(s)"
             )
-    clip = "conditioner.embedders.0.transformer." if arch == "sdxl" else "cond_stage_model.transformer."
-    if arch in ("sd1", "sdxl") and not any(k.startswith(clip + "text_model.") for k in tensors):
+    clip = architectures.spec(arch).single_file_clip_prefix
+    if clip is not None and not any(k.startswith(clip + "text_model.") for k in tensors):
         found = any(k.startswith(clip) for k in tensors)
         raise BaseModelError(
             f"{path}: the CLIP text encoder's keys "
@@ -226,7 +219,7 @@ def folder_architecture(folder: str | os.PathLike) -> str:
 
 def _check_tokenizers(folder: Path, arch: str) -> None:
     """The tokenizer folders a config folder must bring (a single file has none): found and complete."""
-    for name in ("tokenizer", "tokenizer_2") if arch == "sdxl" else ("tokenizer",):
+    for name in architectures.spec(arch).tokenizers:
         sub = folder / name
         if not (
             (sub / "tokenizer.json").is_file()
@@ -263,7 +256,7 @@ def check_config_folder(checkpoint: Checkpoint, config: str | os.PathLike | None
             )
         _check_tokenizers(folder, arch)
         return str(folder)
-    repo = DEFAULT_CONFIG_REPOS[checkpoint.architecture]
+    repo = architectures.spec(checkpoint.architecture).default_config_repo
     from huggingface_hub import constants, try_to_load_from_cache
 
     cached = try_to_load_from_cache(repo, "model_index.json")

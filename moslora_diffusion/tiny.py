@@ -149,11 +149,13 @@ def build_tiny_components(arch: str = "sd1", seed: int = 0, text_width_2: int = 
 
 def make_tiny_pipeline(arch: str = "sd1", seed: int = 0, pipeline_cls=None, text_width_2: int = 32):
     """A tiny text-to-image pipeline (or `pipeline_cls`) with random weights; 32 px images."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
+
+    from .architectures import spec
 
     components = build_tiny_components(arch, seed, text_width_2)
     if pipeline_cls is None:
-        pipeline_cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+        pipeline_cls = getattr(diffusers, spec(arch).pipeline_class)
     if arch != "sdxl":
         components["requires_safety_checker"] = False
     pipe = pipeline_cls(**components)

@@ -28,12 +28,6 @@ from .safetensors_io import write_safetensors_atomic
 
 EXPORT_FORMATS = ("diffusers", "kohya")
 
-_KOHYA_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-_MODELSPEC_ARCH = {
-    "sd1": "stable-diffusion-v1/lora",
-    "sd2": "stable-diffusion-v2-768-v/lora",
-    "sdxl": "stable-diffusion-xl-v1-base/lora",
-}
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 __all__ = [
@@ -149,9 +143,9 @@ def _kohya_metadata(adapter: MoSLoraFile, arch: str) -> dict[str, str]:
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(ranks[-1]),
         "ss_network_alpha": f"{kohya_alpha(adapter):g}",
-        "ss_base_model_version": _KOHYA_BASE_VERSION[arch],
+        "ss_base_model_version": architectures.spec(arch).kohya_base_version,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": _MODELSPEC_ARCH[arch],
+        "modelspec.architecture": architectures.spec(arch).modelspec_architecture,
         "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer and scale folded into lora_up)",
     }
     return {**meta, **provenance_metadata(adapter)}

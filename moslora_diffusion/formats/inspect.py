@@ -42,11 +42,11 @@ __all__ = [
 
 # kohya-ss module-name prefixes and the component each one adapts.
 KOHYA_COMPONENTS = {
-    "lora_unet_": "unet",
-    "lora_te_": "text_encoder",
-    "lora_te1_": "text_encoder",
-    "lora_te2_": "text_encoder_2",
-}
+    prefix: component
+    for arch in architectures.ARCHITECTURE_TABLE.values()
+    for component, prefix in arch.kohya_prefixes.items()
+    if component != "unet"
+} | {"lora_unet_": "unet"}
 _KIND_LABELS = {"moslora": "moslora", "diffusers": "diffusers/PEFT LoRA", "kohya": "kohya LoRA"}
 _HEADER_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 # (down suffix, up suffix) of the plain-LoRA key spellings diffusers reads with a component prefix.

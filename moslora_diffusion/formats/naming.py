@@ -18,26 +18,23 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import architectures
 from ..constants import TEXT_ENCODERS
 from ..errors import MoSLoraFormatError
 
 TEXT_MODEL_PREFIX = "text_model."
 
 KOHYA_PREFIXES = {
-    ("sd1", "unet"): "lora_unet_",
-    ("sd2", "unet"): "lora_unet_",
-    ("sdxl", "unet"): "lora_unet_",
-    ("sd1", "text_encoder"): "lora_te_",
-    ("sd2", "text_encoder"): "lora_te_",
-    ("sdxl", "text_encoder"): "lora_te1_",
-    ("sdxl", "text_encoder_2"): "lora_te2_",
+    (arch.key, component): prefix
+    for arch in architectures.ARCHITECTURE_TABLE.values()
+    for component, prefix in arch.kohya_prefixes.items()
 }
 
-# The SDXL UNet layout of stabilityai/stable-diffusion-xl-base-1.0, used when no UNet config is given.
+# The SDXL base UNet's block layout (architectures.SDXL_UNET), used when no UNet config is given.
 SDXL_DEFAULT_UNET_LAYOUT: dict[str, Any] = {
-    "layers_per_block": 2,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    key: (list(value) if isinstance(value, tuple) else value)
+    for key, value in architectures.SDXL_UNET.items()
+    if key in ("layers_per_block", "down_block_types", "up_block_types")
 }
 
 _RESNET_TO_SGM = {

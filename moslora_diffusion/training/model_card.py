@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import architectures
 from ..durable import write_atomic
 from ..jsonio import text_safe
 from .args import TrainConfig
@@ -21,7 +22,7 @@ def _load_base_lines(cfg: TrainConfig, arch: str) -> list[str]:
     """Python lines that open the base model the way it was given (folder / hub id, or single file)."""
     base = cfg.pretrained_model_name_or_path
     if Path(base).is_file():
-        cls = "StableDiffusionXLPipeline" if arch == "sdxl" else "StableDiffusionPipeline"
+        cls = architectures.spec(arch).pipeline_class
         config = f", config={cfg.config!r}" if cfg.config else ""
         return [
             f"from diffusers import {cls}",

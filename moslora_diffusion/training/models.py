@@ -151,8 +151,7 @@ def _components_of_folder(cfg: TrainConfig, weight_dtype: torch.dtype) -> Compon
     hub = dict(revision=cfg.revision, dtype=weight_dtype)
     unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", variant=cfg.variant, **hub)
     arch = architectures.detect(dict(unet.config), index)
-    text_names = ["text_encoder", "text_encoder_2"] if arch == "sdxl" else ["text_encoder"]
-    tokenizer_names = ["tokenizer", "tokenizer_2"] if arch == "sdxl" else ["tokenizer"]
+    text_names, tokenizer_names = architectures.spec(arch).text_encoders, architectures.spec(arch).tokenizers
     text_encoders = []
     for sub in text_names:
         cls = getattr(transformers, index[sub][1])
@@ -180,8 +179,8 @@ def _components_of_single_file(cfg: TrainConfig, weight_dtype: torch.dtype) -> C
         dtype=weight_dtype,
     )
     arch = base_models.inspect_checkpoint(cfg.pretrained_model_name_or_path, cfg.architecture).architecture
-    text_encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if arch == "sdxl" else [])
-    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if arch == "sdxl" else [])
+    text_encoders = [getattr(pipe, name) for name in architectures.spec(arch).text_encoders]
+    tokenizers = [getattr(pipe, name) for name in architectures.spec(arch).tokenizers]
     noise_scheduler, inference_scheduler = _schedulers(pipe.scheduler.config, type(pipe.scheduler), None)
     return Components(
         arch, pipe.unet, pipe.vae, text_encoders, tokenizers, noise_scheduler, inference_scheduler

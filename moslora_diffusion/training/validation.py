@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .. import architectures
 from ..durable import write_image
 from ..imaging import tile
 from .models import Components
@@ -17,30 +18,14 @@ VALIDATION_DIR = "validation"
 
 def build_pipeline(comps: Components, unet: torch.nn.Module, text_encoders: list[torch.nn.Module]) -> Any:
     """A text-to-image pipeline sharing the (unwrapped) training models; loads nothing."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
+    row = architectures.spec(comps.arch)
+    parts = dict(zip(row.text_encoders, text_encoders)) | dict(zip(row.tokenizers, comps.tokenizers))
     scheduler = type(comps.inference_scheduler).from_config(comps.inference_scheduler.config)
-    if comps.is_sdxl:
-        pipe = StableDiffusionXLPipeline(
-            vae=comps.vae,
-            text_encoder=text_encoders[0],
-            text_encoder_2=text_encoders[1],
-            tokenizer=comps.tokenizers[0],
-            tokenizer_2=comps.tokenizers[1],
-            unet=unet,
-            scheduler=scheduler,
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=comps.vae,
-            text_encoder=text_encoders[0],
-            tokenizer=comps.tokenizers[0],
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+    if not row.is_sdxl:
+        parts |= dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = getattr(diffusers, row.pipeline_class)(vae=comps.vae, unet=unet, scheduler=scheduler, **parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
