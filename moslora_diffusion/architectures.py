@@ -43,7 +43,7 @@ class Architecture:
 
 ARCHITECTURE_TABLE: dict[str, Architecture] = {
     "sd1": Architecture(
-        key="sd1", display_name="SD 1.x", pipeline_class="StableDiffusionPipeline",
+        key="sd1", display_name="Stable Diffusion 1.x", pipeline_class="StableDiffusionPipeline",
         text_encoders=("text_encoder",), tokenizers=("tokenizer",),
         kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"}, kohya_base_version="sd_v1",
         modelspec_architecture="stable-diffusion-v1/lora",
@@ -52,7 +52,7 @@ ARCHITECTURE_TABLE: dict[str, Architecture] = {
         single_file_clip_prefix="cond_stage_model.transformer.",
     ),
     "sd2": Architecture(
-        key="sd2", display_name="SD 2.x", pipeline_class="StableDiffusionPipeline",
+        key="sd2", display_name="Stable Diffusion 2.x", pipeline_class="StableDiffusionPipeline",
         text_encoders=("text_encoder",), tokenizers=("tokenizer",),
         kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"}, kohya_base_version="sd_v2",
         modelspec_architecture="stable-diffusion-v2-768-v/lora",
@@ -61,7 +61,7 @@ ARCHITECTURE_TABLE: dict[str, Architecture] = {
         single_file_clip_prefix=None,
     ),
     "sdxl": Architecture(
-        key="sdxl", display_name="SDXL", pipeline_class="StableDiffusionXLPipeline",
+        key="sdxl", display_name="Stable Diffusion XL", pipeline_class="StableDiffusionXLPipeline",
         text_encoders=("text_encoder", "text_encoder_2"), tokenizers=("tokenizer", "tokenizer_2"),
         kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
         kohya_base_version="sdxl_base_v1-0", modelspec_architecture="stable-diffusion-xl-v1-base/lora",

@@ -11,8 +11,6 @@ from ..durable import write_atomic
 from ..jsonio import text_safe
 from .args import TrainConfig
 
-_ARCH_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "Stable Diffusion XL"}
-
 
 def _rel(path: Path | None, root: Path) -> str | None:
     return None if path is None else Path(os.path.relpath(path, root)).as_posix()
@@ -62,7 +60,7 @@ def render_model_card(
         "",
         f"# DreamBooth {cfg.adapter.upper() if cfg.adapter == 'lora' else 'MoSLoRA'} adapter",
         "",
-        f"A {method} adapter of rank {cfg.rank} for `{base}` ({_ARCH_NAMES.get(arch, arch)}), trained with "
+        f"A {method} adapter of rank {cfg.rank} for `{base}` ({architectures.spec(arch).display_name}), trained with "
         f"moslora-diffusion for {steps_done} steps"
         + (f" (final loss {final_loss:.4f})." if final_loss is not None else "."),
         "",
