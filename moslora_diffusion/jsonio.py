@@ -20,12 +20,8 @@ MAX_JSON_CHARS = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 
 
-class _Constant(ValueError):
-    pass
-
-
 def _reject_constant(name: str) -> Any:
-    raise _Constant(f"{name} is not a JSON number")
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _depth(text: str) -> int:
@@ -87,7 +83,7 @@ def parse_json(
         raise error(f"{where}: JSON text holds a lone surrogate escape (not a character)") from None
     except json.JSONDecodeError as exc:
         raise error(f"{where}: invalid JSON ({exc})") from None
-    except _Constant as exc:
+    except ValueError as exc:  # NaN / Infinity, from _reject_constant
         raise error(f"{where}: {exc}") from None
     except RecursionError:
         raise error(f"{where}: JSON nested deeper than {max_depth} levels") from None

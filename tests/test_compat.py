@@ -35,15 +35,3 @@ def test_accelerate_state_is_reset_for_the_next_run(monkeypatch):
     monkeypatch.delattr(GradientState, "_reset_state")
     with pytest.raises(LibraryVersionError, match=r"accelerate .* has no GradientState\._reset_state"):
         compat.reset_accelerate_state()
-
-
-def test_no_private_api_outside_compat():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "moslora_diffusion"
-    for path in root.rglob("*.py"):
-        if path.name == "compat.py":
-            continue
-        text = path.read_text()
-        for name in ("_register_custom_module", "_reset_state"):
-            assert name not in text, f"{path.relative_to(root)} uses {name}: go through compat.py"

@@ -88,7 +88,7 @@ def test_checkpoint_named_after_broken_weights_is_really_good(tiny_dirs, subject
     """A step that breaks the weights with a finite loss stops the run; the checkpoint it names is finite."""
     from moslora_diffusion.training import loop
 
-    real = loop._make_optimizer
+    real = loop.make_optimizer
 
     def poisoned(*args, **kwargs):
         opt = real(*args, **kwargs)
@@ -105,7 +105,7 @@ def test_checkpoint_named_after_broken_weights_is_really_good(tiny_dirs, subject
         opt.register_step_post_hook(after_step)
         return opt
 
-    monkeypatch.setattr(loop, "_make_optimizer", poisoned)
+    monkeypatch.setattr(loop, "make_optimizer", poisoned)
     out = tmp_path / "out"
     argv = _argv(tiny_dirs, subject, out, "--max_train_steps", "3", "--checkpointing_steps", "1")
     with pytest.raises(NonFiniteLossError, match=r"adapter weights became NaN.*step 2.*checkpoint-1") as info:
@@ -334,7 +334,7 @@ def test_checkpoint_files_are_fsynced_before_the_rename(tiny_dirs, subject, tmp_
     real_replace = os.replace
     monkeypatch.setattr(ckpt, "fsync_tree", lambda folder: synced.append(Path(folder).name))
     monkeypatch.setattr(
-        ckpt.os, "replace", lambda a, b: (order.append((Path(a).name, synced[:])), real_replace(a, b))[1]
+        os, "replace", lambda a, b: (order.append((Path(a).name, synced[:])), real_replace(a, b))[1]
     )
     run_training(
         parse_args(

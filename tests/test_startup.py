@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from moslora_diffusion.training import data, loop, parse_args, run_training
+from moslora_diffusion.training import batches, data, parse_args, run_training
 
 
 def test_images_decoded_once_and_latents_encoded_lazily(tiny_dirs, tmp_path, monkeypatch):
@@ -14,10 +14,10 @@ def test_images_decoded_once_and_latents_encoded_lazily(tiny_dirs, tmp_path, mon
     for i in range(4):
         Image.new("RGB", (32, 32), (50 * i, 120, 200)).save(subject / f"s{i}.png")
     decoded, encoded = [], []
-    real_load, real_stats = data.load_image, loop._latent_stats
+    real_load, real_stats = data.load_image, batches.latent_stats
     monkeypatch.setattr(data, "load_image", lambda p: (decoded.append(p), real_load(p))[1])
     monkeypatch.setattr(
-        loop, "_latent_stats", lambda run, px: (encoded.append(px.shape[0]), real_stats(run, px))[1]
+        batches, "latent_stats", lambda run, px: (encoded.append(px.shape[0]), real_stats(run, px))[1]
     )
     argv = [
         "--pretrained_model_name_or_path", str(tiny_dirs["sd1"]), "--instance_data_dir", str(subject),

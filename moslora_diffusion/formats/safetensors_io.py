@@ -7,7 +7,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..durable import fsync_file, replace_durably
+from ..durable import temporary_beside
 from ..errors import MoSLoraFormatError
 from ..jsonio import parse_json
 
@@ -154,18 +153,9 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 def write_safetensors_atomic(
     path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Write ``tensors`` to ``path`` through a temporary file in the same folder, fsync, ``os.replace``."""
+    """Write ``tensors`` to ``path`` durably (:func:`moslora_diffusion.durable.temporary_beside`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     prepared = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(prepared, tmp, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
-        fsync_file(tmp)
-        replace_durably(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with temporary_beside(path) as tmp:
+        save_file(prepared, str(tmp), metadata={str(k): str(v) for k, v in (metadata or {}).items()})
     return path

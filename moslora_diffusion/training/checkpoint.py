@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..durable import fsync_dir, fsync_tree
+from ..durable import fsync_tree, replace_durably
 from ..errors import MoSLoraFormatError, OutputWriteError, TrainConfigError
 from ..formats.safetensors_io import read_header
 
@@ -126,8 +125,7 @@ def delete_folder(path: Path) -> None:
     hidden = path.with_name(f".{path.name}.deleting")
     if hidden.exists():
         shutil.rmtree(hidden)
-    os.replace(path, hidden)
-    fsync_dir(path.parent)
+    replace_durably(path, hidden)
     shutil.rmtree(hidden)
 
 
@@ -254,8 +252,7 @@ def save_checkpoint(
             raise _write_error(out, final.name, exc) from None
         if final.exists():  # the same run saving the same step again (resumed from an earlier checkpoint)
             delete_folder(final)
-        os.replace(tmp, final)
-        fsync_dir(out)
+        replace_durably(tmp, final)
     barrier()
     return final
 

@@ -12,388 +12,48 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..compat import reset_accelerate_state
-from ..errors import NonFiniteLossError, TrainConfigError
+from ..errors import NonFiniteLossError
 from ..reproducible import require_reproducible_math
-from . import buckets, data, losses, models, outputs, prior, run_folder, validation
+from . import buckets, data, models, outputs, prior, run_folder, validation
 from . import checkpoint as ckpt
 from .args import TrainConfig
+from .batches import RunState, enable_caches, micro_batch_loss
 from .events import TrainEvent, TrainResult
 from .model_card import render_model_card, write_model_card
 from .preflight import validate_config
+from .run_setup import (
+    base_model_metadata,
+    check_distributed_support,
+    enable_gradient_checkpointing,
+    load_sources,
+    make_accelerator,
+    make_lr_scheduler,
+    make_optimizer,
+    shared_seed,
+    training_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-@dataclass
-class _Source:
-    """One training image (instance or class) in memory, with its caption."""
-
-    image: Image.Image
-    caption: str
-
-
-@dataclass
-class _Run:
-    """Everything the step function needs; built once by `run_training`."""
-
-    cfg: TrainConfig
-    accelerator: Any
-    comps: models.Components
-    resolution: int
-    seed: int
-    instances: list[_Source]
-    classes: list[_Source]
-    order: data.SampleOrder | buckets.BucketOrder
-    noise_generator: torch.Generator
-    unet: torch.nn.Module  # possibly DDP-wrapped
-    text_encoders: list[torch.nn.Module]  # wrapped where trained
-    bucket_of: list[tuple[int, int]] | None = None  # with --bucket: (w, h) of each instance image
-    latent_cache: (
-        dict[tuple[str, int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor, data.Example]] | None
-    ) = None
-    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
-    losses: list[float] = field(default_factory=list)
-
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
-
-
 # ----------------------------------------------------------------------------- batches
-
-
-Item = tuple[str, int, int, tuple[int, int]]  # (kind, source index, stream position, (w, h) trained at)
-
-
-def _example(run: _Run, kind: str, index: int, position: int, size: tuple[int, int]) -> data.Example:
-    src = (run.instances if kind == "instance" else run.classes)[index]
-    cfg = run.cfg
-    gen = data.augmentation_generator(run.seed, position, salt=0 if kind == "instance" else 1)
-    return data.preprocess(src.image, src.caption, size, cfg.center_crop, cfg.random_flip, gen)
-
-
-def _latent_stats(run: _Run, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    vae = run.comps.vae
-    with torch.no_grad():
-        dist = vae.encode(pixels.to(run.device, dtype=vae.dtype)).latent_dist
-    return dist.mean.float(), dist.std.float()
-
-
-def _batch_items(run: _Run, micro_batch: int) -> list[Item]:
-    """This process's examples of a micro-batch: instances first, then classes (at the instances' size:
-    with buckets, class images are cropped to the bucket of the batch)."""
-    drawn = run.order.items(micro_batch, run.accelerator.process_index)
-    n_inst = len(run.instances)
-    sizes = [
-        run.bucket_of[i % n_inst] if run.bucket_of else (run.resolution, run.resolution) for i, _ in drawn
-    ]
-    items: list[Item] = [("instance", i % n_inst, p, size) for (i, p), size in zip(drawn, sizes)]
-    if run.classes:
-        items += [("class", p % len(run.classes), p, sizes[0]) for _, p in drawn]
-    return items
-
-
-def _latents_and_meta(run: _Run, items: list[Item]) -> tuple[torch.Tensor, list[data.Example]]:
-    """Sampled, scaled VAE latents of the items (from the cache when there is one)."""
-    if run.latent_cache is not None:
-        entries = [_cached_latent(run, kind, idx, size) for kind, idx, _, size in items]
-        mean = torch.cat([e[0] for e in entries])
-        std = torch.cat([e[1] for e in entries])
-        examples = [e[2] for e in entries]
-    else:
-        examples = [_example(run, kind, idx, pos, size) for kind, idx, pos, size in items]
-        mean, std = _latent_stats(run, torch.stack([e.pixels for e in examples]))
-    eps = torch.randn(mean.shape, generator=run.noise_generator, device=run.noise_generator.device)
-    latents = mean + std * eps.to(mean)
-    vae_cfg = run.comps.vae.config
-    if getattr(vae_cfg, "shift_factor", None) is not None:
-        latents = latents - vae_cfg.shift_factor
-    return latents * vae_cfg.scaling_factor, examples
-
-
-def _cached_latent(
-    run: _Run, kind: str, idx: int, size: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, data.Example]:
-    """An image's latent distribution at a size, encoded on first use (one image at a time, outside
-    autocast) and kept."""
-    key = (kind, idx, size)
-    if key not in run.latent_cache:
-        ex = _example(run, kind, idx, 0, size)
-        with torch.autocast(device_type=run.device.type, enabled=False):
-            mean, std = _latent_stats(run, ex.pixels[None])
-        run.latent_cache[key] = (mean, std, ex)
-    return run.latent_cache[key]
-
-
-def _cached_text(run: _Run, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A caption's embeddings, encoded on first use with the frozen text encoders and kept."""
-    if caption not in run.text_cache:
-        ids = models.tokenize(run.comps.tokenizers, [caption])
-        with torch.no_grad():
-            run.text_cache[caption] = models.encode_tokens(run.comps.arch, run.comps.text_encoders, ids)
-    return run.text_cache[caption]
-
-
-def _conditioning(run: _Run, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if run.text_cache is not None:
-        entries = [_cached_text(run, c) for c in captions]
-        embeds = torch.cat([e[0] for e in entries])
-        pooled = [e[1] for e in entries]
-        return embeds, (torch.cat(pooled) if pooled[0] is not None else None)
-    ids = models.tokenize(run.comps.tokenizers, captions)
-    return models.encode_tokens(run.comps.arch, run.text_encoders, ids)
-
-
-def _micro_batch_loss(run: _Run, micro_batch: int) -> torch.Tensor:
-    """The DreamBooth loss of one micro-batch on this process."""
-    cfg, comps = run.cfg, run.comps
-    items = _batch_items(run, micro_batch)
-    latents, examples = _latents_and_meta(run, items)
-    sched = comps.noise_scheduler
-    noise = losses.sample_noise(latents, run.noise_generator, cfg.noise_offset)
-    timesteps = losses.sample_timesteps(
-        latents.shape[0], sched.config.num_train_timesteps, run.noise_generator
-    )
-    timesteps = timesteps.to(latents.device)
-    noisy = sched.add_noise(latents, noise, timesteps)
-    embeds, pooled = _conditioning(run, [e.caption for e in examples])
-    added = None
-    if comps.is_sdxl:
-        time_ids = models.sdxl_time_ids(
-            [e.original_size for e in examples],
-            [e.crop_top_left for e in examples],
-            [e.target_size for e in examples],
-        )
-        added = {"text_embeds": pooled, "time_ids": time_ids.to(run.device, dtype=pooled.dtype)}
-    pred = run.unet(
-        noisy, timesteps, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
-    )[0]
-    target = losses.prediction_target(sched, comps.prediction_type, latents, noise, timesteps)
-    per_example = losses.per_example_mse(pred, target)
-    if cfg.snr_gamma:
-        per_example = per_example * losses.min_snr_weights(
-            sched.alphas_cumprod, timesteps, cfg.snr_gamma, comps.prediction_type
-        ).to(per_example)
-    n_inst = sum(1 for kind, *_ in items if kind == "instance")
-    loss, _ = losses.dreambooth_loss(per_example, n_inst, cfg.prior_loss_weight)
-    return loss
 
 
 # ----------------------------------------------------------------------------- caches
 
 
-def _enable_caches(run: _Run) -> None:
-    """Turn on the latent cache (no random augmentation) and the text cache (frozen text encoders).
-
-    Both fill lazily, on first use, so nothing is encoded before the first step needs it; the values are the
-    same whenever they are computed, so a resumed run sees exactly what an uninterrupted one saw.
-    """
-    cfg = run.cfg
-    square = (run.resolution, run.resolution)
-    sizes = sorted(set(run.bucket_of)) if run.bucket_of else [square]
-    augment = (
-        cfg.random_flip
-        or any(
-            data.crop_is_random(s.image.size, cfg.center_crop, run.bucket_of[i] if run.bucket_of else square)
-            for i, s in enumerate(run.instances)
-        )
-        or any(
-            data.crop_is_random(s.image.size, cfg.center_crop, size) for s in run.classes for size in sizes
-        )
-    )
-    run.latent_cache = None if augment else {}
-    run.text_cache = None if cfg.train_text_encoder else {}
-    logger.info(
-        "caches: VAE latents %s, text embeddings %s",
-        "off (random augmentation)" if augment else "on (filled on first use)",
-        "off (text encoder trained)" if cfg.train_text_encoder else "on (filled on first use)",
-    )
-
-
 # ----------------------------------------------------------------------------- setup helpers
-
-
-def _make_accelerator(cfg: TrainConfig) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
-
-    project = ProjectConfiguration(
-        project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / cfg.logging_dir)
-    )
-    # `accelerate launch --multi_gpu` on a machine without GPUs starts N processes (torchrun) but
-    # accelerate only joins them into one gloo group when told to use the CPU.
-    no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
-    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(
-        cpu=no_gpu and multi_process,
-        mixed_precision=cfg.mixed_precision,
-        log_with="tensorboard" if cfg.report_to == "tensorboard" else None,
-        project_config=project,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train_text_encoder)],
-    )
-
-
-def _shared_seed(cfg: TrainConfig, accelerator: Any, resume_state: dict | None) -> int:
-    if cfg.seed is not None:
-        return cfg.seed
-    if resume_state and resume_state.get("seed") is not None:
-        return int(resume_state["seed"])
-    from accelerate.utils import broadcast_object_list
-
-    chosen = [random.SystemRandom().randrange(2**31)]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(chosen, from_process=0)
-    return int(chosen[0])
-
-
-def _make_optimizer(cfg: TrainConfig, comps: models.Components, num_processes: int) -> torch.optim.Optimizer:
-    factor = cfg.gradient_accumulation_steps * cfg.train_batch_size * num_processes if cfg.scale_lr else 1
-    groups = []
-    for component, model in comps.adapted_models().items():
-        params = [p for p in model.parameters() if p.requires_grad]
-        lr = cfg.learning_rate if component == "unet" else (cfg.text_encoder_lr or cfg.learning_rate)
-        groups.append({"params": params, "lr": lr * factor, "name": component})
-    betas = (cfg.adam_beta1, cfg.adam_beta2)
-    if cfg.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(
-            groups, betas=betas, weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
-        )
-    if cfg.optimizer == "prodigy":
-        import prodigyopt
-
-        if cfg.learning_rate < 0.1:
-            logger.warning("Prodigy adapts the step size itself; a --learning_rate around 1.0 is usual")
-        return prodigyopt.Prodigy(groups, betas=betas, weight_decay=cfg.adam_weight_decay)
-    return torch.optim.AdamW(groups, betas=betas, weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-
-
-def _check_distributed_support(cfg: TrainConfig, accelerator: Any) -> None:
-    """DeepSpeed takes one model per engine and does its own accumulation: say so instead of failing deep inside."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type != DistributedType.DEEPSPEED:
-        return
-    if cfg.train_text_encoder:
-        raise TrainConfigError(
-            "--train_text_encoder is not supported under DeepSpeed; use DDP (multi_gpu_ddp.yaml)"
-        )
-    if cfg.gradient_accumulation_steps != 1:
-        raise TrainConfigError(
-            "under DeepSpeed set gradient_accumulation_steps in the DeepSpeed config, not the flag"
-        )
-    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-    ds_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
-
-
-def _make_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, max_steps: int) -> Any:
-    from diffusers.optimization import get_scheduler
-
-    return get_scheduler(
-        cfg.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=cfg.lr_warmup_steps,
-        num_training_steps=max_steps,
-        num_cycles=cfg.lr_num_cycles,
-        power=cfg.lr_power,
-    )
-
-
-def _enable_gradient_checkpointing(cfg: TrainConfig, comps: models.Components) -> None:
-    if not cfg.gradient_checkpointing:
-        return
-    comps.unet.enable_gradient_checkpointing()
-    if cfg.train_text_encoder:
-        for te in comps.text_encoders:
-            kwargs = {"use_reentrant": False}
-            if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
-                te.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def _decode(path: Path, caption: str) -> _Source:
-    """The one decode of a training image (preflight only checked its header)."""
-    try:
-        return _Source(data.load_image(path), caption)
-    except Exception as exc:  # PIL raises many types for broken pixel data
-        raise TrainConfigError(f"{path}: the image cannot be decoded ({type(exc).__name__}: {exc})") from None
-
-
-def _load_sources(cfg: TrainConfig) -> tuple[list[_Source], list[_Source]]:
-    images = data.check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
-    instances = [_decode(p, c) for p, c in zip(images.paths, images.captions)]
-    classes: list[_Source] = []
-    if cfg.with_prior_preservation:
-        class_set = data.scan_images(cfg.class_data_dir, cfg.class_prompt)
-        kept = list(zip(class_set.paths, class_set.captions))[: cfg.num_class_images]
-        uncaptioned = [p.name for p, c in kept if not c]
-        if uncaptioned:
-            raise TrainConfigError(
-                f"--class_data_dir: no caption for {', '.join(uncaptioned[:5])} (no .txt beside it and no "
-                "--class_prompt)"
-            )
-        classes = [_decode(p, c) for p, c in kept]
-        if not classes:
-            raise TrainConfigError(f"no readable class images in {cfg.class_data_dir}")
-    return instances, classes
-
-
-def _training_metadata(cfg: TrainConfig, steps: int, final_loss: float | None, seed: int) -> dict[str, Any]:
-    keep = {
-        k: v for k, v in cfg.to_dict().items() if v is not None and k not in ("output_dir", "logging_dir")
-    }
-    return {
-        **keep,
-        "seed": seed,
-        "steps_done": steps,
-        "final_loss": final_loss,
-        "script": "train_dreambooth_moslora",
-    }
-
-
-def _base_model_metadata(cfg: TrainConfig, comps: models.Components) -> dict[str, Any]:
-    """The native file's `base_model`: architecture, name, UNet layout (formats.base_model_info) and more."""
-    from types import SimpleNamespace
-
-    from .. import base_models
-    from ..formats import base_model_info
-
-    unet = getattr(comps.unet, "module", comps.unet)
-    name = cfg.pretrained_model_name_or_path
-    single_file = base_models.is_single_file(name)
-    info = base_model_info(
-        SimpleNamespace(unet=unet),
-        name_or_path=Path(name).name if single_file else name,
-        hash=f"sha256:{base_models.file_sha256(name)}" if single_file else None,
-        architecture=comps.arch,
-    )
-    extra = {
-        "revision": cfg.revision,
-        "variant": cfg.variant,
-        "vae": cfg.pretrained_vae_model_name_or_path,
-        "prediction_type": comps.prediction_type,
-        "resolved_path": run_folder.resolved_path(name),
-        "single_file": single_file or None,
-        "config": run_folder.resolved_path(cfg.config) if cfg.config else None,
-    }
-    return {**info, **{k: v for k, v in extra.items() if v is not None}}
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -425,7 +85,7 @@ def run_training(
     validate_config(cfg)
     require_reproducible_math()  # before the first matrix product of the run
     started = time.time()
-    accelerator = _make_accelerator(cfg)
+    accelerator = make_accelerator(cfg)
     try:
         with run_folder.hold_output_dir(cfg, accelerator.is_main_process):
             trainer = Trainer.setup(cfg, accelerator, callback)
@@ -440,7 +100,7 @@ def run_training(
 class Trainer:
     """One DreamBooth run in phases: `setup`, `resume`, `train` (= `step` + `checkpoint` + `validate`), `finish`."""
 
-    def __init__(self, run: _Run, *, optimizer: Any, lr_scheduler: Any, trained: dict[str, torch.nn.Module],
+    def __init__(self, run: RunState, *, optimizer: Any, lr_scheduler: Any, trained: dict[str, torch.nn.Module],
                  wrapped: dict[str, torch.nn.Module], max_steps: int, emit: Callable[[TrainEvent], None],
                  resume_path: Path | None, fingerprint: dict[str, Any]) -> None:  # fmt: skip
         self.run = run
@@ -475,8 +135,8 @@ class Trainer:
         resume_path = run_folder.resolve_resume_path(cfg)
         if cfg.resume_from_checkpoint and resume_path is None:
             logger.info("no checkpoint in %s yet: starting a new run", cfg.output_dir)
-        seed = _shared_seed(cfg, accelerator, ckpt.read_state(resume_path) if resume_path else None)
-        _check_distributed_support(cfg, accelerator)
+        seed = shared_seed(cfg, accelerator, ckpt.read_state(resume_path) if resume_path else None)
+        check_distributed_support(cfg, accelerator)
 
         from accelerate.utils import set_seed
 
@@ -488,12 +148,12 @@ class Trainer:
         accelerator.wait_for_everyone()
         resolution = cfg.resolution or comps.default_resolution()
         models.add_adapters(cfg, comps)  # same seed on every process: identical initial adapters
-        _enable_gradient_checkpointing(cfg, comps)
+        enable_gradient_checkpointing(cfg, comps)
         if cfg.with_prior_preservation and prior.missing_class_images(cfg):
             if is_main:
                 prior.generate_class_images(cfg, comps.arch, resolution, accelerator.device, weight_dtype)
             accelerator.wait_for_everyone()
-        instances, classes = _load_sources(cfg)
+        instances, classes = load_sources(cfg)
 
         bucket_of = None
         if cfg.bucket:
@@ -510,8 +170,8 @@ class Trainer:
             )
         steps_per_epoch = math.ceil(order.micro_batches_per_epoch() / cfg.gradient_accumulation_steps)
         max_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
-        optimizer = _make_optimizer(cfg, comps, accelerator.num_processes)
-        lr_scheduler = _make_lr_scheduler(cfg, optimizer, max_steps)
+        optimizer = make_optimizer(cfg, comps, accelerator.num_processes)
+        lr_scheduler = make_lr_scheduler(cfg, optimizer, max_steps)
         trained = comps.adapted_models()
         prepared = accelerator.prepare(*trained.values(), optimizer)
         wrapped, optimizer = dict(zip(trained, prepared[:-1])), prepared[-1]
@@ -519,7 +179,7 @@ class Trainer:
             seed + 7 + accelerator.process_index
         )
         torch.manual_seed(seed + 1000 * accelerator.process_index)  # dropout differs per process, as in DDP
-        run = _Run(
+        run = RunState(
             cfg=cfg,
             accelerator=accelerator,
             comps=comps,
@@ -553,7 +213,7 @@ class Trainer:
             self.quality = list(state.get("quality", []))
             self.last_checkpoint = self.resume_path
             logger.info("resumed from %s at step %d", self.resume_path, self.global_step)
-        _enable_caches(self.run)
+        enable_caches(self.run)
         if self.cfg.report_to == "tensorboard":
             hparams = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
             self.accelerator.init_trackers("moslora-dreambooth", config=hparams)
@@ -602,7 +262,7 @@ class Trainer:
                     for m in self.wrapped.values():
                         stack.enter_context(accelerator.no_sync(m))
                 with accelerator.autocast():
-                    loss = _micro_batch_loss(self.run, self.global_step * accum + micro)
+                    loss = micro_batch_loss(self.run, self.global_step * accum + micro)
                 accelerator.backward(loss / accum)
             step_loss += loss.detach().float() / accum
         mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
@@ -763,8 +423,8 @@ class Trainer:
             cfg.adapter,
             {k: self.accelerator.unwrap_model(m) for k, m in self.wrapped.items()},
             comps.adapter_configs,
-            _base_model_metadata(cfg, comps),
-            _training_metadata(cfg, self.global_step, final_loss, self.run.seed),
+            base_model_metadata(cfg, comps),
+            training_metadata(cfg, self.global_step, final_loss, self.run.seed),
             comps.arch,
             cfg.export_kohya,
             unet_config=dict(comps.unet.config),

@@ -1,0 +1,194 @@
+"""A run's state in memory and the loss of one micro-batch: data order, augmentation, caches, conditioning."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from . import buckets, data, losses, models
+from .args import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+Item = tuple[str, int, int, tuple[int, int]]  # (kind, source index, stream position, (w, h) trained at)
+
+
+@dataclass
+class Source:
+    """One training image (instance or class) in memory, with its caption."""
+
+    image: Image.Image
+    caption: str
+
+
+@dataclass
+class RunState:
+    """Everything the step function needs; built once by `run_training`."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    comps: models.Components
+    resolution: int
+    seed: int
+    instances: list[Source]
+    classes: list[Source]
+    order: data.SampleOrder | buckets.BucketOrder
+    noise_generator: torch.Generator
+    unet: torch.nn.Module  # possibly DDP-wrapped
+    text_encoders: list[torch.nn.Module]  # wrapped where trained
+    bucket_of: list[tuple[int, int]] | None = None  # with --bucket: (w, h) of each instance image
+    latent_cache: (
+        dict[tuple[str, int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor, data.Example]] | None
+    ) = None
+    text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+def _example(run: RunState, kind: str, index: int, position: int, size: tuple[int, int]) -> data.Example:
+    src = (run.instances if kind == "instance" else run.classes)[index]
+    cfg = run.cfg
+    gen = data.augmentation_generator(run.seed, position, salt=0 if kind == "instance" else 1)
+    return data.preprocess(src.image, src.caption, size, cfg.center_crop, cfg.random_flip, gen)
+
+
+def latent_stats(run: RunState, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    vae = run.comps.vae
+    with torch.no_grad():
+        dist = vae.encode(pixels.to(run.device, dtype=vae.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
+
+
+def _batch_items(run: RunState, micro_batch: int) -> list[Item]:
+    """This process's examples of a micro-batch: instances first, then classes (at the instances' size:
+    with buckets, class images are cropped to the bucket of the batch)."""
+    drawn = run.order.items(micro_batch, run.accelerator.process_index)
+    n_inst = len(run.instances)
+    sizes = [
+        run.bucket_of[i % n_inst] if run.bucket_of else (run.resolution, run.resolution) for i, _ in drawn
+    ]
+    items: list[Item] = [("instance", i % n_inst, p, size) for (i, p), size in zip(drawn, sizes)]
+    if run.classes:
+        items += [("class", p % len(run.classes), p, sizes[0]) for _, p in drawn]
+    return items
+
+
+def _latents_and_meta(run: RunState, items: list[Item]) -> tuple[torch.Tensor, list[data.Example]]:
+    """Sampled, scaled VAE latents of the items (from the cache when there is one)."""
+    if run.latent_cache is not None:
+        entries = [_cached_latent(run, kind, idx, size) for kind, idx, _, size in items]
+        mean = torch.cat([e[0] for e in entries])
+        std = torch.cat([e[1] for e in entries])
+        examples = [e[2] for e in entries]
+    else:
+        examples = [_example(run, kind, idx, pos, size) for kind, idx, pos, size in items]
+        mean, std = latent_stats(run, torch.stack([e.pixels for e in examples]))
+    eps = torch.randn(mean.shape, generator=run.noise_generator, device=run.noise_generator.device)
+    latents = mean + std * eps.to(mean)
+    vae_cfg = run.comps.vae.config
+    if getattr(vae_cfg, "shift_factor", None) is not None:
+        latents = latents - vae_cfg.shift_factor
+    return latents * vae_cfg.scaling_factor, examples
+
+
+def _cached_latent(
+    run: RunState, kind: str, idx: int, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, data.Example]:
+    """An image's latent distribution at a size, encoded on first use (one image at a time, outside
+    autocast) and kept."""
+    key = (kind, idx, size)
+    if key not in run.latent_cache:
+        ex = _example(run, kind, idx, 0, size)
+        with torch.autocast(device_type=run.device.type, enabled=False):
+            mean, std = latent_stats(run, ex.pixels[None])
+        run.latent_cache[key] = (mean, std, ex)
+    return run.latent_cache[key]
+
+
+def _cached_text(run: RunState, caption: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A caption's embeddings, encoded on first use with the frozen text encoders and kept."""
+    if caption not in run.text_cache:
+        ids = models.tokenize(run.comps.tokenizers, [caption])
+        with torch.no_grad():
+            run.text_cache[caption] = models.encode_tokens(run.comps.arch, run.comps.text_encoders, ids)
+    return run.text_cache[caption]
+
+
+def _conditioning(run: RunState, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if run.text_cache is not None:
+        entries = [_cached_text(run, c) for c in captions]
+        embeds = torch.cat([e[0] for e in entries])
+        pooled = [e[1] for e in entries]
+        return embeds, (torch.cat(pooled) if pooled[0] is not None else None)
+    ids = models.tokenize(run.comps.tokenizers, captions)
+    return models.encode_tokens(run.comps.arch, run.text_encoders, ids)
+
+
+def micro_batch_loss(run: RunState, micro_batch: int) -> torch.Tensor:
+    """The DreamBooth loss of one micro-batch on this process."""
+    cfg, comps = run.cfg, run.comps
+    items = _batch_items(run, micro_batch)
+    latents, examples = _latents_and_meta(run, items)
+    sched = comps.noise_scheduler
+    noise = losses.sample_noise(latents, run.noise_generator, cfg.noise_offset)
+    timesteps = losses.sample_timesteps(
+        latents.shape[0], sched.config.num_train_timesteps, run.noise_generator
+    )
+    timesteps = timesteps.to(latents.device)
+    noisy = sched.add_noise(latents, noise, timesteps)
+    embeds, pooled = _conditioning(run, [e.caption for e in examples])
+    added = None
+    if comps.is_sdxl:
+        time_ids = models.sdxl_time_ids(
+            [e.original_size for e in examples],
+            [e.crop_top_left for e in examples],
+            [e.target_size for e in examples],
+        )
+        added = {"text_embeds": pooled, "time_ids": time_ids.to(run.device, dtype=pooled.dtype)}
+    pred = run.unet(
+        noisy, timesteps, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
+    )[0]
+    target = losses.prediction_target(sched, comps.prediction_type, latents, noise, timesteps)
+    per_example = losses.per_example_mse(pred, target)
+    if cfg.snr_gamma:
+        per_example = per_example * losses.min_snr_weights(
+            sched.alphas_cumprod, timesteps, cfg.snr_gamma, comps.prediction_type
+        ).to(per_example)
+    n_inst = sum(1 for kind, *_ in items if kind == "instance")
+    loss, _ = losses.dreambooth_loss(per_example, n_inst, cfg.prior_loss_weight)
+    return loss
+
+
+def enable_caches(run: RunState) -> None:
+    """Turn on the latent cache (no random augmentation) and the text cache (frozen text encoders).
+
+    Both fill lazily, on first use, so nothing is encoded before the first step needs it; the values are the
+    same whenever they are computed, so a resumed run sees exactly what an uninterrupted one saw.
+    """
+    cfg = run.cfg
+    square = (run.resolution, run.resolution)
+    sizes = sorted(set(run.bucket_of)) if run.bucket_of else [square]
+    augment = (
+        cfg.random_flip
+        or any(
+            data.crop_is_random(s.image.size, cfg.center_crop, run.bucket_of[i] if run.bucket_of else square)
+            for i, s in enumerate(run.instances)
+        )
+        or any(
+            data.crop_is_random(s.image.size, cfg.center_crop, size) for s in run.classes for size in sizes
+        )
+    )
+    run.latent_cache = None if augment else {}
+    run.text_cache = None if cfg.train_text_encoder else {}
+    logger.info(
+        "caches: VAE latents %s, text embeddings %s",
+        "off (random augmentation)" if augment else "on (filled on first use)",
+        "off (text encoder trained)" if cfg.train_text_encoder else "on (filled on first use)",
+    )

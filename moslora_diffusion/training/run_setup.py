@@ -1,0 +1,186 @@
+"""The pieces a run is set up from: accelerator, shared seed, optimizer, schedule, images, file metadata."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import TrainConfigError
+from . import data, models, run_folder
+from .args import TrainConfig
+from .batches import Source
+
+logger = logging.getLogger(__name__)
+
+
+def make_accelerator(cfg: TrainConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    project = ProjectConfiguration(
+        project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / cfg.logging_dir)
+    )
+    # `accelerate launch --multi_gpu` on a machine without GPUs starts N processes (torchrun) but
+    # accelerate only joins them into one gloo group when told to use the CPU.
+    no_gpu = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(
+        cpu=no_gpu and multi_process,
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard" if cfg.report_to == "tensorboard" else None,
+        project_config=project,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.train_text_encoder)],
+    )
+
+
+def shared_seed(cfg: TrainConfig, accelerator: Any, resume_state: dict | None) -> int:
+    if cfg.seed is not None:
+        return cfg.seed
+    if resume_state and resume_state.get("seed") is not None:
+        return int(resume_state["seed"])
+    from accelerate.utils import broadcast_object_list
+
+    chosen = [random.SystemRandom().randrange(2**31)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(chosen, from_process=0)
+    return int(chosen[0])
+
+
+def make_optimizer(cfg: TrainConfig, comps: models.Components, num_processes: int) -> torch.optim.Optimizer:
+    factor = cfg.gradient_accumulation_steps * cfg.train_batch_size * num_processes if cfg.scale_lr else 1
+    groups = []
+    for component, model in comps.adapted_models().items():
+        params = [p for p in model.parameters() if p.requires_grad]
+        lr = cfg.learning_rate if component == "unet" else (cfg.text_encoder_lr or cfg.learning_rate)
+        groups.append({"params": params, "lr": lr * factor, "name": component})
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(
+            groups, betas=betas, weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
+        )
+    if cfg.optimizer == "prodigy":
+        import prodigyopt
+
+        if cfg.learning_rate < 0.1:
+            logger.warning("Prodigy adapts the step size itself; a --learning_rate around 1.0 is usual")
+        return prodigyopt.Prodigy(groups, betas=betas, weight_decay=cfg.adam_weight_decay)
+    return torch.optim.AdamW(groups, betas=betas, weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+
+
+def check_distributed_support(cfg: TrainConfig, accelerator: Any) -> None:
+    """DeepSpeed takes one model per engine and does its own accumulation: say so instead of failing deep inside."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    if cfg.train_text_encoder:
+        raise TrainConfigError(
+            "--train_text_encoder is not supported under DeepSpeed; use DDP (multi_gpu_ddp.yaml)"
+        )
+    if cfg.gradient_accumulation_steps != 1:
+        raise TrainConfigError(
+            "under DeepSpeed set gradient_accumulation_steps in the DeepSpeed config, not the flag"
+        )
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds_config["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+
+
+def make_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, max_steps: int) -> Any:
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        cfg.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=cfg.lr_warmup_steps,
+        num_training_steps=max_steps,
+        num_cycles=cfg.lr_num_cycles,
+        power=cfg.lr_power,
+    )
+
+
+def enable_gradient_checkpointing(cfg: TrainConfig, comps: models.Components) -> None:
+    if not cfg.gradient_checkpointing:
+        return
+    comps.unet.enable_gradient_checkpointing()
+    if cfg.train_text_encoder:
+        for te in comps.text_encoders:
+            kwargs = {"use_reentrant": False}
+            if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+                te.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def decode_image(path: Path, caption: str) -> Source:
+    """The one decode of a training image (preflight only checked its header)."""
+    try:
+        return Source(data.load_image(path), caption)
+    except Exception as exc:  # PIL raises many types for broken pixel data
+        raise TrainConfigError(f"{path}: the image cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def load_sources(cfg: TrainConfig) -> tuple[list[Source], list[Source]]:
+    images = data.check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
+    instances = [decode_image(p, c) for p, c in zip(images.paths, images.captions)]
+    classes: list[Source] = []
+    if cfg.with_prior_preservation:
+        class_set = data.scan_images(cfg.class_data_dir, cfg.class_prompt)
+        kept = list(zip(class_set.paths, class_set.captions))[: cfg.num_class_images]
+        uncaptioned = [p.name for p, c in kept if not c]
+        if uncaptioned:
+            raise TrainConfigError(
+                f"--class_data_dir: no caption for {', '.join(uncaptioned[:5])} (no .txt beside it and no "
+                "--class_prompt)"
+            )
+        classes = [decode_image(p, c) for p, c in kept]
+        if not classes:
+            raise TrainConfigError(f"no readable class images in {cfg.class_data_dir}")
+    return instances, classes
+
+
+def training_metadata(cfg: TrainConfig, steps: int, final_loss: float | None, seed: int) -> dict[str, Any]:
+    keep = {
+        k: v for k, v in cfg.to_dict().items() if v is not None and k not in ("output_dir", "logging_dir")
+    }
+    return {
+        **keep,
+        "seed": seed,
+        "steps_done": steps,
+        "final_loss": final_loss,
+        "script": "train_dreambooth_moslora",
+    }
+
+
+def base_model_metadata(cfg: TrainConfig, comps: models.Components) -> dict[str, Any]:
+    """The native file's `base_model`: architecture, name, UNet layout (formats.base_model_info) and more."""
+    from types import SimpleNamespace
+
+    from .. import base_models
+    from ..formats import base_model_info
+
+    unet = getattr(comps.unet, "module", comps.unet)
+    name = cfg.pretrained_model_name_or_path
+    single_file = base_models.is_single_file(name)
+    info = base_model_info(
+        SimpleNamespace(unet=unet),
+        name_or_path=Path(name).name if single_file else name,
+        hash=f"sha256:{base_models.file_sha256(name)}" if single_file else None,
+        architecture=comps.arch,
+    )
+    extra = {
+        "revision": cfg.revision,
+        "variant": cfg.variant,
+        "vae": cfg.pretrained_vae_model_name_or_path,
+        "prediction_type": comps.prediction_type,
+        "resolved_path": run_folder.resolved_path(name),
+        "single_file": single_file or None,
+        "config": run_folder.resolved_path(cfg.config) if cfg.config else None,
+    }
+    return {**info, **{k: v for k, v in extra.items() if v is not None}}
