@@ -342,7 +342,7 @@ def test_train_status_line_names_events_not_server_paths(tmp_path, lora_file):
 def test_prompt_token_count_against_the_encoder_limit(tmp_path):
     """Issue "Web UI for daily use", bug 6: the count the page shows, and when a prompt is cut off."""
     from moslora_diffusion.webui.engine import Engine
-    from moslora_diffusion.webui.ui import _token_count
+    from moslora_diffusion.webui.widgets import token_count as _token_count
 
     setup = make_tiny_setup(tmp_path)
     engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
@@ -439,7 +439,8 @@ def test_generation_settings_from_our_infotext_and_a1111s():
 def test_size_sliders_bounded_around_the_native_size(tmp_path):
     """Issue "Web UI for daily use": sizes default to and are bounded around the model's own (32 px here)."""
     from moslora_diffusion.webui.engine import Engine
-    from moslora_diffusion.webui.ui import _size_note, size_bounds
+    from moslora_diffusion.webui.widgets import size_bounds
+    from moslora_diffusion.webui.widgets import size_note as _size_note
 
     setup = make_tiny_setup(tmp_path)
     engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
@@ -496,7 +497,7 @@ def test_cancelled_job_can_keep_the_adapter_trained_so_far(tmp_path, lora_file):
 
 
 def test_loss_frame_raw_and_smoothed():
-    from moslora_diffusion.webui.ui import SMOOTHED, loss_frame
+    from moslora_diffusion.webui.tab_train import SMOOTHED, loss_frame
 
     losses = [(i, float(i % 2)) for i in range(1, 41)]  # 0/1 alternating: the mean of 2 is 0.5
     frame = loss_frame(losses)
@@ -513,7 +514,7 @@ def test_plot_frames_keep_text_series_columns_when_empty():
     real run, where the first polls come before the first step): the column must stay text."""
     from pandas.api.types import is_numeric_dtype
 
-    from moslora_diffusion.webui.ui import loss_frame, quality_frame
+    from moslora_diffusion.webui.tab_train import loss_frame, quality_frame
 
     assert not is_numeric_dtype(loss_frame([])["curve"])
     assert not is_numeric_dtype(quality_frame([])["score"])
@@ -598,7 +599,7 @@ def test_training_job_on_a_single_file_base_uses_its_config_folder_and_buckets(t
 
 def test_training_job_on_the_example_subject_reports_a_quality_curve(tmp_path, lora_file):
     from moslora_diffusion import toyworld
-    from moslora_diffusion.webui.ui import quality_frame
+    from moslora_diffusion.webui.tab_train import quality_frame
 
     backend = FakeTraining(lora_file)
     jobs = TrainingJobs(str(toyworld.base_model_path()), tmp_path / "adapters", tmp_path / "work",

@@ -1,0 +1,238 @@
+"""The Generate tab: prompt, adapters, sampler settings, images and their PNG info."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from .engine import (
+    MAX_ADAPTER_SLOTS,
+    MAX_SEED,
+    SCHEDULERS,
+    STRENGTH_RANGE,
+    Engine,
+    GenerationRequest,
+)
+from .pngmeta import generation_settings
+from .widgets import (
+    DEVICE,
+    PRIVATE,
+    REFUSED,
+    adapter_info_markdown,
+    size_bounds,
+    step_reporter,
+    token_count,
+    user_errors,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateTab:
+    prompt: Any
+    negative: Any
+    random_seed: Any
+    seed: Any
+    steps: Any
+    cfg: Any
+    scheduler: Any
+    width: Any
+    height: Any
+    slots: list[tuple[Any, Any, Any]]  # (enable, adapter name, strength)
+    infos: list[Any]  # each slot's description / refusal
+    refresh: Any
+
+    @property
+    def sampler_inputs(self) -> list[Any]:
+        return [self.steps, self.cfg, self.scheduler, self.width, self.height]
+
+    @property
+    def dropdowns(self) -> list[Any]:
+        return [name for _, name, _ in self.slots]
+
+    @property
+    def settings_outputs(self) -> list[Any]:
+        """The widgets `settings_updates` fills, in its order."""
+        fixed = [
+            self.prompt,
+            self.negative,
+            self.random_seed,
+            self.seed,
+            self.steps,
+            self.cfg,
+            self.scheduler,
+        ]
+        return [*fixed, self.width, self.height, *[w for slot in self.slots for w in slot]]
+
+
+def run_generation(engine: Engine, req: GenerationRequest, progress: Any = None) -> list[Any]:
+    with user_errors("generation"):
+        return engine.generate(req, step_reporter(progress))
+
+
+def _adapter_slot(engine: Engine, i: int, choices: list[str]) -> tuple[Any, Any, Any, Any]:
+    with gr.Row(equal_height=True):
+        enable = gr.Checkbox(
+            value=False, label=f"Slot {i + 1}", scale=0, min_width=90, elem_id=f"enable-{i + 1}"
+        )
+        name = gr.Dropdown(
+            choices, value=None, label="Adapter", allow_custom_value=True, scale=3, elem_id=f"adapter-{i + 1}"
+        )
+        strength = gr.Slider(*STRENGTH_RANGE, value=1.0, step=0.05, label="Strength", scale=2)
+    info = gr.Markdown("", elem_id=f"adapter-info-{i + 1}")
+
+    def picked(value: str | None) -> tuple[str, Any]:
+        """The adapter's description, and the slot ticked; a refused adapter unticks it, with the reason."""
+        text = adapter_info_markdown(engine, value)
+        return text, gr.update(value=bool(value) and not text.startswith(REFUSED))
+
+    name.change(picked, name, [info, enable], **PRIVATE, queue=False)
+    return enable, name, strength, info
+
+
+def build_generate_tab(engine: Engine) -> GenerateTab:
+    """Prompt, sampler settings, four adapter slots; the gallery with parameters and the seed used."""
+    lim, d = engine.limits, engine.defaults
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+            tokens = gr.Markdown(token_count(engine, ""), elem_id="prompt-tokens")
+            negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative-prompt")
+            negative_tokens = gr.Markdown(token_count(engine, ""), elem_id="negative-tokens")
+            with gr.Row():
+                steps = gr.Slider(1, lim.max_steps, value=d["steps"], step=1, label="Steps", elem_id="steps")
+                cfg = gr.Slider(0, lim.max_guidance, value=d["guidance_scale"], step=0.5, label="CFG scale")
+                scheduler = gr.Dropdown(list(SCHEDULERS), value=d["scheduler"], label="Sampler")
+            low, native, high = size_bounds(engine)
+            with gr.Row():
+                width = gr.Slider(low, high, value=d["width"], step=8, label="Width", elem_id="width")
+                height = gr.Slider(low, high, value=d["height"], step=8, label="Height", elem_id="height")
+                n_images = gr.Slider(1, lim.max_images, value=1, step=1, label="Images")
+            size_note = gr.Markdown("", elem_id="size-note")
+            with gr.Row():
+                random_seed = gr.Checkbox(value=True, label="Random seed")
+                seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+            with gr.Accordion("img2img: start from an image", open=False):
+                init_image = gr.Image(
+                    label="Start image (resized to width x height)", type="pil", sources=["upload", "clipboard"],
+                    elem_id="img2img-input",
+                )  # fmt: skip
+                denoise = gr.Slider(
+                    0.05, 1.0, value=0.75, step=0.05, label="Denoising strength (0 keeps the image, 1 replaces it)",
+                    elem_id="img2img-strength",
+                )  # fmt: skip
+            with gr.Accordion("Adapters", open=True):
+                choices = engine.list_adapters()
+                slot_parts = [_adapter_slot(engine, i, choices) for i in range(MAX_ADAPTER_SLOTS)]
+                slots, infos = [part[:3] for part in slot_parts], [part[3] for part in slot_parts]
+                refresh = gr.Button("Refresh adapter list", size="sm")
+        with gr.Column(scale=2):
+            with gr.Row():
+                generate_btn = gr.Button(
+                    "Generate (Ctrl+Enter)", variant="primary", size="lg", elem_id="generate-btn", scale=3
+                )
+                stop_btn = gr.Button("Stop", variant="stop", size="lg", elem_id="stop-btn", scale=1)
+            gallery = gr.Gallery(
+                label="Images", format="png", columns=2, height="auto", elem_id="gallery", type="filepath"
+            )
+            files = gr.File(
+                label="Download PNG files", file_count="multiple", interactive=False, elem_id="downloads"
+            )
+            with gr.Row(equal_height=True):
+                # a read-only text box: a Number would show 0 before any image exists
+                used_seed = gr.Textbox(
+                    value="", label="Seed used (first image)", interactive=False, elem_id="used-seed", scale=3
+                )
+                reuse_seed = gr.Button("Reuse seed", size="sm", elem_id="reuse-seed", scale=1)
+            params_box = gr.Textbox(label="Parameters (PNG 'parameters' chunk)", lines=4, interactive=False)
+
+    def ui_generate(prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n, init, strength,
+                    *slot_values, progress=gr.Progress()):  # fmt: skip
+        triples = [slot_values[i : i + 3] for i in range(0, len(slot_values), 3)]
+        with user_errors("generation"):
+            req = GenerationRequest(
+                prompt=prompt,
+                negative_prompt=negative,
+                steps=steps,
+                guidance_scale=cfg,
+                seed=-1 if random_seed else (seed if seed is not None else -1),
+                width=width,
+                height=height,
+                scheduler=scheduler,
+                num_images=n,
+                adapters=[(a, s) for e, a, s in triples if e and a],
+                init_image=init,
+                strength=strength,
+            )
+        results = run_generation(engine, req, progress)
+        used, limit = engine.prompt_tokens(req.prompt)
+        if used > limit:
+            gr.Warning(f"the prompt has {used} tokens; the text encoder read only the first {limit}")
+        gallery_items = [(str(r.path), f"seed {r.seed}") for r in results]
+        return gallery_items, [str(r.path) for r in results], results[0].parameters, str(results[0].seed)
+
+    for slider in (width, height):
+        slider.change(
+            lambda w, h: size_note(engine, w, h), [width, height], size_note, **PRIVATE, queue=False
+        )
+    for box, counter in ((prompt, tokens), (negative, negative_tokens)):
+        box.change(lambda text: token_count(engine, text), box, counter, **PRIVATE, queue=False)
+    stop_btn.click(engine.stop, None, None, **PRIVATE, queue=False)  # outside the queue the generation holds
+    inputs = [
+        prompt,
+        negative,
+        steps,
+        cfg,
+        random_seed,
+        seed,
+        scheduler,
+        width,
+        height,
+        n_images,
+        init_image,
+        denoise,
+    ]
+    generate_btn.click(
+        ui_generate,
+        inputs + [w for slot in slots for w in slot],
+        [gallery, files, params_box, used_seed],
+        **PRIVATE,
+        **DEVICE,
+    )
+    reuse_seed.click(
+        lambda used: (gr.update(value=False), int(used)) if str(used).isdigit() else (gr.skip(), gr.skip()),
+        used_seed,
+        [random_seed, seed],
+        **PRIVATE,
+        queue=False,
+    )
+    return GenerateTab(
+        prompt, negative, random_seed, seed, steps, cfg, scheduler, width, height, slots, infos, refresh
+    )
+
+
+def settings_updates(fields: dict[str, Any]) -> list[Any]:
+    """Updates for `GenerateTab.settings_outputs` from a parsed infotext; fields it lacks stay as they are."""
+    s = generation_settings(fields)
+    keep = gr.skip()
+    sampler = s.get("sampler") if s.get("sampler") in SCHEDULERS else None
+    updates = [
+        s["prompt"],
+        s["negative_prompt"],
+        gr.update(value=False) if "seed" in s else keep,
+        s.get("seed", keep),
+        s.get("steps", keep),
+        s.get("guidance_scale", keep),
+        sampler or keep,
+        s.get("width", keep),
+        s.get("height", keep),
+    ]
+    adapters = s.get("adapters", [])[:MAX_ADAPTER_SLOTS]
+    for i in range(MAX_ADAPTER_SLOTS):
+        name, strength = adapters[i] if i < len(adapters) else (None, 1.0)
+        updates += [bool(name), name, strength]
+    return updates
