@@ -20,10 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # for tests.webui_support
 CHROMIUM = "/usr/bin/chromium"
-LABELS = {
-    "circle": "Example subject: red-over-yellow circle (a new design)",
-    "star": "Example subject: green-over-white star (a new outline)",
-}
+from moslora_diffusion.webui.tab_train import example_choices  # noqa: E402
+
+LABELS = {key: label for label, key in example_choices() if key}  # the Train tab's own menu entries
 
 
 def _fill_number(page, label: str, value: str) -> None:

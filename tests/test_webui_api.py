@@ -179,7 +179,7 @@ def test_unknown_adapter_refused(server):
 
 def test_compare_grid(server):
     from moslora_diffusion.webui.compare import compare
-    from moslora_diffusion.webui.engine import GenerationRequest
+    from moslora_diffusion.webui.requests import GenerationRequest
 
     engine = server["engine"]
     req = GenerationRequest(prompt="a red circle", steps=2, width=32, height=32, scheduler="DDIM")
@@ -249,7 +249,7 @@ def test_full_queue_answers_clearly_and_one_generation_at_a_time(small_queue_ser
 
 
 def test_busy_device_answers_with_a_message(small_queue_server):
-    from moslora_diffusion.webui.engine import Limits
+    from moslora_diffusion.webui.requests import Limits
 
     client, engine = small_queue_server
     old = engine.limits

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from moslora_diffusion.architectures import normalize as normalize_architecture
-from moslora_diffusion.errors import AdapterMismatchError, AdapterNameError
+from moslora_diffusion.errors import AdapterMismatchError, AdapterNameError, JobBusy
 from moslora_diffusion.webui.adapter_files import list_adapters, safe_adapter_path
 from moslora_diffusion.webui.compare import labelled_grid, parse_seeds, parse_strengths
-from moslora_diffusion.webui.engine import GenerationRequest, Limits, validate_request
-from moslora_diffusion.webui.jobs import JobBusy, TrainingJobs, TrainRequest, UploadLimits, decode_uploads
+from moslora_diffusion.webui.jobs import TrainingJobs, TrainRequest, UploadLimits, decode_uploads
 from moslora_diffusion.webui.pngmeta import format_parameters, parse_parameters, read_parameters, save_png
+from moslora_diffusion.webui.requests import GenerationRequest, Limits, validate_request
 from tests.webui_support import FakeTraining, make_tiny_setup, write_plain_lora
 
 # ---- PNG infotext ---------------------------------------------------------------------------------------
@@ -370,7 +370,7 @@ def test_prompt_token_count_against_the_encoder_limit(tmp_path):
     ],
 )
 def test_lora_tags_parsed_out_of_prompts(prompt, clean, adapters):
-    from moslora_diffusion.webui.engine import parse_lora_tags
+    from moslora_diffusion.webui.requests import parse_lora_tags
 
     assert parse_lora_tags(prompt) == (clean, adapters)
 
@@ -388,7 +388,8 @@ def test_lora_tags_count_with_slots_and_are_bounded():
 
 def test_stop_interrupts_within_one_denoising_step(tmp_path):
     """Issue "Web UI for daily use": Stop ends a generation after its current step; finished images are kept."""
-    from moslora_diffusion.webui.engine import Engine, GenerationStopped
+    from moslora_diffusion.errors import GenerationStopped
+    from moslora_diffusion.webui.engine import Engine
 
     setup = make_tiny_setup(tmp_path)
     engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])

@@ -7,11 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from .engine import (
-    SCHEDULERS,
-    Engine,
-    GenerationRequest,
-)
+from .engine import Engine
+from .requests import SCHEDULERS, GenerationRequest
 from .tab_generate import run_generation
 from .widgets import DEVICE, png_info
 

@@ -14,8 +14,9 @@ from PIL import Image
 
 from ..errors import RequestError
 from ..imaging import labelled_grid
-from .engine import MAX_SEED, STRENGTH_RANGE, Engine, GenerationRequest, validate_request
+from .engine import Engine
 from .pngmeta import format_parameters, save_png
+from .requests import MAX_SEED, STRENGTH_RANGE, GenerationRequest, validate_request
 
 __all__ = ["parse_number_list", "parse_strengths", "parse_seeds", "labelled_grid", "CompareResult", "compare"]
 

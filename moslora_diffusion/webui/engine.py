@@ -46,18 +46,7 @@ from .requests import (
     validate_request,
 )
 
-__all__ = [
-    "SCHEDULERS",
-    "MAX_SEED",
-    "Limits",
-    "GenerationRequest",
-    "GeneratedImage",
-    "EngineBusy",
-    "GenerationStopped",
-    "Engine",
-    "validate_request",
-    "load_serving_pipeline",
-]
+__all__ = ["Engine", "list_models", "load_adapter_file", "load_serving_pipeline"]
 
 
 def _content_digest(path: Path) -> str:

@@ -31,7 +31,7 @@ from ..errors import JobBusy, RequestError
 from ..toyworld.quality import scorer_for
 from .adapter_files import ADAPTER_SUFFIX
 
-__all__ = ["UploadLimits", "TrainRequest", "JobStatus", "JobBusy", "TrainingJobs", "decode_uploads"]
+__all__ = ["UploadLimits", "TrainRequest", "JobStatus", "TrainingJobs", "decode_uploads"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,68 @@ class TrainRequest:
     # uploads: the job then reports subject and prompt scores as it trains (a learning curve). A subject key
     # ("circle", "star"); True means the default subject, False or "" uploads.
     example_subject: bool | str = False
+
+    def validate(self, limits: Any) -> None:
+        """Raise `RequestError` naming the first field outside what ``limits`` (``UploadLimits``) allow."""
+        if not (self.instance_prompt or "").strip():
+            raise RequestError("instance prompt is empty (e.g. 'a photo of sks toy')")
+        if self.adapter not in ADAPTER_TYPES:
+            raise RequestError(f"adapter type must be one of {ADAPTER_TYPES}, got {self.adapter!r}")
+        for field_name, high in (("steps", limits.max_steps), ("rank", limits.max_rank)):
+            value = getattr(self, field_name)
+            if int(value) != value or not 1 <= int(value) <= high:
+                raise RequestError(f"{field_name} must be a whole number from 1 to {high}, got {value}")
+        if not 0 < float(self.learning_rate) <= 1e-2:
+            raise RequestError(f"learning rate must be in (0, 0.01], got {self.learning_rate}")
+
+    def example(self, base_model: str) -> Any:
+        """The bundled subject this request trains, or None for uploads (refused off the toy base model)."""
+        if not self.example_subject:
+            return None
+        if not toyworld.is_toy_base(base_model):
+            raise RequestError("the bundled example subject trains on the bundled toy-world base model only")
+        try:
+            return toyworld.get_subject(None if self.example_subject is True else str(self.example_subject))
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+
+    def config_fields(
+        self, base_model: str, instance_dir: Path, job_dir: Path, sampler: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The training settings (`TrainConfig` fields) of this request, run in ``job_dir``."""
+        prompt, class_prompt = self.instance_prompt.strip(), (self.class_prompt or "").strip()
+        example = self.example(base_model)
+        recipe: dict[str, Any] = {}
+        if example is not None:  # the subject's own adapter targets and batch; the form sets the rest
+            defaults = toyworld.subject_training_defaults(example)
+            keys = ("unet_targets", "train_batch_size", "train_text_encoder", "text_encoder_targets")
+            recipe = {k: defaults[k] for k in keys if k in defaults}
+        steps = int(self.steps)
+        return dict(
+            pretrained_model_name_or_path=base_model,
+            instance_data_dir=str(instance_dir),
+            instance_prompt=prompt,
+            with_prior_preservation=bool(class_prompt),
+            class_prompt=class_prompt or None,
+            class_data_dir=str(job_dir / "class") if class_prompt else None,
+            num_class_images=int(self.num_class_images),
+            output_dir=str(job_dir / "output"),
+            max_train_steps=steps,
+            rank=int(self.rank),
+            learning_rate=float(self.learning_rate),
+            adapter=self.adapter,
+            resolution=self.resolution,
+            bucket=True,  # photos keep their aspect ratio
+            bucket_step=64 if (self.resolution or sampler.get("width", 512)) >= 256 else 8,
+            seed=int(self.seed),
+            validation_prompt=prompt,
+            num_validation_images=1,
+            validation_steps=self.validation_every or max(1, steps // 4),
+            validation_inference_steps=int(sampler.get("steps", 25)),
+            validation_guidance_scale=float(sampler.get("guidance_scale", 5.0)),
+            checkpointing_steps=0,
+            **recipe,
+        )
 
 
 @dataclass
@@ -232,38 +294,10 @@ class TrainingJobs:
 
     def start(self, req: TrainRequest) -> JobStatus:
         """Validate everything, prepare the data folder, then start training in a background thread."""
-        with self._lock:
-            if self._status.active:
-                raise JobBusy("a training job is already running; wait for it or cancel it first")
-        prompt = (req.instance_prompt or "").strip()
-        if not prompt:
-            raise RequestError("instance prompt is empty (e.g. 'a photo of sks toy')")
-        if req.adapter not in ADAPTER_TYPES:
-            raise RequestError(f"adapter type must be one of {ADAPTER_TYPES}, got {req.adapter!r}")
-        steps, rank = int(req.steps), int(req.rank)
-        if steps != req.steps or not 1 <= steps <= self.limits.max_steps:
-            raise RequestError(
-                f"steps must be a whole number from 1 to {self.limits.max_steps}, got {req.steps}"
-            )
-        if rank != req.rank or not 1 <= rank <= self.limits.max_rank:
-            raise RequestError(
-                f"rank must be a whole number from 1 to {self.limits.max_rank}, got {req.rank}"
-            )
-        if not 0 < float(req.learning_rate) <= 1e-2:
-            raise RequestError(f"learning rate must be in (0, 0.01], got {req.learning_rate}")
+        self._refuse_if_busy()
+        req.validate(self.limits)
         name = _check_name(req.adapter_name, self.adapters_dir)
-
-        example = None
-        if req.example_subject:
-            if not toyworld.is_toy_base(self.base_model):
-                raise RequestError(
-                    "the bundled example subject trains on the bundled toy-world base model only"
-                )
-            key = None if req.example_subject is True else str(req.example_subject)
-            try:
-                example = toyworld.get_subject(key)
-            except ValueError as exc:
-                raise RequestError(str(exc)) from None
+        example = req.example(self.base_model)
         job_dir = Path(
             tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-", dir=self._mkwork())
         )
@@ -273,44 +307,22 @@ class TrainingJobs:
             instance_dir = job_dir / "instance"
             decode_uploads(list(req.images), instance_dir, self.limits)
         backend = self.backend()
-        class_prompt = (req.class_prompt or "").strip()
-        sampler = self.sampler_defaults
-        recipe: dict[str, Any] = {}
-        if example is not None:  # the subject's own adapter targets and batch; the form sets the rest
-            defaults = toyworld.subject_training_defaults(example)
-            keys = ("unet_targets", "train_batch_size", "train_text_encoder", "text_encoder_targets")
-            recipe = {k: defaults[k] for k in keys if k in defaults}
         cfg = backend.TrainConfig(
-            pretrained_model_name_or_path=self.base_model,
+            **req.config_fields(self.base_model, instance_dir, job_dir, self.sampler_defaults),
             config=config_for(self.base_model, self.configs),
-            instance_data_dir=str(instance_dir),
-            instance_prompt=prompt,
-            with_prior_preservation=bool(class_prompt),
-            class_prompt=class_prompt or None,
-            class_data_dir=str(job_dir / "class") if class_prompt else None,
-            num_class_images=int(req.num_class_images),
-            output_dir=str(job_dir / "output"),
-            max_train_steps=steps,
-            rank=rank,
-            learning_rate=float(req.learning_rate),
-            adapter=req.adapter,
-            resolution=req.resolution,
-            bucket=True,  # photos keep their aspect ratio
-            bucket_step=64 if (req.resolution or sampler.get("width", 512)) >= 256 else 8,
-            seed=int(req.seed),
-            validation_prompt=prompt,
-            num_validation_images=1,
-            validation_steps=req.validation_every or max(1, steps // 4),
-            validation_inference_steps=int(sampler.get("steps", 25)),
-            validation_guidance_scale=float(sampler.get("guidance_scale", 5.0)),
-            checkpointing_steps=0,
-            **recipe,
         )
         try:
             backend.validate_config(cfg)
         except OSError as exc:
             raise RequestError(str(exc)) from None
+        return self._launch(cfg, name, req)
 
+    def _refuse_if_busy(self) -> None:
+        with self._lock:
+            if self._status.active:
+                raise JobBusy("a training job is already running; wait for it or cancel it first")
+
+    def _launch(self, cfg: Any, name: str, req: TrainRequest) -> JobStatus:
         with self._lock:
             if self._status.active:
                 raise JobBusy("a training job is already running; wait for it or cancel it first")
@@ -318,9 +330,9 @@ class TrainingJobs:
             finished = self._status.finished
             self._status = JobStatus(
                 state="running",
-                max_steps=steps,
-                message=f"training {name} ({req.adapter}, rank {rank}, {steps} steps)",
-                preview_prompt=prompt,
+                max_steps=int(req.steps),
+                message=f"training {name} ({req.adapter}, rank {int(req.rank)}, {int(req.steps)} steps)",
+                preview_prompt=req.instance_prompt.strip(),
                 finished=finished,
                 started_at=time.time(),
             )

@@ -90,8 +90,9 @@ def create_app(args: argparse.Namespace):
     """Load the model and build the Blocks app; returns (demo, engine, jobs)."""
     from ..base_models import config_folders
     from ..errors import BaseModelError
-    from .engine import Engine, Limits, list_models
+    from .engine import Engine, list_models
     from .jobs import TrainingJobs
+    from .requests import Limits
     from .ui import build_ui
 
     base = args.base_model or default_base_model()

@@ -9,10 +9,8 @@ import gradio as gr
 
 from ..errors import RequestError
 from .compare import compare, parse_seeds, parse_strengths
-from .engine import (
-    Engine,
-    GenerationRequest,
-)
+from .engine import Engine
+from .requests import GenerationRequest
 from .widgets import DEVICE, PRIVATE, adapter_info_markdown, step_reporter, user_errors
 
 logger = logging.getLogger(__name__)

@@ -8,15 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from .engine import (
-    MAX_ADAPTER_SLOTS,
-    MAX_SEED,
-    SCHEDULERS,
-    STRENGTH_RANGE,
-    Engine,
-    GenerationRequest,
-)
+from .engine import Engine
 from .pngmeta import generation_settings
+from .requests import MAX_ADAPTER_SLOTS, MAX_SEED, SCHEDULERS, STRENGTH_RANGE, GenerationRequest
 from .widgets import (
     DEVICE,
     PRIVATE,

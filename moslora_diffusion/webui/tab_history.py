@@ -7,9 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from .engine import (
-    Engine,
-)
+from .engine import Engine
 from .tab_generate import GenerateTab, settings_updates
 from .widgets import PRIVATE, png_info, user_errors
 

@@ -10,11 +10,9 @@ from typing import Any
 import gradio as gr
 
 from ..constants import ADAPTER_TYPES
-from .engine import (
-    MAX_SEED,
-    Engine,
-)
+from .engine import Engine
 from .jobs import TrainingJobs, TrainRequest
+from .requests import MAX_SEED
 from .widgets import PRIVATE, enlarge, number_box, progress_html, refreshed, user_errors
 
 logger = logging.getLogger(__name__)
@@ -33,99 +31,110 @@ class TrainTab:
         return [self.progress, self.message, self.loss, self.preview, self.quality]
 
 
+def example_choices() -> list[tuple[str, str]]:
+    """The "Train on" menu: uploaded images, or one of the toy world's bundled subjects."""
+    from ..toyworld import SUBJECTS
+
+    return [("Uploaded images", "")] + [
+        (f"Example subject, {key}: {subject.description}", key) for key, subject in SUBJECTS.items()
+    ]
+
+
+def _default(field_name: str) -> Any:
+    """A `TrainRequest` field's default: the form starts where the request does."""
+    return TrainRequest.__dataclass_fields__[field_name].default
+
+
+def _train_form(jobs: TrainingJobs) -> dict[str, Any]:
+    """The left column: uploads, prompts, settings, the "Train on" menu and the buttons."""
+    lim = jobs.limits
+    w: dict[str, Any] = {}
+    w["images"] = gr.File(
+        label=f"Subject images ({lim.min_images}-{lim.max_images})",
+        file_count="multiple",
+        file_types=["image"],
+        type="filepath",
+        elem_id="train-images",
+    )
+    w["thumbnails"] = gr.Gallery(
+        label="Uploaded", columns=6, height=120, allow_preview=False, elem_id="train-thumbnails"
+    )
+    w["prompt"] = gr.Textbox(
+        label="Instance prompt", placeholder="a photo of sks toy", elem_id="train-prompt"
+    )
+    w["class_prompt"] = gr.Textbox(
+        label="Class prompt (optional: turns on prior preservation)", placeholder="a photo of a toy"
+    )
+    w["name"] = gr.Textbox(label="Adapter name", value="my-adapter", elem_id="train-name")
+    with gr.Row():
+        w["steps"] = number_box(_default("steps"), "Steps", lim.max_steps)
+        w["rank"] = number_box(_default("rank"), "Rank", lim.max_rank)
+        w["lr"] = gr.Number(value=_default("learning_rate"), label="Learning rate", minimum=0)
+    w["kind"] = gr.Radio(list(ADAPTER_TYPES), value=_default("adapter"), label="Adapter type")
+    with gr.Accordion("More", open=False):
+        w["seed"] = gr.Number(value=_default("seed"), precision=0, label="Seed", minimum=0, maximum=MAX_SEED)
+        w["n_class"] = number_box(_default("num_class_images"), "Class images", 500)
+    w["keep"] = gr.Checkbox(
+        value=True, label="On cancel, keep the adapter trained so far", elem_id="train-keep-on-cancel"
+    )
+    w["example"] = gr.Dropdown(
+        choices=example_choices(),
+        value="",
+        label="Train on (the examples need the toy-world model and show subject and prompt scores as they train)",
+        elem_id="train-example-subject",
+    )
+    with gr.Row():
+        w["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
+        w["cancel"] = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+    return w
+
+
+def _train_outputs() -> TrainTab:
+    """The right column: progress, message, loss curve, latest preview and (example subjects) quality."""
+    return TrainTab(
+        gr.HTML(progress_html(0, 0, "idle")),
+        gr.Markdown("", elem_id="train-message"),
+        gr.LinePlot(
+            x="step", y="loss", color="curve", title="Training loss", height=220, elem_id="train-loss"
+        ),
+        gr.Image(
+            label="Latest preview", type="pil", format="png", interactive=False, elem_id="train-preview"
+        ),
+        gr.LinePlot(
+            x="step",
+            y="percent",
+            color="score",
+            title="Quality (example subject): % of images",
+            y_lim=[0, 100],
+            height=220,
+            visible=False,
+            elem_id="train-quality",
+        ),
+    )
+
+
+def _file_names(files: Any) -> list[str]:
+    return [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
+
+
 def build_train_tab(jobs: TrainingJobs) -> TrainTab:
     """Uploads and settings on the left; progress, loss curve and preview on the right."""
-    lim = jobs.limits
     gr.Markdown(
         "DreamBooth a new adapter on the base model. The finished adapter is copied into the "
         "adapters folder and can be picked at once. One job at a time."
     )
     with gr.Row():
         with gr.Column():
-            images = gr.File(
-                label=f"Subject images ({lim.min_images}-{lim.max_images})",
-                file_count="multiple",
-                file_types=["image"],
-                type="filepath",
-                elem_id="train-images",
-            )
-            thumbnails = gr.Gallery(
-                label="Uploaded", columns=6, height=120, allow_preview=False, elem_id="train-thumbnails"
-            )
-            prompt = gr.Textbox(
-                label="Instance prompt", placeholder="a photo of sks toy", elem_id="train-prompt"
-            )
-            class_prompt = gr.Textbox(
-                label="Class prompt (optional: turns on prior preservation)", placeholder="a photo of a toy"
-            )
-            name = gr.Textbox(label="Adapter name", value="my-adapter", elem_id="train-name")
-            with gr.Row():
-                steps = number_box(200, "Steps", lim.max_steps)
-                rank = number_box(4, "Rank", lim.max_rank)
-                lr = gr.Number(value=1e-4, label="Learning rate", minimum=0)
-            kind = gr.Radio(list(ADAPTER_TYPES), value="moslora", label="Adapter type")
-            with gr.Accordion("More", open=False):
-                seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=MAX_SEED)
-                n_class = number_box(20, "Class images", 500)
-            keep = gr.Checkbox(
-                value=True, label="On cancel, keep the adapter trained so far", elem_id="train-keep-on-cancel"
-            )
-            example = gr.Dropdown(
-                choices=[
-                    ("Uploaded images", ""),
-                    ("Example subject: red-over-yellow circle (a new design)", "circle"),
-                    ("Example subject: green-over-white star (a new outline)", "star"),
-                ],
-                value="",
-                label="Train on (the examples need the toy-world model and show subject and prompt scores "
-                "as they train)",
-                elem_id="train-example-subject",
-            )
-            with gr.Row():
-                start = gr.Button("Start training", variant="primary", elem_id="train-start")
-                cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+            w = _train_form(jobs)
         with gr.Column():
-            tab = TrainTab(
-                gr.HTML(progress_html(0, 0, "idle")),
-                gr.Markdown("", elem_id="train-message"),
-                gr.LinePlot(
-                    x="step", y="loss", color="curve", title="Training loss", height=220, elem_id="train-loss"
-                ),
-                gr.Image(
-                    label="Latest preview",
-                    type="pil",
-                    format="png",
-                    interactive=False,
-                    elem_id="train-preview",
-                ),
-                gr.LinePlot(
-                    x="step",
-                    y="percent",
-                    color="score",
-                    title="Quality (example subject): % of images",
-                    y_lim=[0, 100],
-                    height=220,
-                    visible=False,
-                    elem_id="train-quality",
-                ),
-            )
+            tab = _train_outputs()
+    w["images"].change(_file_names, w["images"], w["thumbnails"], **PRIVATE, queue=False)
 
-    images.change(
-        lambda files: [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])],
-        images,
-        thumbnails,
-        **PRIVATE,
-        queue=False,
-    )
-
-    def ui_train(
-        images, instance_prompt, class_prompt, n_steps, rank, lr, kind, name, seed, n_class, keep, example
-    ):
+    def ui_train(images, instance_prompt, class_prompt, n_steps, rank, lr, kind, name, seed, n_class, keep, example):  # fmt: skip
         with user_errors("training"):
-            files_in = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (images or [])]
             st = jobs.start(
                 TrainRequest(
-                    images=files_in,
+                    images=_file_names(images),
                     instance_prompt=instance_prompt,
                     adapter_name=name,
                     class_prompt=class_prompt,
@@ -134,10 +143,10 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
                     learning_rate=lr,
                     adapter=kind,
                     seed=seed or 0,
-                    num_class_images=n_class or 20,
+                    num_class_images=n_class or _default("num_class_images"),
                     keep_on_cancel=bool(keep),
                     example_subject=example or "",
-                )
+                )  # fmt: skip
             )
         return st.message
 
@@ -149,16 +158,25 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
             return SUBJECTS[key].instance_prompt
         return current
 
-    example.change(use_example, [example, prompt], prompt, **PRIVATE, queue=False)
-    start.click(
-        ui_train,
-        [images, prompt, class_prompt, steps, rank, lr, kind, name, seed, n_class, keep, example],
-        tab.message,
-        **PRIVATE,
-        concurrency_id="train",
-        concurrency_limit=1,
-    )
-    cancel.click(
+    w["example"].change(use_example, [w["example"], w["prompt"]], w["prompt"], **PRIVATE, queue=False)
+    fields = [
+        "images",
+        "prompt",
+        "class_prompt",
+        "steps",
+        "rank",
+        "lr",
+        "kind",
+        "name",
+        "seed",
+        "n_class",
+        "keep",
+    ]
+    w["start"].click(
+        ui_train, [w[k] for k in [*fields, "example"]], tab.message, **PRIVATE,
+        concurrency_id="train", concurrency_limit=1,
+    )  # fmt: skip
+    w["cancel"].click(
         lambda: jobs.cancel().message or "no training job is running",
         None,
         tab.message,

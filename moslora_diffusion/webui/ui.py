@@ -13,9 +13,7 @@ import logging
 import gradio as gr
 
 from .api import build_api_endpoint
-from .engine import (
-    Engine,
-)
+from .engine import Engine
 from .jobs import TrainingJobs
 from .tab_compare import build_compare_tab
 from .tab_generate import GenerateTab, build_generate_tab

@@ -12,9 +12,7 @@ import gradio as gr
 
 from ..errors import MoSLoraError
 from .adapter_files import format_info
-from .engine import (
-    Engine,
-)
+from .engine import Engine
 from .pngmeta import parse_parameters, read_parameters
 
 logger = logging.getLogger(__name__)
