@@ -34,21 +34,10 @@ def _load_base_lines(cfg: TrainConfig, arch: str) -> list[str]:
     ]
 
 
-def render_model_card(
-    cfg: TrainConfig,
-    arch: str,
-    files: dict[str, Path],
-    steps_done: int,
-    final_loss: float | None,
-    sample_grid: Path | None,
-    loss_curve: Path | None,
-    quality_curve: Path | None = None,
-) -> str:
-    root = Path(cfg.output_dir)
+def _header_lines(cfg: TrainConfig, arch: str, steps_done: int, final_loss: float | None) -> list[str]:
     base = cfg.pretrained_model_name_or_path
     method = "MoSLoRA (LoRA with a trainable r×r mixer)" if cfg.adapter == "moslora" else "LoRA"
-    prompt = cfg.validation_prompt or cfg.instance_prompt or "<your prompt>"
-    lines = [
+    return [
         "---",
         f"base_model: {base}",
         "library_name: diffusers",
@@ -65,6 +54,11 @@ def render_model_card(
         + (f" (final loss {final_loss:.4f})." if final_loss is not None else "."),
         "",
     ]
+
+
+def _figure_lines(cfg: TrainConfig, root: Path, sample_grid: Path | None, loss_curve: Path | None,
+                  quality_curve: Path | None) -> list[str]:  # fmt: skip
+    lines: list[str] = []
     if sample_grid is not None:
         lines += [f"Samples for `{cfg.validation_prompt}`:", "", f"![samples]({_rel(sample_grid, root)})", ""]
     if loss_curve is not None:
@@ -76,6 +70,10 @@ def render_model_card(
             f"![quality curve]({_rel(quality_curve, root)})",
             "",
         ]
+    return lines
+
+
+def _settings_lines(cfg: TrainConfig, steps_done: int) -> list[str]:
     settings: list[tuple[str, Any]] = [
         ("instance prompt", cfg.instance_prompt),
         ("class prompt (prior preservation)", cfg.class_prompt if cfg.with_prior_preservation else None),
@@ -90,39 +88,28 @@ def render_model_card(
         ("mixed precision", cfg.mixed_precision),
         ("seed", cfg.seed),
     ]
-    lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | `{v}` |" for k, v in settings if v is not None]
-    lines += ["", "## Files", ""]
-    descriptions = {
-        "moslora": "native MoSLoRA file (A, mixer, B and metadata); resume, analyse or re-export it",
-        "diffusers": "plain LoRA with the mixer folded in (B' = s·B·M); loads with stock diffusers",
-        "kohya": "kohya-ss naming for AUTOMATIC1111 / ComfyUI",
-    }
-    for kind, path in files.items():
-        lines.append(f"- `{_rel(path, root)}`: {descriptions.get(kind, kind)}")
-    lines += [
-        "",
-        "## Use with diffusers",
-        "",
-        "```python",
-        "import torch",
-        *_load_base_lines(cfg, arch),
-        f'pipe.load_lora_weights("{root.as_posix()}")  # pytorch_lora_weights.safetensors',
-        f'image = pipe("{prompt}").images[0]',
-        "```",
-        "",
-    ]
+    lines = ["## Training settings", "", "| setting | value |", "|---|---|"]
+    return lines + [f"| {k} | `{v}` |" for k, v in settings if v is not None]
+
+
+_FILE_DESCRIPTIONS = {
+    "moslora": "native MoSLoRA file (A, mixer, B and metadata); resume, analyse or re-export it",
+    "diffusers": "plain LoRA with the mixer folded in (B' = s·B·M); loads with stock diffusers",
+    "kohya": "kohya-ss naming for AUTOMATIC1111 / ComfyUI",
+}
+
+
+def _usage_lines(cfg: TrainConfig, arch: str, files: dict[str, Path], root: Path) -> list[str]:
+    prompt = cfg.validation_prompt or cfg.instance_prompt or "<your prompt>"
+    lines = ["", "## Files", ""]
+    lines += [f"- `{_rel(path, root)}`: {_FILE_DESCRIPTIONS.get(kind, kind)}" for kind, path in files.items()]
+    lines += ["", "## Use with diffusers", "", "```python", "import torch", *_load_base_lines(cfg, arch),
+              f'pipe.load_lora_weights("{root.as_posix()}")  # pytorch_lora_weights.safetensors',
+              f'image = pipe("{prompt}").images[0]', "```", ""]  # fmt: skip
     if "moslora" in files:
-        lines += [
-            "With moslora-diffusion installed, the native file loads the same way:",
-            "",
-            "```python",
-            "import moslora_diffusion  # adds pipe.load_moslora_weights",
-            "",
-            f'pipe.load_moslora_weights("{root.as_posix()}")',
-            "```",
-            "",
-        ]
+        lines += ["With moslora-diffusion installed, the native file loads the same way:", "", "```python",
+                  "import moslora_diffusion  # adds pipe.load_moslora_weights", "",
+                  f'pipe.load_moslora_weights("{root.as_posix()}")', "```", ""]  # fmt: skip
     kohya = files.get("kohya")
     lines += ["## Use with AUTOMATIC1111 / ComfyUI", ""]
     if kohya is not None:
@@ -138,7 +125,25 @@ def render_model_card(
             if cfg.adapter == "moslora"
             else "Train with `--export_kohya` to get a kohya-format file, then copy it into `models/Lora`."
         )
-    lines.append("")
+    return [*lines, ""]
+
+
+def render_model_card(
+    cfg: TrainConfig,
+    arch: str,
+    files: dict[str, Path],
+    steps_done: int,
+    final_loss: float | None,
+    sample_grid: Path | None,
+    loss_curve: Path | None,
+    quality_curve: Path | None = None,
+) -> str:
+    """The run's README.md: what was trained and how, its pictures, its files and how to use them."""
+    root = Path(cfg.output_dir)
+    lines = _header_lines(cfg, arch, steps_done, final_loss)
+    lines += _figure_lines(cfg, root, sample_grid, loss_curve, quality_curve)
+    lines += _settings_lines(cfg, steps_done)
+    lines += _usage_lines(cfg, arch, files, root)
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from .widgets import (
     REFUSED,
     adapter_info_markdown,
     size_bounds,
+    size_note,
     step_reporter,
     token_count,
     user_errors,
@@ -88,80 +89,90 @@ def _adapter_slot(engine: Engine, i: int, choices: list[str]) -> tuple[Any, Any,
     return enable, name, strength, info
 
 
+def _settings_column(engine: Engine) -> dict[str, Any]:
+    """Prompt and negative prompt with token counters, sampler and size, seed, img2img and adapter slots."""
+    lim, d = engine.limits, engine.defaults
+    w: dict[str, Any] = {}
+    w["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+    w["tokens"] = gr.Markdown(token_count(engine, ""), elem_id="prompt-tokens")
+    w["negative"] = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative-prompt")
+    w["negative_tokens"] = gr.Markdown(token_count(engine, ""), elem_id="negative-tokens")
+    with gr.Row():
+        w["steps"] = gr.Slider(1, lim.max_steps, value=d["steps"], step=1, label="Steps", elem_id="steps")
+        w["cfg"] = gr.Slider(0, lim.max_guidance, value=d["guidance_scale"], step=0.5, label="CFG scale")
+        w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value=d["scheduler"], label="Sampler")
+    low, _, high = size_bounds(engine)
+    with gr.Row():
+        w["width"] = gr.Slider(low, high, value=d["width"], step=8, label="Width", elem_id="width")
+        w["height"] = gr.Slider(low, high, value=d["height"], step=8, label="Height", elem_id="height")
+        w["n_images"] = gr.Slider(1, lim.max_images, value=1, step=1, label="Images")
+    w["size_note"] = gr.Markdown("", elem_id="size-note")
+    with gr.Row():
+        w["random_seed"] = gr.Checkbox(value=True, label="Random seed")
+        w["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+    with gr.Accordion("img2img: start from an image", open=False):
+        w["init_image"] = gr.Image(
+            label="Start image (resized to width x height)", type="pil", sources=["upload", "clipboard"],
+            elem_id="img2img-input",
+        )  # fmt: skip
+        w["denoise"] = gr.Slider(
+            0.05, 1.0, value=0.75, step=0.05, label="Denoising strength (0 keeps the image, 1 replaces it)",
+            elem_id="img2img-strength",
+        )  # fmt: skip
+    with gr.Accordion("Adapters", open=True):
+        choices = engine.list_adapters()
+        slot_parts = [_adapter_slot(engine, i, choices) for i in range(MAX_ADAPTER_SLOTS)]
+        w["slots"], w["infos"] = [part[:3] for part in slot_parts], [part[3] for part in slot_parts]
+        w["refresh"] = gr.Button("Refresh adapter list", size="sm")
+    return w
+
+
+def _results_column() -> dict[str, Any]:
+    """Generate / Stop, the gallery, the PNG files, the seed used and the parameters text."""
+    w: dict[str, Any] = {}
+    with gr.Row():
+        w["generate"] = gr.Button(
+            "Generate (Ctrl+Enter)", variant="primary", size="lg", elem_id="generate-btn", scale=3
+        )
+        w["stop"] = gr.Button("Stop", variant="stop", size="lg", elem_id="stop-btn", scale=1)
+    w["gallery"] = gr.Gallery(
+        label="Images", format="png", columns=2, height="auto", elem_id="gallery", type="filepath"
+    )
+    w["files"] = gr.File(
+        label="Download PNG files", file_count="multiple", interactive=False, elem_id="downloads"
+    )
+    with gr.Row(equal_height=True):
+        # a read-only text box: a Number would show 0 before any image exists
+        w["used_seed"] = gr.Textbox(
+            value="", label="Seed used (first image)", interactive=False, elem_id="used-seed", scale=3
+        )
+        w["reuse_seed"] = gr.Button("Reuse seed", size="sm", elem_id="reuse-seed", scale=1)
+    w["params"] = gr.Textbox(label="Parameters (PNG 'parameters' chunk)", lines=4, interactive=False)
+    return w
+
+
+_REQUEST_INPUTS = ("prompt", "negative", "steps", "cfg", "random_seed", "seed", "scheduler", "width", "height",
+                   "n_images", "init_image", "denoise")  # fmt: skip
+
+
 def build_generate_tab(engine: Engine) -> GenerateTab:
     """Prompt, sampler settings, four adapter slots; the gallery with parameters and the seed used."""
-    lim, d = engine.limits, engine.defaults
     with gr.Row():
         with gr.Column(scale=3):
-            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
-            tokens = gr.Markdown(token_count(engine, ""), elem_id="prompt-tokens")
-            negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative-prompt")
-            negative_tokens = gr.Markdown(token_count(engine, ""), elem_id="negative-tokens")
-            with gr.Row():
-                steps = gr.Slider(1, lim.max_steps, value=d["steps"], step=1, label="Steps", elem_id="steps")
-                cfg = gr.Slider(0, lim.max_guidance, value=d["guidance_scale"], step=0.5, label="CFG scale")
-                scheduler = gr.Dropdown(list(SCHEDULERS), value=d["scheduler"], label="Sampler")
-            low, native, high = size_bounds(engine)
-            with gr.Row():
-                width = gr.Slider(low, high, value=d["width"], step=8, label="Width", elem_id="width")
-                height = gr.Slider(low, high, value=d["height"], step=8, label="Height", elem_id="height")
-                n_images = gr.Slider(1, lim.max_images, value=1, step=1, label="Images")
-            size_note = gr.Markdown("", elem_id="size-note")
-            with gr.Row():
-                random_seed = gr.Checkbox(value=True, label="Random seed")
-                seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-            with gr.Accordion("img2img: start from an image", open=False):
-                init_image = gr.Image(
-                    label="Start image (resized to width x height)", type="pil", sources=["upload", "clipboard"],
-                    elem_id="img2img-input",
-                )  # fmt: skip
-                denoise = gr.Slider(
-                    0.05, 1.0, value=0.75, step=0.05, label="Denoising strength (0 keeps the image, 1 replaces it)",
-                    elem_id="img2img-strength",
-                )  # fmt: skip
-            with gr.Accordion("Adapters", open=True):
-                choices = engine.list_adapters()
-                slot_parts = [_adapter_slot(engine, i, choices) for i in range(MAX_ADAPTER_SLOTS)]
-                slots, infos = [part[:3] for part in slot_parts], [part[3] for part in slot_parts]
-                refresh = gr.Button("Refresh adapter list", size="sm")
+            w = _settings_column(engine)
         with gr.Column(scale=2):
-            with gr.Row():
-                generate_btn = gr.Button(
-                    "Generate (Ctrl+Enter)", variant="primary", size="lg", elem_id="generate-btn", scale=3
-                )
-                stop_btn = gr.Button("Stop", variant="stop", size="lg", elem_id="stop-btn", scale=1)
-            gallery = gr.Gallery(
-                label="Images", format="png", columns=2, height="auto", elem_id="gallery", type="filepath"
-            )
-            files = gr.File(
-                label="Download PNG files", file_count="multiple", interactive=False, elem_id="downloads"
-            )
-            with gr.Row(equal_height=True):
-                # a read-only text box: a Number would show 0 before any image exists
-                used_seed = gr.Textbox(
-                    value="", label="Seed used (first image)", interactive=False, elem_id="used-seed", scale=3
-                )
-                reuse_seed = gr.Button("Reuse seed", size="sm", elem_id="reuse-seed", scale=1)
-            params_box = gr.Textbox(label="Parameters (PNG 'parameters' chunk)", lines=4, interactive=False)
+            out = _results_column()
 
     def ui_generate(prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n, init, strength,
                     *slot_values, progress=gr.Progress()):  # fmt: skip
         triples = [slot_values[i : i + 3] for i in range(0, len(slot_values), 3)]
         with user_errors("generation"):
             req = GenerationRequest(
-                prompt=prompt,
-                negative_prompt=negative,
-                steps=steps,
-                guidance_scale=cfg,
-                seed=-1 if random_seed else (seed if seed is not None else -1),
-                width=width,
-                height=height,
-                scheduler=scheduler,
-                num_images=n,
-                adapters=[(a, s) for e, a, s in triples if e and a],
-                init_image=init,
-                strength=strength,
-            )
+                prompt=prompt, negative_prompt=negative, steps=steps, guidance_scale=cfg,
+                seed=-1 if random_seed else (seed if seed is not None else -1), width=width, height=height,
+                scheduler=scheduler, num_images=n, adapters=[(a, s) for e, a, s in triples if e and a],
+                init_image=init, strength=strength,
+            )  # fmt: skip
         results = run_generation(engine, req, progress)
         used, limit = engine.prompt_tokens(req.prompt)
         if used > limit:
@@ -169,44 +180,27 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
         gallery_items = [(str(r.path), f"seed {r.seed}") for r in results]
         return gallery_items, [str(r.path) for r in results], results[0].parameters, str(results[0].seed)
 
-    for slider in (width, height):
-        slider.change(
-            lambda w, h: size_note(engine, w, h), [width, height], size_note, **PRIVATE, queue=False
-        )
-    for box, counter in ((prompt, tokens), (negative, negative_tokens)):
+    for slider in (w["width"], w["height"]):
+        slider.change(lambda wd, ht: size_note(engine, wd, ht), [w["width"], w["height"]], w["size_note"],
+                      **PRIVATE, queue=False)  # fmt: skip
+    for box, counter in ((w["prompt"], w["tokens"]), (w["negative"], w["negative_tokens"])):
         box.change(lambda text: token_count(engine, text), box, counter, **PRIVATE, queue=False)
-    stop_btn.click(engine.stop, None, None, **PRIVATE, queue=False)  # outside the queue the generation holds
-    inputs = [
-        prompt,
-        negative,
-        steps,
-        cfg,
-        random_seed,
-        seed,
-        scheduler,
-        width,
-        height,
-        n_images,
-        init_image,
-        denoise,
-    ]
-    generate_btn.click(
+    out["stop"].click(
+        engine.stop, None, None, **PRIVATE, queue=False
+    )  # outside the queue the generation holds
+    out["generate"].click(
         ui_generate,
-        inputs + [w for slot in slots for w in slot],
-        [gallery, files, params_box, used_seed],
+        [w[k] for k in _REQUEST_INPUTS] + [x for slot in w["slots"] for x in slot],
+        [out["gallery"], out["files"], out["params"], out["used_seed"]],
         **PRIVATE,
         **DEVICE,
     )
-    reuse_seed.click(
+    out["reuse_seed"].click(
         lambda used: (gr.update(value=False), int(used)) if str(used).isdigit() else (gr.skip(), gr.skip()),
-        used_seed,
-        [random_seed, seed],
-        **PRIVATE,
-        queue=False,
-    )
-    return GenerateTab(
-        prompt, negative, random_seed, seed, steps, cfg, scheduler, width, height, slots, infos, refresh
-    )
+        out["used_seed"], [w["random_seed"], w["seed"]], **PRIVATE, queue=False,
+    )  # fmt: skip
+    return GenerateTab(w["prompt"], w["negative"], w["random_seed"], w["seed"], w["steps"], w["cfg"],
+                       w["scheduler"], w["width"], w["height"], w["slots"], w["infos"], w["refresh"])  # fmt: skip
 
 
 def settings_updates(fields: dict[str, Any]) -> list[Any]:
