@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .constants import ARCHITECTURES
@@ -41,24 +41,21 @@ class Architecture:
         return self.key == "sdxl"
 
 
+_SD1 = Architecture(
+    key="sd1", display_name="Stable Diffusion 1.x", pipeline_class="StableDiffusionPipeline",
+    text_encoders=("text_encoder",), tokenizers=("tokenizer",),
+    kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"}, kohya_base_version="sd_v1",
+    modelspec_architecture="stable-diffusion-v1/lora", default_config_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    single_file_text_prefixes=("cond_stage_model.transformer.",),
+    single_file_clip_prefix="cond_stage_model.transformer.",
+)  # fmt: skip
 ARCHITECTURE_TABLE: dict[str, Architecture] = {
-    "sd1": Architecture(
-        key="sd1", display_name="Stable Diffusion 1.x", pipeline_class="StableDiffusionPipeline",
-        text_encoders=("text_encoder",), tokenizers=("tokenizer",),
-        kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"}, kohya_base_version="sd_v1",
-        modelspec_architecture="stable-diffusion-v1/lora",
-        default_config_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        single_file_text_prefixes=("cond_stage_model.transformer.",),
-        single_file_clip_prefix="cond_stage_model.transformer.",
-    ),
-    "sd2": Architecture(
-        key="sd2", display_name="Stable Diffusion 2.x", pipeline_class="StableDiffusionPipeline",
-        text_encoders=("text_encoder",), tokenizers=("tokenizer",),
-        kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te_"}, kohya_base_version="sd_v2",
-        modelspec_architecture="stable-diffusion-v2-768-v/lora",
-        default_config_repo="stabilityai/stable-diffusion-2-1",
-        single_file_text_prefixes=("cond_stage_model.model.",),  # OpenCLIP ViT-H, not a transformers model
-        single_file_clip_prefix=None,
+    "sd1": _SD1,
+    # SD 2.x: the same pipeline and names, an OpenCLIP ViT-H text encoder (not a transformers CLIP in the file)
+    "sd2": replace(
+        _SD1, key="sd2", display_name="Stable Diffusion 2.x", kohya_base_version="sd_v2",
+        modelspec_architecture="stable-diffusion-v2-768-v/lora", default_config_repo="stabilityai/stable-diffusion-2-1",
+        single_file_text_prefixes=("cond_stage_model.model.",), single_file_clip_prefix=None,
     ),
     "sdxl": Architecture(
         key="sdxl", display_name="Stable Diffusion XL", pipeline_class="StableDiffusionXLPipeline",

@@ -21,10 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 needs_mkl = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="torch built without MKL")
 
 
-def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _python(code: str, env: dict[str, str] | None = None) -> tuple[list[str], str]:
+    """(words printed, stderr) of ``code`` in a fresh interpreter without MKL_CBWR (plus ``env``)."""
     clean = {k: v for k, v in os.environ.items() if k != reproducible.MKL_MODE_VARIABLE}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           cwd=ROOT, env={**clean, **(env or {})})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.split(), proc.stderr
 
 
 @needs_mkl
@@ -40,17 +43,13 @@ def test_importing_after_torch_and_allocations_still_sets_the_mode():
         "y = x[2][:1000].view(10, 100) @ torch.randn(100, 3)\n"
         "print(r.mkl_mode(), r.require_reproducible_math())"
     )
-    proc = _python(code)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["AUTO", "True"]
+    assert _python(code)[0] == ["AUTO", "True"]
 
 
 @needs_mkl
 def test_a_user_choice_is_kept():
-    proc = _python(
-        "import moslora_diffusion.reproducible as r; print(r.mkl_mode())", {"MKL_CBWR": "COMPATIBLE"}
-    )
-    assert proc.stdout.strip() == "COMPATIBLE", proc.stderr[-2000:]
+    code = "import moslora_diffusion.reproducible as r; print(r.mkl_mode())"
+    assert _python(code, {"MKL_CBWR": "COMPATIBLE"})[0] == ["COMPATIBLE"]
 
 
 @needs_mkl
@@ -61,11 +60,9 @@ def test_mkl_used_before_import_is_said_and_recorded():
         "from moslora_diffusion import reproducible as r\n"
         "print(r.mkl_mode(), r.math_settings()['reproducible'])"
     )
-    proc = _python(code)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["OFF", "False"]
-    assert "MKL was used before its reproducible mode could be set" in proc.stderr
-    assert "MKL_CBWR=AUTO" in proc.stderr
+    words, stderr = _python(code)
+    assert words == ["OFF", "False"]
+    assert "MKL was used before its reproducible mode could be set" in stderr and "MKL_CBWR=AUTO" in stderr
 
 
 _TRAIN = """
