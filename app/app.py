@@ -1,4 +1,4 @@
-"""Launch the MoSLoRA web UI: ``python app/app.py --base-model PATH --adapters-dir adapters``.
+"""Launch the MoSLoRA web UI: ``python app/app.py --base_model PATH --adapters_dir adapters``.
 
 A thin wrapper; the app lives in ``moslora_diffusion.webui`` (``--help`` lists the options).
 """

@@ -72,6 +72,7 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         help="base model family, when the file's base_model metadata does not say (kohya naming depends on it)",
     )
     parser.add_argument(
+        "--unet_config",
         "--unet-config",
         help="SDXL only: the base model's UNet config.json (or model folder) for the SGM block layout; "
         "default: the file's base_model metadata, else the SDXL 1.0 layout",

@@ -21,7 +21,6 @@ MIXER_INITS = ("kaiming", "orthogonal")
 ADAPTER_TYPES = ("moslora", "lora")
 
 # Kinds of adapter file the toolkit reads.
-FILE_KINDS = ("moslora", "diffusers", "kohya")
 
 # Default file names.
 MOSLORA_WEIGHTS_NAME = "moslora_weights.safetensors"

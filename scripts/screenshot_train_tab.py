@@ -44,7 +44,7 @@ def take(out: Path, subject: str) -> None:
         port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         cmd = [sys.executable, "-m", "moslora_diffusion.cli", "app", "--port", str(port),
-               "--adapters-dir", f"{tmp}/adapters", "--output-dir", f"{tmp}/outputs", "--work-dir", f"{tmp}/work"]  # fmt: skip
+               "--adapters_dir", f"{tmp}/adapters", "--output_dir", f"{tmp}/outputs", "--work_dir", f"{tmp}/work"]  # fmt: skip
         with open(Path(tmp) / "app.log", "w") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:

@@ -130,7 +130,7 @@ def test_export_uses_unet_config_for_sgm_layout(native, tmp_path):
                 "kohya",
                 "-o",
                 str(tmp_path / "k.safetensors"),
-                "--unet-config",
+                "--unet_config",
                 str(tmp_path / "base"),
             ]
         )

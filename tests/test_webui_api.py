@@ -27,8 +27,8 @@ def server(tmp_path_factory):
 
     export_adapter(native, setup["adapters"] / "native_kohya.safetensors", "kohya")
     port = free_port()
-    argv = ["--base-model", str(setup["base"]), "--adapters-dir", str(setup["adapters"])]
-    argv += ["--output-dir", str(setup["outputs"]), "--port", str(port), "--no-train"]
+    argv = ["--base_model", str(setup["base"]), "--adapters_dir", str(setup["adapters"])]
+    argv += ["--output_dir", str(setup["outputs"]), "--port", str(port), "--no_train"]
     args = build_parser().parse_args(argv)
     demo, engine, _ = create_app(args)
     launch(demo, args, engine, prevent_thread_lock=True)
@@ -273,8 +273,8 @@ def test_auth_required_when_asked(tmp_path):
     setup = make_tiny_setup(tmp_path)
     port = free_port()
     args = build_parser().parse_args(
-        ["--base-model", str(setup["base"]), "--adapters-dir", str(setup["adapters"]), "--output-dir",
-         str(setup["outputs"]), "--port", str(port), "--auth", "alice:s3cret", "--no-train"]
+        ["--base_model", str(setup["base"]), "--adapters_dir", str(setup["adapters"]), "--output_dir",
+         str(setup["outputs"]), "--port", str(port), "--auth", "alice:s3cret", "--no_train"]
     )  # fmt: skip
     assert isinstance(args, argparse.Namespace) and args.auth == ("alice", "s3cret")
     demo, engine, _ = create_app(args)
@@ -343,8 +343,8 @@ def test_train_request_with_a_blocked_upload_gets_a_message(tmp_path):
     setup = make_tiny_setup(tmp_path)
     port = free_port()
     args = build_parser().parse_args(
-        ["--base-model", str(setup["base"]), "--adapters-dir", str(setup["adapters"]), "--output-dir",
-         str(setup["outputs"]), "--port", str(port), "--work-dir", str(tmp_path / "work")]
+        ["--base_model", str(setup["base"]), "--adapters_dir", str(setup["adapters"]), "--output_dir",
+         str(setup["outputs"]), "--port", str(port), "--work_dir", str(tmp_path / "work")]
     )  # fmt: skip
     demo, engine, _ = create_app(args)
     launch(demo, args, engine, prevent_thread_lock=True)

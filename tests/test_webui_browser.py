@@ -45,19 +45,19 @@ def app_url(tmp_path_factory):
     # screenshot with a real model, e.g. the toy-world base and an adapter trained on it
     base = os.environ.get("WEBUI_BASE_MODEL") or str(setup["base"])
     adapters = os.environ.get("WEBUI_ADAPTERS_DIR") or str(setup["adapters"])
-    cmd = [sys.executable, str(ROOT / "app" / "app.py"), "--base-model", base]
+    cmd = [sys.executable, str(ROOT / "app" / "app.py"), "--base_model", base]
     from moslora_diffusion.tiny import save_tiny_pipeline
 
     models = setup["root"] / "models"
     save_tiny_pipeline("sdxl", models / "tiny-xl")  # a second base model for the model menu
     cmd += [
-        "--adapters-dir",
+        "--adapters_dir",
         adapters,
-        "--output-dir",
+        "--output_dir",
         str(setup["outputs"]),
         "--port",
         str(port),
-        "--models-dir",
+        "--models_dir",
         str(models),
     ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=setup["root"])

@@ -297,8 +297,8 @@ def test_command_line_defaults_and_missing_base_model(monkeypatch, tmp_path):
     assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 7860, False, None)
     assert args.adapters_dir == "adapters" and args.base_model is None
     monkeypatch.setattr(server, "default_base_model", lambda: None)
-    with pytest.raises(SystemExit, match="no --base-model given"):
-        server.create_app(server.build_parser().parse_args(["--adapters-dir", str(tmp_path / "a")]))
+    with pytest.raises(SystemExit, match="no --base_model given"):
+        server.create_app(server.build_parser().parse_args(["--adapters_dir", str(tmp_path / "a")]))
 
 
 def test_launcher_help_runs():
@@ -310,7 +310,7 @@ def test_launcher_help_runs():
         [sys.executable, str(root / "app" / "app.py"), "--help"], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    for flag in ("--base-model", "--adapters-dir", "--host", "--port", "--auth", "--share"):
+    for flag in ("--base_model", "--adapters_dir", "--host", "--port", "--auth", "--share"):
         assert flag in out.stdout
 
 

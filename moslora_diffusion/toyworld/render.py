@@ -296,7 +296,3 @@ def all_two_colour_combos() -> list[tuple[str, str, str, str]]:
     return [
         (s, c, c2, b) for s in SHAPES for c in COLORS for c2 in COLORS for b in COLORS if len({c, c2, b}) == 3
     ]
-
-
-def color_distance(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
-    return math.dist(a, b)

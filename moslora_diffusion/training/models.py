@@ -41,21 +41,6 @@ def read_model_index(cfg: TrainConfig) -> dict[str, Any]:
     return json.loads(file.read_text(encoding="utf-8"))
 
 
-def read_component_config(cfg: TrainConfig, subfolder: str, name: str = "config.json") -> dict[str, Any]:
-    path = Path(cfg.pretrained_model_name_or_path).expanduser()
-    if path.is_dir():
-        file = path / subfolder / name
-    else:
-        from huggingface_hub import hf_hub_download
-
-        file = Path(
-            hf_hub_download(
-                cfg.pretrained_model_name_or_path, name, subfolder=subfolder, revision=cfg.revision
-            )
-        )
-    return json.loads(file.read_text(encoding="utf-8"))
-
-
 @dataclass
 class Components:
     """The loaded models. `text_encoders` / `tokenizers` have one entry (SD1/2) or two (SDXL)."""

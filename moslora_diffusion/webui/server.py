@@ -1,6 +1,6 @@
 """Command line of the web UI: parse arguments, load the base model, build the app, launch it.
 
-python app/app.py --base-model path/or/hub-id --adapters-dir adapters [--host 127.0.0.1] [--port 7860]
+python app/app.py --base_model path/or/hub-id --adapters_dir adapters [--host 127.0.0.1] [--port 7860]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Web UI: generate with MoSLoRA / LoRA adapters, compare strengths, train new adapters.",
     )
     p.add_argument(
+        "--base_model",
         "--base-model",
         default=None,
         help="diffusers pipeline folder, hub id or single-file .safetensors checkpoint "
@@ -55,19 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
         "cache",
     )
     p.add_argument(
+        "--models_dir",
         "--models-dir",
         default=None,
         help="folder of diffusers model folders and single-file .safetensors checkpoints offered in the "
         "base-model menu (the bundled toy model always is)",
     )
     p.add_argument(
-        "--adapters-dir", default="adapters", help="folder of .safetensors adapters (default: ./adapters)"
+        "--adapters_dir",
+        "--adapters-dir",
+        default="adapters",
+        help="folder of .safetensors adapters (default: ./adapters)",
     )
     p.add_argument(
-        "--output-dir", default="outputs", help="where generated PNGs are written (default: ./outputs)"
+        "--output_dir",
+        "--output-dir",
+        default="outputs",
+        help="where generated PNGs are written (default: ./outputs)",
     )
     p.add_argument(
-        "--work-dir", default=None, help="training jobs' data and outputs (default: a temp folder)"
+        "--work_dir",
+        "--work-dir",
+        default=None,
+        help="training jobs' data and outputs (default: a temp folder)",
     )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
@@ -79,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help="torch device: auto, cpu, cuda, cuda:1, mps (default: auto)"
     )
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--queue-size", type=int, default=16, help="requests that may wait; more are refused")
-    p.add_argument("--max-size", type=int, default=2048, help="largest width/height in pixels")
-    p.add_argument("--max-images", type=int, default=8, help="most images per request")
-    p.add_argument("--no-train", action="store_true", help="hide the Train tab")
+    p.add_argument(
+        "--queue_size", "--queue-size", type=int, default=16, help="requests that may wait; more are refused"
+    )
+    p.add_argument("--max_size", "--max-size", type=int, default=2048, help="largest width/height in pixels")
+    p.add_argument("--max_images", "--max-images", type=int, default=8, help="most images per request")
+    p.add_argument("--no_train", "--no-train", action="store_true", help="hide the Train tab")
     return p
 
 
@@ -97,9 +110,9 @@ def create_app(args: argparse.Namespace):
 
     base = args.base_model or default_base_model()
     if not base:
-        raise SystemExit("no --base-model given and the bundled toy-world base model is not installed")
+        raise SystemExit("no --base_model given and the bundled toy-world base model is not installed")
     if args.queue_size < 1 or args.max_images < 1 or args.max_size % 8 or args.max_size < 32:
-        raise SystemExit("--queue-size and --max-images must be >= 1; --max-size a multiple of 8, >= 32")
+        raise SystemExit("--queue_size and --max_images must be >= 1; --max_size a multiple of 8, >= 32")
     try:
         configs = config_folders(args.config)
     except BaseModelError as exc:
