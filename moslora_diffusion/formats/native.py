@@ -3,7 +3,7 @@
 One ``.safetensors`` file holding, for every adapted module,
 ``{component}.{module_path}.lora_A.weight`` / ``.lora_mixer.weight`` / ``.lora_B.weight`` and the
 metadata ``format="moslora"``, ``moslora_version="1"``, ``moslora_config`` (JSON per component) and
-optionally ``base_model`` and ``training`` (JSON). README.md ("The native file format") describes it in full.
+optionally ``base_model`` and ``training`` (JSON). docs/formats.md ("The native file format") describes it in full.
 """
 
 from __future__ import annotations
