@@ -32,8 +32,9 @@ def init_mixer_(weight: torch.Tensor, how: str) -> None:
     with torch.no_grad():
         if how == "kaiming":
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-        elif how == "orthogonal":
-            nn.init.orthogonal_(weight)
+        elif how == "orthogonal":  # QR has no half-precision kernels: draw in float32, then cast
+            q = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+            weight.copy_(nn.init.orthogonal_(q))
         else:
             raise ConfigError(f"unknown mixer_init {how!r}")
 
@@ -46,7 +47,7 @@ class MoSLoraVariant(LoraVariant):
         r = module.r[adapter_name]
         ref = module.lora_A[adapter_name].weight
         mixer = nn.Linear(r, r, bias=False, device=ref.device, dtype=ref.dtype)
-        init_mixer_(mixer.weight, getattr(config, "mixer_init", "kaiming"))
+        init_mixer_(mixer.weight, config.mixer_init)
         module.lora_mixer[adapter_name] = mixer
 
     @staticmethod

@@ -391,3 +391,19 @@ def test_kohya_export_with_mixed_ranks_uses_one_alpha():
         down, up = k[f"{name}.lora_down.weight"], k[f"{name}.lora_up.weight"]
         got = lora_delta_weight(down, up, k[f"{name}.alpha"].item() / down.shape[0])
         torch.testing.assert_close(got, delta_weight(mod.A, mod.M, mod.B, mod.scale))
+
+
+def test_mixer_init_default_is_orthogonal_and_old_files_stay_kaiming():
+    """Issue "What a kohya-ss user would miss", wanted 1: the measured default for new adapters; a file written
+    without the field (before it existed) reads as the Kaiming mixer it was trained with."""
+    from moslora_diffusion import MoSLoraConfig
+    from moslora_diffusion.formats import ComponentConfig
+    from moslora_diffusion.training import parse_args
+
+    assert MoSLoraConfig(r=2, target_modules=["q"]).mixer_init == "orthogonal"
+    assert parse_args(["--instance_prompt", "x"]).mixer_init == "orthogonal"
+    assert ComponentConfig.from_dict({"r": 2, "lora_alpha": 2}).mixer_init == "kaiming"
+    assert (
+        ComponentConfig.from_dict({"r": 2, "lora_alpha": 2, "mixer_init": "orthogonal"}).mixer_init
+        == "orthogonal"
+    )

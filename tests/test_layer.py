@@ -11,7 +11,7 @@ from peft import LoraConfig
 from torch import nn
 
 from moslora_diffusion import MoSLoraConfig, add_moslora_adapter, moslora_state_dict
-from moslora_diffusion.layer import MoSLoraConv2d, MoSLoraLinear
+from moslora_diffusion.layer import MoSLoraConv2d, MoSLoraLinear, init_mixer_
 from moslora_diffusion.quiet import adding_an_adapter
 
 
@@ -79,7 +79,9 @@ def test_initialisation():
     net = Net()
     x, img = torch.randn(3, 12), torch.randn(1, 3, 8, 8)
     ref = [t.clone() for t in net(x, img)]
-    add_moslora_adapter(net, MoSLoraConfig(r=8, lora_alpha=8, target_modules=["lin", "conv3"]))
+    add_moslora_adapter(
+        net, MoSLoraConfig(r=8, lora_alpha=8, mixer_init="kaiming", target_modules=["lin", "conv3"])
+    )
     for got, want in zip(net(x, img), ref):  # B = 0: the adapter starts as a no-op
         torch.testing.assert_close(got, want)
     m = net.lin.lora_mixer["default"].weight
@@ -93,6 +95,11 @@ def test_initialisation():
     )
     q = net2.lin.lora_mixer["default"].weight
     torch.testing.assert_close(q @ q.T, torch.eye(8), atol=1e-5, rtol=0)
+    assert MoSLoraConfig(r=8, target_modules=["lin"]).mixer_init == "orthogonal"  # the default
+    for dtype in (torch.bfloat16, torch.float16):  # QR has no half-precision kernels on CPU
+        w = torch.empty(8, 8, dtype=dtype)
+        init_mixer_(w, "orthogonal")
+        torch.testing.assert_close((w.float() @ w.float().T), torch.eye(8), atol=3e-2, rtol=0)
 
 
 def test_merge_unmerge_round_trip():

@@ -189,7 +189,9 @@ def test_sd1_native_file_has_mixers_and_trained_b(sd1_run):
     tensors, meta = read_native(out / "moslora_weights.safetensors")
     assert meta["format"] == "moslora" and meta["moslora_version"] == "1"
     config = json.loads(meta["moslora_config"])
-    assert set(config) == {"unet"} and config["unet"]["r"] == 4 and config["unet"]["mixer_init"] == "kaiming"
+    assert (
+        set(config) == {"unet"} and config["unet"]["r"] == 4 and config["unet"]["mixer_init"] == "orthogonal"
+    )  # the default
     base = json.loads(meta["base_model"])
     assert base["architecture"] == "sd1" and base["name"].endswith("sd1")
     training = json.loads(meta["training"])

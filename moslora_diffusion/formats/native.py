@@ -20,7 +20,14 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import architectures
-from ..constants import ARCHITECTURES, COMPONENTS, MIXER_INITS, MOSLORA_WEIGHTS_NAME
+from ..constants import (
+    ARCHITECTURES,
+    COMPONENTS,
+    DEFAULT_MIXER_INIT,
+    LEGACY_MIXER_INIT,
+    MIXER_INITS,
+    MOSLORA_WEIGHTS_NAME,
+)
 from ..errors import MoSLoraFormatError
 from ..functional import check_shapes, fold_mixer, lora_scale, resolve_rank_alpha
 from ..jsonio import parse_json, text_safe
@@ -66,7 +73,7 @@ class ComponentConfig:
     r: int
     lora_alpha: float
     use_rslora: bool = False
-    mixer_init: str = "kaiming"
+    mixer_init: str = DEFAULT_MIXER_INIT
     target_modules: list[str] | str = field(default_factory=list)
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
@@ -80,7 +87,7 @@ class ComponentConfig:
             r=int(cfg.r),
             lora_alpha=float(cfg.lora_alpha),
             use_rslora=bool(getattr(cfg, "use_rslora", False)),
-            mixer_init=str(getattr(cfg, "mixer_init", "kaiming")),
+            mixer_init=str(getattr(cfg, "mixer_init", LEGACY_MIXER_INIT)),
             target_modules=targets,
             rank_pattern=dict(getattr(cfg, "rank_pattern", None) or {}),
             alpha_pattern=dict(getattr(cfg, "alpha_pattern", None) or {}),
@@ -102,7 +109,7 @@ class ComponentConfig:
         use_rslora = data.get("use_rslora", False)
         if not isinstance(use_rslora, bool):
             raise MoSLoraFormatError(f"{where}.use_rslora must be true or false, got {use_rslora!r}")
-        mixer_init = data.get("mixer_init", "kaiming")
+        mixer_init = data.get("mixer_init", LEGACY_MIXER_INIT)  # files without the entry were Kaiming
         if mixer_init not in MIXER_INITS:
             raise MoSLoraFormatError(f"{where}.mixer_init must be one of {MIXER_INITS}, got {mixer_init!r}")
         targets = data.get("target_modules", [])
