@@ -75,7 +75,7 @@ def test_save_load_round_trip(tmp_path):
         "r": 4,
         "lora_alpha": 8.0,
         "use_rslora": False,
-        "mixer_init": "kaiming",
+        "mixer_init": "orthogonal",  # the default for new adapters
         "target_modules": ["to_q", "conv1"],
     }
     assert cfg["text_encoder"]["use_rslora"] is True
