@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 from .pipeline_hook import install_when_imported
-from .reproducible import prepare_environment
+from .process_env import prepare_environment
 
 __version__ = "0.1.0"
 
@@ -27,7 +27,7 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-prepare_environment()  # before MKL's first call: same seed, same bytes
+prepare_environment()  # before torch starts MKL and OpenMP: reproducible math, polite waiting
 install_when_imported()
 
 

@@ -6,7 +6,7 @@ land at other addresses (another process, another import order, a single file in
 differently, and training amplifies the difference (on AMD / AVX2 machines, every time). MKL reads the mode
 once, at its first call; after that it can no longer be changed.
 
-So the package sets ``MKL_CBWR=AUTO`` in the environment when it is imported (cheap: no torch import; child
+So the package sets ``MKL_CBWR=AUTO`` in the environment when it is imported (:mod:`.process_env`; child
 processes inherit it), and training checks through MKL's own API that the mode is in force before the first
 step. ``AUTO`` keeps the fastest code path of the machine (no measurable cost); a mode the user set stays.
 
@@ -18,32 +18,21 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "MKL_MODE_VARIABLE",
-    "math_settings",
-    "mkl_mode",
-    "prepare_environment",
-    "require_reproducible_math",
-]
+from .process_env import MKL_MODE, MKL_MODE_VARIABLE
+
+__all__ = ["MKL_MODE_VARIABLE", "math_settings", "mkl_mode", "require_reproducible_math"]
 
 logger = logging.getLogger(__name__)
 
-MKL_MODE_VARIABLE = "MKL_CBWR"
-_DEFAULT_MODE = "AUTO"
+_DEFAULT_MODE = MKL_MODE
 # mkl_service.h: MKL_CBWR_BRANCH asks for the branch; MKL_CBWR_BRANCH_OFF means no CNR mode; MKL_CBWR_AUTO.
 _BRANCH, _OFF, _AUTO = 1, 1, 2
 _MODE_NAMES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2",
                9: "AVX", 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}  # fmt: skip
-
-
-def prepare_environment() -> None:
-    """Ask MKL for its reproducible mode before its first call (unless the user chose one). No torch import."""
-    os.environ.setdefault(MKL_MODE_VARIABLE, _DEFAULT_MODE)
 
 
 @cache
