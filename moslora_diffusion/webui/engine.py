@@ -49,10 +49,21 @@ from .requests import (
 __all__ = ["Engine", "list_models", "load_adapter_file", "load_serving_pipeline"]
 
 
+_DIGESTS: dict[Path, tuple[tuple[int, ...], str]] = {}
+
+
 def _content_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (about 1 GB/s: a few ms for typical adapters)."""
+    """SHA-256 of a file's bytes, read again whenever the file's inode, size, mtime or ctime changed (a
+    replaced file gets a new inode or ctime even when it keeps size and mtime; ctime cannot be set back)."""
+    st = path.stat()
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    known = _DIGESTS.get(path)
+    if known is not None and known[0] == stamp:
+        return known[1]
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    _DIGESTS[path] = (stamp, digest)
+    return digest
 
 
 def _resolve_dtype(device: str, dtype: str | None):
