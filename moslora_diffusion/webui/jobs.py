@@ -101,11 +101,11 @@ class TrainRequest:
             raise RequestError(str(exc)) from None
 
     def config_fields(
-        self, base_model: str, instance_dir: Path, job_dir: Path, sampler: dict[str, Any]
+        self, base_model: str, example: Any, instance_dir: Path, job_dir: Path, sampler: dict[str, Any]
     ) -> dict[str, Any]:
-        """The training settings (`TrainConfig` fields) of this request, run in ``job_dir``."""
+        """The training settings (`TrainConfig` fields) of this request, run in ``job_dir``; ``example`` is
+        :meth:`example`'s answer."""
         prompt, class_prompt = self.instance_prompt.strip(), (self.class_prompt or "").strip()
-        example = self.example(base_model)
         recipe: dict[str, Any] = {}
         if example is not None:  # the subject's own adapter targets and batch; the form sets the rest
             defaults = toyworld.subject_training_defaults(example)
@@ -308,7 +308,7 @@ class TrainingJobs:
             decode_uploads(list(req.images), instance_dir, self.limits)
         backend = self.backend()
         cfg = backend.TrainConfig(
-            **req.config_fields(self.base_model, instance_dir, job_dir, self.sampler_defaults),
+            **req.config_fields(self.base_model, example, instance_dir, job_dir, self.sampler_defaults),
             config=config_for(self.base_model, self.configs),
         )
         try:
