@@ -12,7 +12,12 @@ from typing import Any
 
 from .errors import LibraryVersionError
 
-__all__ = ["register_custom_lora_layers", "reset_accelerate_state"]
+__all__ = [
+    "adapter_layers",
+    "register_custom_lora_layers",
+    "reset_accelerate_state",
+    "set_adapter_layer_disabled",
+]
 
 
 def _private(owner: Any, name: str, library: str) -> Any:
@@ -40,3 +45,26 @@ def reset_accelerate_state() -> None:
 
     for state in (AcceleratorState, GradientState):
         _private(state, "_reset_state", "accelerate")()
+
+
+def adapter_layers(model: Any) -> list[Any]:
+    """Every PEFT adapter layer (``BaseTunerLayer``) inside ``model``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def set_adapter_layer_disabled(layer: Any, disabled: bool) -> None:
+    """Switch one adapter layer off or on *without* touching ``requires_grad`` (PEFT's public
+    ``enable_adapters`` freezes the adapter when disabling; a measurement in the middle of training must not).
+    Sets PEFT's private ``_disable_adapters`` flag, which its ``disable_adapters`` property reads."""
+    if not hasattr(layer, "_disable_adapters") or not isinstance(
+        getattr(type(layer), "disable_adapters", None), property
+    ):
+        import importlib.metadata as md
+
+        raise LibraryVersionError(
+            f"peft {md.version('peft')} has no BaseTunerLayer._disable_adapters flag, which moslora-diffusion "
+            "relies on; install the peft version pyproject.toml pins"
+        )
+    layer._disable_adapters = bool(disabled)

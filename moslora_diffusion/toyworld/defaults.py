@@ -34,8 +34,17 @@ def subject_training_defaults(subject: Any = None) -> dict[str, Any]:
     defaults: dict[str, Any] = {"instance_data_dir": str(subj.path)}
     defaults.update({k: info[k] for k in _SUBJECT_PROMPTS if isinstance(info.get(k), str)})
     defaults.setdefault("validation_prompt", defaults.get("instance_prompt"))  # toy runs are quick: show them
+    defaults["signal_prompts"] = signal_prompts()
     defaults.update(info.get("train_defaults") or {})
     return defaults
+
+
+def signal_prompts(count: int = 4) -> str:
+    """The prior-shift signal's ordinary prompts for toy runs: held-out shapes the yardstick also draws."""
+    from .data import HELD_OUT_COMBOS
+    from .render import caption
+
+    return "|".join(caption(*combo) for combo in list(HELD_OUT_COMBOS)[:count])
 
 
 def training_defaults(argv: Sequence[str] | None = None) -> dict[str, Any]:

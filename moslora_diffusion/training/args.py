@@ -166,6 +166,29 @@ class TrainConfig:
     validation_steps: int = _f(100, "Validate every N steps (and at the end).")
     validation_inference_steps: int = _f(25, "Sampling steps of validation images.")
     validation_guidance_scale: float = _f(5.0, "Guidance scale of validation images.")
+    # --- learning signals and the stop (training/signals.py, training/stopping.py)
+    signals: bool = _f(
+        True,
+        "At every --validation_steps, measure subject fit, binding and prior shift on fixed probes (a few "
+        "UNet forwards, no sampling): signals.json, signals_curve.png, TensorBoard.",
+    )
+    signal_prompts: str | None = _f(
+        None, "Ordinary prompts for the prior-shift signal, separated by '|'. Default: four generic prompts."
+    )
+    stop_when_learned: bool = _f(
+        False,
+        "Stop at the first validation where the subject fit has stopped improving (or the prior shift passes "
+        "--stop_max_prompt_shift); moslora_weights.safetensors is then the best validation's adapter.",
+    )
+    stop_patience: int = _f(
+        2, "With --stop_when_learned: validations without enough improvement before stopping."
+    )
+    stop_min_improvement: float = _f(
+        0.05, "With --stop_when_learned: the relative improvement of the subject fit that counts as progress."
+    )
+    stop_max_prompt_shift: float = _f(
+        1.0, "With --stop_when_learned: stop once ordinary prompts' prediction moved this much (relative)."
+    )
     # --- output
     output_dir: str = _f("moslora-dreambooth", "Where weights, checkpoints, samples and the model card go.")
     overwrite_output_dir: bool = _f(
@@ -282,6 +305,9 @@ NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "validation_steps": (1, 10**8, False),
     "validation_inference_steps": (1, 1000, False),
     "validation_guidance_scale": (0, 100, False),
+    "stop_patience": (1, 10**6, False),
+    "stop_min_improvement": (0, 1, False),
+    "stop_max_prompt_shift": (0, 1e6, True),
 }
 _BELOW_ONE = ("lora_dropout", "adam_beta1", "adam_beta2")
 
@@ -345,6 +371,13 @@ def _check_packages(cfg: TrainConfig) -> None:
         )
 
 
+def _check_signal_settings(cfg: TrainConfig) -> None:
+    if cfg.stop_when_learned and not cfg.signals:
+        raise TrainConfigError("--stop_when_learned needs the learning signals: drop --no-signals")
+    if cfg.signal_prompts is not None and not [p for p in cfg.signal_prompts.split("|") if p.strip()]:
+        raise TrainConfigError("--signal_prompts holds no prompt; separate prompts with '|'")
+
+
 def _check_prior_settings(cfg: TrainConfig) -> None:
     if not cfg.with_prior_preservation:
         return
@@ -363,4 +396,5 @@ def check_settings(cfg: TrainConfig) -> None:
     _check_targets(cfg)
     _check_packages(cfg)
     _check_prior_settings(cfg)
+    _check_signal_settings(cfg)
     _check_buckets(cfg)

@@ -37,6 +37,7 @@ from ..formats.safetensors_io import read_header
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "state.json"
 ADAPTER_NAME = "adapter.safetensors"
+BEST_ADAPTER_NAME = "best_adapter.safetensors"  # with --stop_when_learned: the best validation's adapter
 REQUIRED_FILES = (STATE_NAME, ADAPTER_NAME, "optimizer.pt", "scheduler.pt", "rng-0.json", "rng-0.safetensors")
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Hidden names only this toolkit writes: checkpoint temp/old/deleting folders and atomic-write temp files.
@@ -219,8 +220,10 @@ def save_checkpoint(
     is_main: bool = True,
     rank: int = 0,
     barrier: Callable[[], None] = lambda: None,
+    best_adapter: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write `checkpoint-<step>` atomically; every process must call it (each stores its RNG state)."""
+    """Write `checkpoint-<step>` atomically; every process must call it (each stores its RNG state).
+    ``best_adapter`` (main process): the adapter tensors of the best validation so far, kept beside."""
     out = Path(output_dir)
     final = out / f"{CHECKPOINT_PREFIX}{step}"
     tmp = out / f".{CHECKPOINT_PREFIX}{step}.tmp"
@@ -243,6 +246,8 @@ def save_checkpoint(
     if is_main:
         try:
             save_file(adapter, str(tmp / ADAPTER_NAME))
+            if best_adapter is not None:
+                save_file(dict(best_adapter), str(tmp / BEST_ADAPTER_NAME))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / STATE_NAME).write_text(json.dumps({**state, "step": step}, indent=2, default=str))
@@ -293,6 +298,12 @@ def load_checkpoint(
     tensors = load_file(str(rng_json.with_suffix(".safetensors")))
     restore_rng(meta, tensors, noise_generator)
     return state
+
+
+def read_best_adapter(checkpoint: str | Path) -> dict[str, torch.Tensor] | None:
+    """The best validation's adapter tensors a checkpoint keeps (None when it keeps none)."""
+    path = Path(checkpoint) / BEST_ADAPTER_NAME
+    return load_file(str(path)) if path.is_file() else None
 
 
 def prune_checkpoints(output_dir: str | Path, limit: int | None) -> list[Path]:

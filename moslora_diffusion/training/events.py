@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from PIL import Image
 
-EventKind = Literal["step", "validation", "scores", "checkpoint", "done"]
+EventKind = Literal["step", "validation", "scores", "signals", "checkpoint", "done"]
 
 
 @dataclass
@@ -18,7 +18,8 @@ class TrainEvent:
 
     kind: "step" after every optimizer step, "validation" with the sample images, "scores" with the
     scorer's quality scores (see `run_training`), "checkpoint" after a checkpoint is written (message = its
-    path), "done" once at the end (message = the summary line).
+    path), "signals" at every validation with the learning signals in ``scores`` (`training.signals`), "done"
+    once at the end (message = the summary line).
     """
 
     kind: EventKind
@@ -45,3 +46,5 @@ class TrainResult:
     cancelled: bool
     final_loss: float | None
     files: dict[str, Path] = field(default_factory=dict)
+    learned: str | None = None  # why --stop_when_learned ended the run early, if it did
+    kept_step: int | None = None  # the step whose adapter the weights files hold

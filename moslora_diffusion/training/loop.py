@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..compat import reset_accelerate_state
 from ..errors import NonFiniteLossError
 from ..reproducible import require_reproducible_math
-from . import buckets, data, models, outputs, prior, run_folder, validation
+from . import buckets, data, models, outputs, prior, run_folder, signals, validation
 from . import checkpoint as ckpt
 from .args import TrainConfig
 from .batches import RunState, enable_caches, micro_batch_loss
@@ -41,22 +41,11 @@ from .run_setup import (
     shared_seed,
     training_metadata,
 )
+from .stopping import StopRule
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-# ----------------------------------------------------------------------------- caches
-
-
-# ----------------------------------------------------------------------------- setup helpers
-
-
-# ----------------------------------------------------------------------------- the trainer
 
 
 Scorer = Callable[[Any], dict[str, float]]
@@ -121,6 +110,15 @@ class Trainer:
         self.last_grid: Path | None = None
         self.scorer: Scorer | None = None
         self.quality: list[dict[str, float]] = []  # {"step": n, score name: value, ...} per scoring
+        self.signals: list[dict[str, float]] = []  # {"step": n, signal name: value, ...} per validation
+        self.probe: signals.SignalProbe | None = None
+        self.stop_rule = StopRule.from_config(self.cfg)
+        self.best: tuple[int, dict[str, torch.Tensor]] | None = (
+            None  # (step, adapter) with --stop_when_learned
+        )
+        self.learned: str | None = None  # why --stop_when_learned stopped the run
+        self.last_validated = -1
+        self.kept_step = 0
         self.params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
 
     # ---- setup ------------------------------------------------------------------------------------------
@@ -211,12 +209,26 @@ class Trainer:
             self.global_step = int(state["step"])
             self.run.losses = list(state.get("losses", []))
             self.quality = list(state.get("quality", []))
+            self.signals = list(state.get("signals", []))
+            best = ckpt.read_best_adapter(self.resume_path)
+            if best is not None and state.get("best_step") is not None:
+                self.best = (int(state["best_step"]), best)
             self.last_checkpoint = self.resume_path
             logger.info("resumed from %s at step %d", self.resume_path, self.global_step)
         enable_caches(self.run)
         if self.cfg.report_to == "tensorboard":
             hparams = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
             self.accelerator.init_trackers("moslora-dreambooth", config=hparams)
+        if self.cfg.signals and self.is_main:
+            self._start_signals()
+
+    def _start_signals(self) -> None:
+        """Draw the probes (the same for a resumed run: they depend on the seed only) and, in a new run, record
+        the signals of the untrained adapter as step 0."""
+        with self._eval_mode():
+            self.probe = signals.SignalProbe(self.run, signals.signal_prompts(self.cfg.signal_prompts))
+            if not self.signals:
+                self._measure_signals()
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
@@ -236,13 +248,16 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 self.emit(TrainEvent("step", self.global_step, self.max_steps, loss=loss, lr=lr))
                 stop = self._stop_requested(should_stop) and self.global_step < self.max_steps
-                if self._validating() and self.global_step % cfg.validation_steps == 0 and not self.done:
+                if self.global_step % cfg.validation_steps == 0 and not self.done:
                     self.validate()  # first, so that a checkpoint of this step holds its scores
+                learned = self._learned() and not self.done
                 if (cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0) or stop:
                     self.checkpoint()
                 if stop:
                     cancelled = True
                     logger.info("stopped on request at step %d", self.global_step)
+                    break
+                if learned:
                     break
         finally:
             bar.close()
@@ -291,11 +306,17 @@ class Trainer:
 
     def _stop_requested(self, should_stop: Callable[[], bool] | None) -> bool:
         """The stop flag of the main process, agreed by every process."""
-        stop = bool(should_stop()) if (should_stop is not None and self.is_main) else False
+        return self._agreed(bool(should_stop()) if (should_stop is not None and self.is_main) else False)
+
+    def _learned(self) -> bool:
+        """--stop_when_learned's verdict (made on the main process at a validation), agreed by every process."""
+        return self._agreed(self.learned is not None and self.is_main)
+
+    def _agreed(self, flag: bool) -> bool:
         if self.accelerator.num_processes > 1:
-            flag = torch.tensor(float(stop), device=self.accelerator.device)
-            stop = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
-        return stop
+            value = torch.tensor(float(flag), device=self.accelerator.device)
+            flag = bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
+        return flag
 
     # ---- checkpoint and validation ----------------------------------------------------------------------
 
@@ -306,6 +327,8 @@ class Trainer:
             "seed": run.seed,
             "losses": run.losses,
             "quality": self.quality,
+            "signals": self.signals,
+            "best_step": self.best[0] if self.best else None,
             "max_train_steps": self.max_steps,
             "fingerprint": self.fingerprint,
             "architecture": run.comps.arch,
@@ -321,6 +344,7 @@ class Trainer:
             is_main=self.is_main,
             rank=self.accelerator.process_index,
             barrier=self.accelerator.wait_for_everyone,
+            best_adapter=self.best[1] if self.best else None,
         )
         if self.is_main:
             ckpt.prune_checkpoints(self.out, self.cfg.checkpoints_total_limit)
@@ -331,24 +355,54 @@ class Trainer:
     def _validating(self) -> bool:
         return bool(self.cfg.validation_prompt) or self.scorer is not None
 
-    def validate(self) -> None:
-        """Sample the validation prompt with the current adapters (main process), save a grid, log it;
-        run the scorer, if any."""
-        cfg, run, accelerator = self.cfg, self.run, self.accelerator
-        if not self._validating() or not self.is_main:
-            return
-        unet = accelerator.unwrap_model(run.unet)
-        tes = [accelerator.unwrap_model(te) for te in run.text_encoders]
-        for m in (unet, *tes):
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Any:
+        """The unwrapped models in eval mode (dropout off) for a measurement; training mode again after."""
+        found = [self.accelerator.unwrap_model(m) for m in (self.run.unet, *self.run.text_encoders)]
+        for m in found:
             m.eval()
-        pipe = validation.build_pipeline(run.comps, unet, tes)
         try:
-            self._score(pipe)
-            if cfg.validation_prompt:
-                self._sample(pipe)
+            yield found
         finally:
-            for m in (unet, *tes):
+            for m in found:
                 m.train()
+
+    def validate(self) -> None:
+        """Measure the learning signals; run the scorer, if any; sample the validation prompt, save a grid,
+        log it (main process, once per step)."""
+        cfg, run = self.cfg, self.run
+        if not self.is_main or self.last_validated == self.global_step:
+            return
+        self.last_validated = self.global_step
+        with self._eval_mode() as (unet, *tes):
+            if self.probe is not None:
+                self._measure_signals()
+            if self._validating():
+                pipe = validation.build_pipeline(run.comps, unet, tes)
+                self._score(pipe)
+                if cfg.validation_prompt:
+                    self._sample(pipe)
+
+    def _measure_signals(self) -> None:
+        if any(row["step"] == self.global_step for row in self.signals):
+            return
+        with self.accelerator.autocast():
+            row = {"step": self.global_step, **self.probe.measure()}
+        self.signals.append(row)
+        if self.cfg.report_to == "tensorboard":
+            values = {f"signals/{k}": v for k, v in row.items() if k != "step" and math.isfinite(v)}
+            self.accelerator.log(values, step=self.global_step)
+        text = signals.history_digest(self.signals)
+        if self.global_step > 0:
+            tqdm.write(f"step {self.global_step}: {text}")
+        self.emit(TrainEvent("signals", self.global_step, self.max_steps, scores=dict(row), message=text))
+        if self.cfg.stop_when_learned and self.global_step > 0:
+            best = self.stop_rule.best(self.signals)
+            if best is not None and best["step"] == self.global_step:
+                self.best = (self.global_step, ckpt.trainable_state(self.trained))
+            self.learned = self.stop_rule.reason(self.signals)
+            if self.learned:
+                tqdm.write(f"step {self.global_step}: subject learnt, stopping: {self.learned}")
 
     def _score(self, pipe: Any) -> None:
         if self.scorer is None or any(q["step"] == self.global_step for q in self.quality):
@@ -394,15 +448,16 @@ class Trainer:
         accelerator.wait_for_everyone()
         final_loss = run.losses[-1] if run.losses else None
         files: dict[str, Path] = {}
-        if self._validating() and self.global_step > 0:
+        if self.global_step > 0:
             self.validate()
         if self.is_main and self.global_step > 0:
             files = self._write_outputs(final_loss)
         accelerator.wait_for_everyone()
         weights = files.get("moslora") or files.get("diffusers")
         window = run.losses[-min(len(run.losses), 10) :] if run.losses else []
+        ending = "stopped" if cancelled else ("learnt" if self.learned else "finished")
         summary = (
-            f"{'stopped' if cancelled else 'finished'}: {self.global_step}/{self.max_steps} steps "
+            f"{ending}: {self.global_step}/{self.max_steps} steps "
             f"in {time.time() - started:.0f}s"
             + (
                 f", loss {final_loss:.4f} (mean of last {len(window)}: {sum(window) / len(window):.4f})"
@@ -414,21 +469,43 @@ class Trainer:
         if self.is_main:
             tqdm.write(summary)
         self.emit(TrainEvent("done", self.global_step, self.max_steps, loss=final_loss, message=summary))
-        return TrainResult(self.out, weights, self.global_step, cancelled, final_loss, files)
+        return TrainResult(self.out, weights, self.global_step, cancelled, final_loss, files, self.learned,
+                           self.kept_step if weights else None)  # fmt: skip
 
-    def _write_outputs(self, final_loss: float | None) -> dict[str, Path]:
+    def _adapter_files(self, folder: Path, step: int, final_loss: float | None) -> dict[str, Path]:
         cfg, comps = self.cfg, self.run.comps
-        files = outputs.write_adapter_files(
-            self.out,
+        return outputs.write_adapter_files(
+            folder,
             cfg.adapter,
             {k: self.accelerator.unwrap_model(m) for k, m in self.wrapped.items()},
             comps.adapter_configs,
             base_model_metadata(cfg, comps),
-            training_metadata(cfg, self.global_step, final_loss, self.run.seed),
+            training_metadata(cfg, step, final_loss, self.run.seed),
             comps.arch,
             cfg.export_kohya,
             unet_config=dict(comps.unet.config),
         )
+
+    def _write_outputs(self, final_loss: float | None) -> dict[str, Path]:
+        cfg = self.cfg
+        kept_step = self.global_step
+        last: dict[str, Path] = {}
+        if cfg.stop_when_learned and self.best is not None and self.best[0] != self.global_step:
+            # the last step's adapter goes to last/, the best validation's becomes the run's adapter
+            last = self._adapter_files(self.out / run_folder.LAST_ADAPTER_DIR, self.global_step, final_loss)
+            ckpt.load_trainable_state(self.trained, self.best[1], f"the adapter of step {self.best[0]}")
+            kept_step = self.best[0]
+            tqdm.write(
+                f"kept the adapter of step {kept_step} (the best subject fit); step {self.global_step}'s is in "
+                f"{self.out / run_folder.LAST_ADAPTER_DIR}"
+            )
+        files = self._adapter_files(self.out, kept_step, final_loss)
+        self.kept_step = kept_step
+        files.update({f"last_{k}": v for k, v in last.items()})
+        if self.signals:
+            files.update(
+                outputs.write_signals(self.signals, self.out, kept_step if cfg.stop_when_learned else None)
+            )
         curve = outputs.plot_loss_curve(self.run.losses, self.out / outputs.LOSS_CURVE_NAME)
         if curve is not None:
             files["loss_curve"] = curve
@@ -437,9 +514,15 @@ class Trainer:
         if self.last_grid is not None:
             files["samples"] = self.last_grid
         adapter_files = {k: v for k, v in files.items() if k in ("moslora", "diffusers", "kohya")}
+        note = None
+        if self.learned:
+            note = f"Stopped at step {self.global_step} of {self.max_steps} by `--stop_when_learned`: {self.learned}."
+            if last:
+                note += (f" The adapter files are step {kept_step}'s (the best subject fit); step "
+                         f"{self.global_step}'s are in `{run_folder.LAST_ADAPTER_DIR}/`.")  # fmt: skip
         card = render_model_card(
-            cfg, comps.arch, adapter_files, self.global_step, final_loss, self.last_grid, curve,
-            files.get("quality_curve"),
+            cfg, self.run.comps.arch, adapter_files, self.global_step, final_loss, self.last_grid, curve,
+            files.get("quality_curve"), files.get("signals_curve"), note,
         )  # fmt: skip
         files["model_card"] = write_model_card(card, self.out)
         return files

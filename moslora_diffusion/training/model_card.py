@@ -57,7 +57,7 @@ def _header_lines(cfg: TrainConfig, arch: str, steps_done: int, final_loss: floa
 
 
 def _figure_lines(cfg: TrainConfig, root: Path, sample_grid: Path | None, loss_curve: Path | None,
-                  quality_curve: Path | None) -> list[str]:  # fmt: skip
+                  quality_curve: Path | None, signals_curve: Path | None = None) -> list[str]:  # fmt: skip
     lines: list[str] = []
     if sample_grid is not None:
         lines += [f"Samples for `{cfg.validation_prompt}`:", "", f"![samples]({_rel(sample_grid, root)})", ""]
@@ -68,6 +68,13 @@ def _figure_lines(cfg: TrainConfig, root: Path, sample_grid: Path | None, loss_c
             "Quality during training (% of images):",
             "",
             f"![quality curve]({_rel(quality_curve, root)})",
+            "",
+        ]
+    if signals_curve is not None:
+        lines += [
+            "Learning signals during training (subject fit, binding, prior shift; see docs/training.md):",
+            "",
+            f"![learning signals]({_rel(signals_curve, root)})",
             "",
         ]
     return lines
@@ -137,11 +144,15 @@ def render_model_card(
     sample_grid: Path | None,
     loss_curve: Path | None,
     quality_curve: Path | None = None,
+    signals_curve: Path | None = None,
+    stop_note: str | None = None,
 ) -> str:
     """The run's README.md: what was trained and how, its pictures, its files and how to use them."""
     root = Path(cfg.output_dir)
     lines = _header_lines(cfg, arch, steps_done, final_loss)
-    lines += _figure_lines(cfg, root, sample_grid, loss_curve, quality_curve)
+    if stop_note:
+        lines += [stop_note, ""]
+    lines += _figure_lines(cfg, root, sample_grid, loss_curve, quality_curve, signals_curve)
     lines += _settings_lines(cfg, steps_done)
     lines += _usage_lines(cfg, arch, files, root)
     return "\n".join(lines)

@@ -153,3 +153,60 @@ def plot_quality_curve(quality: list[dict[str, float]], path: str | Path) -> Pat
     ax.legend(fontsize=8)
     fig.tight_layout()
     return write_figure(path, fig)
+
+
+def write_signals(
+    history: list[dict[str, float]], out: str | Path, kept_step: int | None = None
+) -> dict[str, Path]:
+    """`signals.json` (the learning signals per validation, and the step whose adapter was kept when the
+    run stopped by them) and `signals_curve.png`; atomic writes."""
+    import json
+
+    from .signals import SIGNALS_CURVE_NAME, SIGNALS_NAME
+
+    out = Path(out)
+    record: dict[str, Any] = {"signals": history}
+    if kept_step is not None:
+        record["kept_step"] = kept_step
+    path = out / SIGNALS_NAME
+    write_atomic(path, json.dumps(record, indent=1, allow_nan=True) + "\n")
+    files = {"signals": path}
+    curve = plot_signals_curve(history, out / SIGNALS_CURVE_NAME, kept_step)
+    if curve is not None:
+        files["signals_curve"] = curve
+    return files
+
+
+def plot_signals_curve(
+    history: list[dict[str, float]], path: str | Path, kept_step: int | None = None
+) -> Path | None:
+    """Two panels: the subject fit (denoising loss on the instance probes), and binding / prior shifts."""
+    import math
+
+    if len(history) < 2:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    steps = [row["step"] for row in history]
+    fig, (fit_ax, shift_ax) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    fit_ax.plot(steps, [row["subject_fit"] for row in history], marker="o", color="tab:blue")
+    fit_ax.set_title("subject fit (loss on instance probes)", fontsize=9)
+    labels = {"binding": "binding (identifier's effect)", "class_shift": "class-prompt shift",
+              "prompt_shift": "ordinary-prompt shift"}  # fmt: skip
+    for key, label in labels.items():
+        values = [row.get(key, math.nan) for row in history]
+        if any(math.isfinite(v) for v in values):
+            shift_ax.plot(steps, values, marker="o", label=label)
+    shift_ax.set_title("relative change of the prediction", fontsize=9)
+    shift_ax.legend(fontsize=8)
+    for ax in (fit_ax, shift_ax):
+        ax.set_xlabel("step")
+        if kept_step is not None:
+            ax.axvline(kept_step, color="grey", linestyle="--", linewidth=1)
+    fig.tight_layout()
+    return write_figure(path, fig)

@@ -16,6 +16,7 @@ resuming) are not part of the fingerprint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import functools
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 RUN_RECORD = "run.json"
 LOCK_NAME = ".moslora-run.lock"
 ADAPTER_FILES = (MOSLORA_WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME, KOHYA_WEIGHTS_NAME)
+# With --stop_when_learned the run folder's adapter is the best validation's; the last step's goes here.
+LAST_ADAPTER_DIR = "last"
 # Settings that do not change the trained weights (see the module docstring).
 NOT_FINGERPRINTED = frozenset(
     {
@@ -61,6 +64,12 @@ NOT_FINGERPRINTED = frozenset(
         "export_kohya",
         "max_train_steps",
         "num_train_epochs",
+        "signals",
+        "signal_prompts",
+        "stop_when_learned",  # where a run ends, not what a step does: a run may be resumed with the stop
+        "stop_patience",
+        "stop_min_improvement",
+        "stop_max_prompt_shift",
         "seed",  # compared apart: an unset seed means "the run's own" when resuming
         "pretrained_model_name_or_path",  # compared resolved, below
         "pretrained_vae_model_name_or_path",
@@ -165,6 +174,9 @@ def previous_work(output_dir: str | Path) -> list[str]:
     out = Path(output_dir)
     found = [p.name for p in ckpt.list_checkpoints(out)]
     found += [name for name in ADAPTER_FILES if (out / name).is_file()]
+    found += [
+        f"{LAST_ADAPTER_DIR}/{name}" for name in ADAPTER_FILES if (out / LAST_ADAPTER_DIR / name).is_file()
+    ]
     return found
 
 
@@ -263,6 +275,9 @@ def prepare_output_dir(cfg: TrainConfig, seed: int) -> None:
             ckpt.delete_folder(path)
         for name in ADAPTER_FILES:
             (out / name).unlink(missing_ok=True)
+            (out / LAST_ADAPTER_DIR / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # only when empty: a user's own files there stay
+            (out / LAST_ADAPTER_DIR).rmdir()
     record = {"fingerprint": fingerprint(cfg), "seed": seed, "math": math_settings()}
     write_atomic(out / RUN_RECORD, json.dumps(record, indent=2, default=str))
 

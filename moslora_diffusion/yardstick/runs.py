@@ -48,6 +48,10 @@ def train_adapter(
     quality = []
     if curve and "quality" in result.files:
         quality = json.loads(Path(result.files["quality"]).read_text())
+        if "signals" in result.files:  # the learning signals measured at the same validations
+            rows = {row["step"]: row for row in json.loads(Path(result.files["signals"]).read_text())["signals"]}
+            quality = [{**q, **{f"signal:{k}": v for k, v in rows.get(q["step"], {}).items() if k != "step"}}
+                       for q in quality]  # fmt: skip
     return Path(result.weights_path), quality
 
 
