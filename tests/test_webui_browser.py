@@ -222,6 +222,9 @@ def test_browser_train_tab(train_app_url):
                 timeout=10_000
             )  # labelled
             assert "step 200" in page.locator("#train-preview").inner_text()
+            # the learning signals are drawn live, next to the loss
+            page.locator("#train-signals").get_by_text("Learning signals").wait_for(timeout=10_000)
+            assert not page.locator("#train-stop-when-learned input[type=checkbox]").is_checked()
             page.screenshot(path=str(ARTIFACTS / "webui_train.png"), full_page=True)
             # the new adapter is selectable at once in the Generate tab
             page.get_by_role("tab", name="Generate").click()

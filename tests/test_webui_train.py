@@ -59,6 +59,13 @@ def test_train_job_end_to_end(tmp_path, kind):
     assert st.step == 4 and st.max_steps == 4 and len(st.losses) == 4
     assert all(np.isfinite(loss) for _, loss in st.losses)
     assert st.preview is not None
+    # the learning signals at step 0 and every validation, for the Train tab's live curves
+    assert [step for step, _ in st.signals] == [0, 2, 4]
+    from moslora_diffusion.webui.tab_train import signals_frame
+
+    frame = signals_frame(st.signals)
+    fit = frame[frame["signal"] == "subject fit / start"]["value"].tolist()
+    assert fit[0] == 1.0 and len(fit) == 3 and all(np.isfinite(fit))
     name = f"blob-{kind}.safetensors"
     assert st.adapter_name == name and name in engine.list_adapters()
     info = engine.adapter_info(name)

@@ -8,11 +8,17 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torch.profiler import record_function
 
 from . import buckets, data, losses, models
 from .args import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+# The phases of a training step, as `torch.profiler` sees them (benchmarks/bench_profile.py reads these).
+PHASE_DATA, PHASE_FORWARD, PHASE_LOSS = "step: data", "step: UNet forward", "step: loss"
+PHASE_BACKWARD, PHASE_OPTIMIZER, PHASE_CHECKS = "step: backward", "step: optimizer", "step: checks"
+PHASES = (PHASE_DATA, PHASE_FORWARD, PHASE_LOSS, PHASE_BACKWARD, PHASE_OPTIMIZER, PHASE_CHECKS)
 
 Item = tuple[str, int, int, tuple[int, int]]  # (kind, source index, stream position, (w, h) trained at)
 
@@ -132,37 +138,40 @@ def _conditioning(run: RunState, captions: list[str]) -> tuple[torch.Tensor, tor
 
 
 def micro_batch_loss(run: RunState, micro_batch: int) -> torch.Tensor:
-    """The DreamBooth loss of one micro-batch on this process."""
+    """The DreamBooth loss of one micro-batch on this process (phases labelled for `torch.profiler`)."""
     cfg, comps = run.cfg, run.comps
-    items = _batch_items(run, micro_batch)
-    latents, examples = _latents_and_meta(run, items)
-    sched = comps.noise_scheduler
-    noise = losses.sample_noise(latents, run.noise_generator, cfg.noise_offset)
-    timesteps = losses.sample_timesteps(
-        latents.shape[0], sched.config.num_train_timesteps, run.noise_generator
-    )
-    timesteps = timesteps.to(latents.device)
-    noisy = sched.add_noise(latents, noise, timesteps)
-    embeds, pooled = _conditioning(run, [e.caption for e in examples])
-    added = None
-    if comps.is_sdxl:
-        time_ids = models.sdxl_time_ids(
-            [e.original_size for e in examples],
-            [e.crop_top_left for e in examples],
-            [e.target_size for e in examples],
+    with record_function(PHASE_DATA):
+        items = _batch_items(run, micro_batch)
+        latents, examples = _latents_and_meta(run, items)
+        sched = comps.noise_scheduler
+        noise = losses.sample_noise(latents, run.noise_generator, cfg.noise_offset)
+        timesteps = losses.sample_timesteps(
+            latents.shape[0], sched.config.num_train_timesteps, run.noise_generator
         )
-        added = {"text_embeds": pooled, "time_ids": time_ids.to(run.device, dtype=pooled.dtype)}
-    pred = run.unet(
-        noisy, timesteps, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
-    )[0]
-    target = losses.prediction_target(sched, comps.prediction_type, latents, noise, timesteps)
-    per_example = losses.per_example_mse(pred, target)
-    if cfg.snr_gamma:
-        per_example = per_example * losses.min_snr_weights(
-            sched.alphas_cumprod, timesteps, cfg.snr_gamma, comps.prediction_type
-        ).to(per_example)
-    n_inst = sum(1 for kind, *_ in items if kind == "instance")
-    loss, _ = losses.dreambooth_loss(per_example, n_inst, cfg.prior_loss_weight)
+        timesteps = timesteps.to(latents.device)
+        noisy = sched.add_noise(latents, noise, timesteps)
+        embeds, pooled = _conditioning(run, [e.caption for e in examples])
+        added = None
+        if comps.is_sdxl:
+            time_ids = models.sdxl_time_ids(
+                [e.original_size for e in examples],
+                [e.crop_top_left for e in examples],
+                [e.target_size for e in examples],
+            )
+            added = {"text_embeds": pooled, "time_ids": time_ids.to(run.device, dtype=pooled.dtype)}
+    with record_function(PHASE_FORWARD):
+        pred = run.unet(
+            noisy, timesteps, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False
+        )[0]
+    with record_function(PHASE_LOSS):
+        target = losses.prediction_target(sched, comps.prediction_type, latents, noise, timesteps)
+        per_example = losses.per_example_mse(pred, target)
+        if cfg.snr_gamma:
+            per_example = per_example * losses.min_snr_weights(
+                sched.alphas_cumprod, timesteps, cfg.snr_gamma, comps.prediction_type
+            ).to(per_example)
+        n_inst = sum(1 for kind, *_ in items if kind == "instance")
+        loss, _ = losses.dreambooth_loss(per_example, n_inst, cfg.prior_loss_weight)
     return loss
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..compat import reset_accelerate_state
@@ -26,7 +27,7 @@ from ..reproducible import require_reproducible_math
 from . import buckets, data, models, outputs, prior, run_folder, signals, validation
 from . import checkpoint as ckpt
 from .args import TrainConfig
-from .batches import RunState, enable_caches, micro_batch_loss
+from .batches import PHASE_BACKWARD, PHASE_CHECKS, PHASE_OPTIMIZER, RunState, enable_caches, micro_batch_loss
 from .events import TrainEvent, TrainResult
 from .model_card import render_model_card, write_model_card
 from .preflight import validate_config
@@ -278,20 +279,25 @@ class Trainer:
                         stack.enter_context(accelerator.no_sync(m))
                 with accelerator.autocast():
                     loss = micro_batch_loss(self.run, self.global_step * accum + micro)
-                accelerator.backward(loss / accum)
+                with record_function(PHASE_BACKWARD):
+                    accelerator.backward(loss / accum)
             step_loss += loss.detach().float() / accum
-        mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
+        with record_function(PHASE_CHECKS):
+            mean_loss = float(accelerator.reduce(step_loss, reduction="mean"))
         if not math.isfinite(mean_loss):
             self.optimizer.zero_grad(set_to_none=True)
             self._stop_non_finite(mean_loss)
-        if self.cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with record_function(PHASE_OPTIMIZER):
+            if self.cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         # A finite loss can still come with a step that broke the weights (a huge learning rate, an overflow):
         # check them before this step counts, so that every checkpoint written after it holds finite weights.
-        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(self.params))).all()):
+        with record_function(PHASE_CHECKS):
+            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(self.params))).all())
+        if not finite:
             self._stop_non_finite(mean_loss, "adapter weights became NaN or infinite")
         self.global_step += 1
         self.run.losses.append(mean_loss)

@@ -71,6 +71,7 @@ class TrainRequest:
     resolution: int | None = None
     validation_every: int | None = None
     keep_on_cancel: bool = False  # a cancelled job still installs the adapter trained so far
+    stop_when_learned: bool = False  # --stop_when_learned: end when the signals say the subject is learnt
     # train a bundled example subject (its images and captions; the toy base model only) instead of
     # uploads: the job then reports subject and prompt scores as it trains (a learning curve). A subject key
     # ("circle", "star"); True means the default subject, False or "" uploads.
@@ -109,7 +110,8 @@ class TrainRequest:
         recipe: dict[str, Any] = {}
         if example is not None:  # the subject's own adapter targets and batch; the form sets the rest
             defaults = toyworld.subject_training_defaults(example)
-            keys = ("unet_targets", "train_batch_size", "train_text_encoder", "text_encoder_targets")
+            keys = ("unet_targets", "train_batch_size", "train_text_encoder", "text_encoder_targets",
+                    "signal_prompts")  # fmt: skip
             recipe = {k: defaults[k] for k in keys if k in defaults}
         steps = int(self.steps)
         return dict(
@@ -135,6 +137,7 @@ class TrainRequest:
             validation_inference_steps=int(sampler.get("steps", 25)),
             validation_guidance_scale=float(sampler.get("guidance_scale", 5.0)),
             checkpointing_steps=0,
+            stop_when_learned=bool(self.stop_when_learned),
             **recipe,
         )
 
@@ -148,6 +151,7 @@ class JobStatus:
     max_steps: int = 0
     losses: list[tuple[int, float]] = field(default_factory=list)
     scores: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, name -> 0..1)
+    signals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, signal -> value)
     preview: Any = None  # PIL image of the latest validation sample
     preview_step: int | None = None
     preview_prompt: str = ""  # the prompt the previews are drawn with
@@ -262,6 +266,7 @@ class TrainingJobs:
             snap = copy.copy(self._status)
             snap.losses = list(self._status.losses)
             snap.scores = list(self._status.scores)
+            snap.signals = list(self._status.signals)
             return snap
 
     def _update(self, **changes: Any) -> None:
@@ -282,6 +287,8 @@ class TrainingJobs:
             scores = getattr(event, "scores", None)
             if event.kind == "scores" and scores:
                 st.scores.append((st.step, dict(scores)))
+            if event.kind == "signals" and scores:
+                st.signals.append((int(event.step), {k: v for k, v in scores.items() if k != "step"}))
             images = getattr(event, "images", None)
             if images:
                 st.preview, st.preview_step = images[0], st.step
@@ -390,9 +397,13 @@ class TrainingJobs:
             else:
                 adapter = _install_adapter(Path(result.weights_path), self.adapters_dir, name)
                 loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+                learnt = ""
+                if getattr(result, "learned", None):
+                    learnt = (f"; stopped when learnt ({result.learned}), keeping step {result.kept_step}'s "
+                              "adapter")  # fmt: skip
                 state, message = (
                     "done",
-                    f"done: {adapter} is in the adapters folder ({result.steps_done} steps{loss})",
+                    f"done: {adapter} is in the adapters folder ({result.steps_done} steps{loss}{learnt})",
                 )
         except Exception as exc:  # report, never crash the server
             logger.exception("training job failed")

@@ -25,10 +25,11 @@ class TrainTab:
     loss: Any
     preview: Any
     quality: Any
+    signals: Any
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.progress, self.message, self.loss, self.preview, self.quality]
+        return [self.progress, self.message, self.loss, self.preview, self.quality, self.signals]
 
 
 def example_choices() -> list[tuple[str, str]]:
@@ -77,6 +78,11 @@ def _train_form(jobs: TrainingJobs) -> dict[str, Any]:
     w["keep"] = gr.Checkbox(
         value=True, label="On cancel, keep the adapter trained so far", elem_id="train-keep-on-cancel"
     )
+    w["stop"] = gr.Checkbox(
+        value=_default("stop_when_learned"),
+        label="Stop when learnt (the learning signals decide; keeps the best validation's adapter)",
+        elem_id="train-stop-when-learned",
+    )
     w["example"] = gr.Dropdown(
         choices=example_choices(),
         value="",
@@ -110,6 +116,15 @@ def _train_outputs() -> TrainTab:
             visible=False,
             elem_id="train-quality",
         ),
+        gr.LinePlot(
+            x="step",
+            y="value",
+            color="signal",
+            title="Learning signals (subject fit relative to the start; binding and prior shifts)",
+            height=220,
+            visible=False,
+            elem_id="train-signals",
+        ),
     )
 
 
@@ -130,7 +145,7 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
             tab = _train_outputs()
     w["images"].change(_file_names, w["images"], w["thumbnails"], **PRIVATE, queue=False)
 
-    def ui_train(images, instance_prompt, class_prompt, n_steps, rank, lr, kind, name, seed, n_class, keep, example):  # fmt: skip
+    def ui_train(images, instance_prompt, class_prompt, n_steps, rank, lr, kind, name, seed, n_class, keep, stop, example):  # fmt: skip
         with user_errors("training"):
             st = jobs.start(
                 TrainRequest(
@@ -145,6 +160,7 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
                     seed=seed or 0,
                     num_class_images=n_class or _default("num_class_images"),
                     keep_on_cancel=bool(keep),
+                    stop_when_learned=bool(stop),
                     example_subject=example or "",
                 )  # fmt: skip
             )
@@ -171,6 +187,7 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
         "seed",
         "n_class",
         "keep",
+        "stop",
     ]
     w["start"].click(
         ui_train, [w[k] for k in [*fields, "example"]], tab.message, **PRIVATE,
@@ -222,6 +239,38 @@ def quality_frame(scores: list[tuple[int, dict[str, float]]]) -> Any:
     )
 
 
+SIGNAL_LABELS = {
+    "subject_fit": "subject fit / start",
+    "binding": "binding",
+    "class_shift": "class-prompt shift",
+    "prompt_shift": "ordinary-prompt shift",
+}
+
+
+def signals_frame(signals: list[tuple[int, dict[str, float]]]) -> Any:
+    """The learning signals for the plot: the subject fit relative to its first value, the others as they are."""
+    import math
+
+    import pandas as pd
+
+    first = signals[0][1].get("subject_fit") if signals else None
+    rows = []
+    for step, named in signals:
+        for key, label in SIGNAL_LABELS.items():
+            value = named.get(key)
+            if key == "subject_fit" and value is not None:
+                value = value / first if first else None
+            if value is not None and math.isfinite(value):
+                rows.append((step, label, value))
+    return pd.DataFrame(
+        {
+            "step": pd.Series([r[0] for r in rows], dtype="int64"),
+            "signal": pd.Series([r[1] for r in rows], dtype=object),
+            "value": pd.Series([r[2] for r in rows], dtype="float64"),
+        }
+    )
+
+
 def training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | None):
     """The timer's handler: progress, loss, preview; adapter lists refreshed once a job ends."""
     n_train = len(train.outputs) if train is not None else 0
@@ -250,6 +299,7 @@ def training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | N
             loss_frame(st.losses) if st.losses else gr.skip(),  # nothing to draw before the first step
             preview,
             gr.update(value=quality_frame(st.scores), visible=True) if st.scores else gr.skip(),
+            gr.update(value=signals_frame(st.signals), visible=True) if len(st.signals) > 1 else gr.skip(),
         ]
         drops = refreshed(engine, values) if st.finished != seen else [gr.skip()] * len(values)
         return [note, st.finished, *outs, *drops]

@@ -48,11 +48,15 @@ def train_adapter(
     quality = []
     if curve and "quality" in result.files:
         quality = json.loads(Path(result.files["quality"]).read_text())
-        if "signals" in result.files:  # the learning signals measured at the same validations
-            rows = {row["step"]: row for row in json.loads(Path(result.files["signals"]).read_text())["signals"]}
-            quality = [{**q, **{f"signal:{k}": v for k, v in rows.get(q["step"], {}).items() if k != "step"}}
-                       for q in quality]  # fmt: skip
     return Path(result.weights_path), quality
+
+
+def read_signals(weights: Path) -> list[dict[str, float]]:
+    """The learning signals a run wrote beside its adapter (step 0 and every validation), or []."""
+    from ..training.signals import SIGNALS_NAME
+
+    path = Path(weights).parent / SIGNALS_NAME
+    return json.loads(path.read_text())["signals"] if path.is_file() else []
 
 
 _WORKER_PIPE: Any = None
@@ -113,7 +117,8 @@ def _run_one(task: tuple[str, str, int, int, BenchConfig, str]) -> dict[str, Any
         weights, name, prompt_sets(cfg.images_per_prompt, cfg.quick, cfg.subject), cfg.subject
     )
     return {"method": label, "adapter": adapter, "rank": rank, "seed": seed, **scores, "curve": curve,
-            "seconds": time.time() - t0, "weights": str(weights)}  # fmt: skip
+            "signals": read_signals(weights) if cfg.curves else [], "seconds": time.time() - t0,
+            "weights": str(weights)}  # fmt: skip
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print, workers: int = 1) -> dict[str, Any]:
