@@ -27,11 +27,12 @@ SCORE_NAMES = {
 
 
 def validation_scorer(
-    subject_per_prompt: int = 2, ordinary_per_prompt: int = 1, subject: Any = None
+    subject_per_prompt: int = 2, ordinary_per_prompt: int = 1, subject: Any = None, steps: int | None = None
 ) -> Callable[[Any], dict[str, float]]:
     """A scorer over the yardstick's subject prompts (4 backgrounds x ``subject_per_prompt``) and its
     ordinary-prompt panel (12 prompts x ``ordinary_per_prompt``): 20 images, about 4 s on 2 cores.
-    ``subject``: a bundled subject or its key (default: the circle)."""
+    ``subject``: a bundled subject or its key (default: the circle); ``steps``: sampler steps (default: the
+    toy model's)."""
     from .scoring import generate_families, prompt_sets, score_images
     from .subject import get_subject
 
@@ -42,7 +43,7 @@ def validation_scorer(
     }
 
     def score(pipe: Any) -> dict[str, float]:
-        images = generate_families(pipe, panel)
+        images = generate_families(pipe, panel, {"num_inference_steps": steps} if steps else None)
         scores = score_images({**images, "class": []}, {**panel, "class": []}, subject)
         return {label: scores[key] for key, label in SCORE_NAMES.items()}
 

@@ -80,12 +80,15 @@ def score_images(
     }
 
 
-def generate_families(pipe: Any, sets: dict[str, list]) -> dict[str, list]:
-    """The images of every family of ``sets`` (one generate call, each with its sampling seed)."""
+def generate_families(
+    pipe: Any, sets: dict[str, list], settings: dict[str, Any] | None = None
+) -> dict[str, list]:
+    """The images of every family of ``sets`` (one generate call, each with its sampling seed); ``settings``
+    override the toy model's sampler settings (e.g. ``num_inference_steps``)."""
     from .evaluate import generate
 
     order = [(fam, item) for fam, items in sets.items() for item in items]
-    images = generate(pipe, [p for _, (p, _, _) in order], [s for _, (_, _, s) in order])
+    images = generate(pipe, [p for _, (p, _, _) in order], [s for _, (_, _, s) in order], settings)
     out: dict[str, list] = {fam: [] for fam in sets}
     for (fam, _), im in zip(order, images):
         out[fam].append(im)
