@@ -98,6 +98,8 @@ def test_browser_generates_an_image(app_url):
             image.wait_for(state="visible", timeout=120_000)
             src = image.get_attribute("src") or ""
             assert src.endswith(".png") or "png" in src, src
+            # shown whole: a wide image is letterboxed, never cropped to a square (issue 25, bug 10)
+            assert image.evaluate("el => getComputedStyle(el).objectFit") == "contain"
             params = page.get_by_label("Parameters (PNG 'parameters' chunk)")
             page.wait_for_function(
                 "() => [...document.querySelectorAll('textarea')].some(t => t.value.includes('Steps:'))",
@@ -233,6 +235,37 @@ def test_browser_train_tab(train_app_url):
         finally:
             browser.close()
     assert (setup["adapters"] / "subject-toy.safetensors").is_file()
+
+
+def test_browser_example_subject_fills_in_its_recipe(train_app_url):
+    """Issue 25, bug 4: picking the example subject shows (and trains) the quick start's recipe."""
+    from playwright.sync_api import sync_playwright
+
+    from moslora_diffusion.toyworld import get_subject, subject_training_defaults
+
+    url, _, _ = train_app_url
+    recipe = subject_training_defaults(get_subject("circle"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="load", timeout=60_000)
+            page.get_by_role("tab", name="Train").click()
+            page.locator("#train-example-subject input").click()
+            page.get_by_role("option", name="Example subject, circle").first.click()
+            page.wait_for_function(
+                "() => document.querySelector('#train-prompt textarea').value === 'a sks circle'",
+                timeout=10_000,
+            )
+            numbers = page.locator("#train-settings input[type=number]")
+            values = [numbers.nth(i).input_value() for i in range(3)]
+            assert [float(v) for v in values] == [
+                recipe["max_train_steps"],
+                recipe["rank"],
+                recipe["learning_rate"],
+            ]
+        finally:
+            browser.close()
 
 
 def test_browser_refused_adapter_unticks_and_lists_are_current_after_reload(train_app_url):

@@ -359,6 +359,9 @@ def test_prompt_token_count_against_the_encoder_limit(tmp_path):
     # what the pipeline really encodes stops at the limit: the tail makes no difference
     ids = tok(long_prompt, padding="max_length", truncation=True, max_length=tok.model_max_length).input_ids
     assert len(ids) == tok.model_max_length
+    # <lora:…> tags are taken out before encoding, so they are not counted (issue 25, bug 3), even a bad one
+    assert engine.prompt_tokens("a red square <lora:sks-circle:0.8>") == (short, limit)
+    assert engine.prompt_tokens("<lora:x:not-a-number> a red square") == (short, limit)
 
 
 @pytest.mark.parametrize(
@@ -633,3 +636,49 @@ def test_training_job_on_the_example_subject_reports_a_quality_curve(tmp_path, l
     assert backend.scorers[-1] is not None
     with pytest.raises(ValueError, match="'moon'"):
         jobs.start(TrainRequest(images=[], instance_prompt="x", adapter_name="e3", example_subject="moon"))
+
+
+def test_token_counters_follow_a_model_switch(tmp_path):
+    """Issue 25, bug 6: after the base-model menu loads another model, the counters show its limit at once."""
+    import json
+    from types import SimpleNamespace
+
+    from moslora_diffusion.tiny import save_tiny_pipeline
+    from moslora_diffusion.webui.engine import Engine
+    from moslora_diffusion.webui.ui import _switch_model
+
+    setup = make_tiny_setup(tmp_path)
+    short = save_tiny_pipeline("sd1", tmp_path / "short")
+    config = short / "tokenizer" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 20}))
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"],
+                                    models={"base": str(setup["base"]), "short": str(short)})  # fmt: skip
+    tab = SimpleNamespace(width=1, height=2, steps=3, cfg=4, scheduler=5, counters=(6, 7), infos=[], slots=[])
+    switch, outputs = _switch_model(engine, None, tab, "t")
+    assert outputs == [1, 2, 3, 4, 5, 6, 7]
+    before = engine.prompt_tokens("a red square")
+    result = switch("short", "a red square", "", progress=lambda *a, **k: None)
+    used, limit = engine.prompt_tokens("a red square")
+    assert limit == 18 != before[1] and result[6] == f"{used} / 18 tokens" and result[7] == "0 / 18 tokens"
+
+
+def test_the_train_tab_hides_the_previous_jobs_curves(tmp_path):
+    """Issue 25, bug 5: a run without scores (uploads) does not keep showing the example's quality curve."""
+    from types import SimpleNamespace
+
+    from moslora_diffusion.webui.jobs import JobStatus
+    from moslora_diffusion.webui.tab_train import training_poll
+
+    status = JobStatus(state="running", step=3, max_steps=10, losses=[(1, 0.5)],
+                       scores=[(2, {"subject fidelity": 0.5})], signals=[(0, {"subject_fit": 1.0}), (2, {"subject_fit": 0.5})])  # fmt: skip
+    jobs = SimpleNamespace(status=lambda: status)
+    train = SimpleNamespace(outputs=[0] * 6)
+    tick = training_poll(None, jobs, train)
+    quality, signals = tick(0)[-2:]
+    assert quality["visible"] is True and signals["visible"] is True
+    status.scores, status.signals = (
+        [],
+        [(0, {"subject_fit": 1.0})],
+    )  # the next job: uploads, no validation yet
+    quality, signals = tick(0)[-2:]
+    assert quality == {"__type__": "update", "visible": False} and signals["visible"] is False

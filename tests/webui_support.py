@@ -99,6 +99,9 @@ class FakeTraining:
             callback(SimpleNamespace(kind="step", step=step, max_steps=cfg.max_train_steps, loss=1.0 / step,
                                      lr=cfg.learning_rate, images=None, message=None))  # fmt: skip
             if step % cfg.validation_steps == 0:
+                callback(SimpleNamespace(kind="signals", step=step, max_steps=cfg.max_train_steps, loss=None,
+                                         lr=None, images=None, message=None,
+                                         scores={"step": step, "subject_fit": 1.0 / step, "prompt_shift": 0.01 * step}))  # fmt: skip
                 callback(SimpleNamespace(kind="validation", step=step, max_steps=cfg.max_train_steps, loss=None,
                                          lr=None, images=[Image.new("RGB", (32, 32), "green")], message=None))  # fmt: skip
                 if scorer is not None:  # what the trainer sends after calling the scorer

@@ -4,6 +4,7 @@ At every validation the trainer measures, on probes drawn once from the run's se
 timesteps every time, so a change is the adapter's, not the dice's):
 
 - ``subject_fit``: the denoising loss on the instance images with their own captions (lower = closer fit);
+  ``subject_fit_high`` the same at the noisiest probe timestep only (the global shape, as sampling starts);
 - ``binding``: how much the identifier changes the prediction on the instance images (instance caption
   vs the same caption with the class prompt in its place), relative: ‖ε(inst) − ε(class)‖ / ‖ε(class)‖;
 - ``class_shift`` and ``prompt_shift``: how far the adapter moves the prediction (adapter on vs off,
@@ -29,7 +30,7 @@ from . import data, losses, models
 
 SIGNALS_NAME = "signals.json"
 SIGNALS_CURVE_NAME = "signals_curve.png"
-SIGNAL_NAMES = ("subject_fit", "binding", "class_shift", "prompt_shift")
+SIGNAL_NAMES = ("subject_fit", "subject_fit_high", "binding", "class_shift", "prompt_shift")
 # Ordinary prompts for the prompt-shift signal on any model (--signal_prompts replaces them).
 DEFAULT_SIGNAL_PROMPTS = (
     "a photo of a city street at night",
@@ -166,9 +167,12 @@ class SignalProbe:
         return pred.float()
 
     def measure(self) -> dict[str, float]:
-        """The four signals for the adapters as they are now (models in eval mode, no gradients)."""
+        """The signals (`SIGNAL_NAMES`) for the adapters as they are now (models in eval mode, no gradients)."""
         fit_pred = self._predict(self.fit)
-        out = {"subject_fit": float(torch.mean((fit_pred - self.fit.target.to(fit_pred)) ** 2))}
+        sq = (
+            ((fit_pred - self.fit.target.to(fit_pred)) ** 2).flatten(1).mean(1).view(-1, len(PROBE_TIMESTEPS))
+        )
+        out = {"subject_fit": float(sq.mean()), "subject_fit_high": float(sq[:, -1].mean())}
         out["binding"] = (
             relative_change(fit_pred, self._predict(self.binding)) if self.binding is not None else math.nan
         )

@@ -270,6 +270,9 @@ class Engine:
 
         SDXL's two tokenizers may count differently; the larger count is reported against the smaller limit.
         """
+        from .requests import strip_lora_tags
+
+        text = strip_lora_tags(text or "")  # the tags are taken out before encoding: never counted
         counts, limits = [], []
         for tok in (getattr(self.pipe, "tokenizer", None), getattr(self.pipe, "tokenizer_2", None)):
             if tok is None:

@@ -125,8 +125,12 @@ def parse_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
             name += ADAPTER_SUFFIX
         value = _as_float(f"weight in {match.group(0)}", weight if weight not in (None, "") else 1.0)
         adapters.append((name, value))
-    cleaned = re.sub(r"\s{2,}", " ", _LORA_TAG.sub(" ", prompt)).strip()
-    return cleaned, adapters
+    return strip_lora_tags(prompt), adapters
+
+
+def strip_lora_tags(prompt: str) -> str:
+    """The prompt as it is encoded: ``<lora:…>`` tags taken out (whatever their weights say)."""
+    return re.sub(r"\s{2,}", " ", _LORA_TAG.sub(" ", prompt)).strip()
 
 
 def validate_request(req: GenerationRequest, limits: Limits) -> GenerationRequest:

@@ -40,6 +40,7 @@ class GenerateTab:
     slots: list[tuple[Any, Any, Any]]  # (enable, adapter name, strength)
     infos: list[Any]  # each slot's description / refusal
     refresh: Any
+    counters: tuple[Any, Any] = ()  # the token counters under prompt and negative prompt
 
     @property
     def sampler_inputs(self) -> list[Any]:
@@ -136,7 +137,13 @@ def _results_column() -> dict[str, Any]:
         )
         w["stop"] = gr.Button("Stop", variant="stop", size="lg", elem_id="stop-btn", scale=1)
     w["gallery"] = gr.Gallery(
-        label="Images", format="png", columns=2, height="auto", elem_id="gallery", type="filepath"
+        label="Images",
+        format="png",
+        columns=2,
+        height="auto",
+        elem_id="gallery",
+        type="filepath",
+        object_fit="contain",  # a wide or tall image is shown whole, never cropped to a square
     )
     w["files"] = gr.File(
         label="Download PNG files", file_count="multiple", interactive=False, elem_id="downloads"
@@ -200,7 +207,8 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
         out["used_seed"], [w["random_seed"], w["seed"]], **PRIVATE, queue=False,
     )  # fmt: skip
     return GenerateTab(w["prompt"], w["negative"], w["random_seed"], w["seed"], w["steps"], w["cfg"],
-                       w["scheduler"], w["width"], w["height"], w["slots"], w["infos"], w["refresh"])  # fmt: skip
+                       w["scheduler"], w["width"], w["height"], w["slots"], w["infos"], w["refresh"],
+                       (w["tokens"], w["negative_tokens"]))  # fmt: skip
 
 
 def settings_updates(fields: dict[str, Any]) -> list[Any]:

@@ -24,7 +24,13 @@ def build_history_tab(engine: Engine, generate: GenerateTab, tabs: Any) -> Any:
         refresh = gr.Button("Refresh", size="sm", elem_id="history-refresh")
     page = gr.State(1)
     gallery = gr.Gallery(
-        label="History", format="png", columns=6, height="auto", elem_id="history", type="filepath"
+        label="History",
+        format="png",
+        columns=6,
+        height="auto",
+        elem_id="history",
+        type="filepath",
+        object_fit="contain",
     )
     text = gr.Textbox(label="parameters", lines=4, interactive=False, elem_id="history-parameters")
     fields = gr.JSON(visible=False)

@@ -67,7 +67,7 @@ def _train_form(jobs: TrainingJobs) -> dict[str, Any]:
         label="Class prompt (optional: turns on prior preservation)", placeholder="a photo of a toy"
     )
     w["name"] = gr.Textbox(label="Adapter name", value="my-adapter", elem_id="train-name")
-    with gr.Row():
+    with gr.Row(elem_id="train-settings"):
         w["steps"] = number_box(_default("steps"), "Steps", lim.max_steps)
         w["rank"] = number_box(_default("rank"), "Rank", lim.max_rank)
         w["lr"] = gr.Number(value=_default("learning_rate"), label="Learning rate", minimum=0)
@@ -167,14 +167,25 @@ def build_train_tab(jobs: TrainingJobs) -> TrainTab:
         return st.message
 
     def use_example(key: str, current: str):
-        from ..toyworld import SUBJECTS
+        """An example subject fills in its prompt and its recipe (steps, rank, learning rate): pressing Start
+        then trains what the quick start trains."""
+        from ..toyworld import SUBJECTS, subject_training_defaults
 
+        if not key:
+            return current, gr.skip(), gr.skip(), gr.skip()
         prompts = {s.instance_prompt for s in SUBJECTS.values()}
-        if key and (not (current or "").strip() or current.strip() in prompts):
-            return SUBJECTS[key].instance_prompt
-        return current
+        prompt = (
+            SUBJECTS[key].instance_prompt
+            if not (current or "").strip() or current.strip() in prompts
+            else current
+        )
+        recipe = subject_training_defaults(SUBJECTS[key])
+        return prompt, recipe["max_train_steps"], recipe["rank"], recipe["learning_rate"]
 
-    w["example"].change(use_example, [w["example"], w["prompt"]], w["prompt"], **PRIVATE, queue=False)
+    w["example"].change(
+        use_example, [w["example"], w["prompt"]], [w["prompt"], w["steps"], w["rank"], w["lr"]], **PRIVATE,
+        queue=False,
+    )  # fmt: skip
     fields = [
         "images",
         "prompt",
@@ -298,8 +309,13 @@ def training_poll(engine: Engine, jobs: TrainingJobs | None, train: TrainTab | N
             html.escape(st.message),
             loss_frame(st.losses) if st.losses else gr.skip(),  # nothing to draw before the first step
             preview,
-            gr.update(value=quality_frame(st.scores), visible=True) if st.scores else gr.skip(),
-            gr.update(value=signals_frame(st.signals), visible=True) if len(st.signals) > 1 else gr.skip(),
+            # a job without scores (uploads) hides the previous job's curve instead of leaving it on screen
+            gr.update(value=quality_frame(st.scores), visible=True)
+            if st.scores
+            else gr.update(visible=False),
+            gr.update(value=signals_frame(st.signals), visible=True)
+            if len(st.signals) > 1
+            else gr.update(visible=False),
         ]
         drops = refreshed(engine, values) if st.finished != seen else [gr.skip()] * len(values)
         return [note, st.finished, *outs, *drops]

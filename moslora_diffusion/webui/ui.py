@@ -27,6 +27,7 @@ from .widgets import (
     adapter_info_markdown,
     refreshed,
     size_bounds,
+    token_count,
     user_errors,
 )
 
@@ -65,7 +66,7 @@ def _header(engine: Engine, title: str) -> str:
 def _switch_model(engine: Engine, jobs: TrainingJobs | None, generate: GenerateTab, title: str):
     """The base-model menu's handler: load the model, then refresh what depends on it."""
 
-    def switch(name, *slot_names, progress=gr.Progress()):
+    def switch(name, prompt, negative, *slot_names, progress=gr.Progress()):
         progress(0.1, desc=f"loading {name}")
         with user_errors("switching the base model"):
             engine.switch_model(name)
@@ -78,9 +79,11 @@ def _switch_model(engine: Engine, jobs: TrainingJobs | None, generate: GenerateT
         for value in slot_names:  # adapters picked for the old model are checked against the new one
             text = adapter_info_markdown(engine, value)
             checks += [text, gr.update(value=bool(value) and not text.startswith(REFUSED))]
-        return [_header(engine, title), *sizes, *sampler, *checks]
+        counters = [token_count(engine, prompt), token_count(engine, negative)]  # the new model's limit
+        return [_header(engine, title), *sizes, *sampler, *counters, *checks]
 
-    outputs = [generate.width, generate.height, generate.steps, generate.cfg, generate.scheduler]
+    outputs = [generate.width, generate.height, generate.steps, generate.cfg, generate.scheduler,
+               *generate.counters]  # fmt: skip
     for info, (enable, _, _) in zip(generate.infos, generate.slots):
         outputs += [info, enable]
     return switch, outputs
@@ -111,7 +114,11 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
 
         switch, switch_outputs = _switch_model(engine, jobs, generate, title)
         model_menu.change(
-            switch, [model_menu, *generate.dropdowns], [header, *switch_outputs], **PRIVATE, **DEVICE
+            switch,
+            [model_menu, generate.prompt, generate.negative, *generate.dropdowns],
+            [header, *switch_outputs],
+            **PRIVATE,
+            **DEVICE,
         )
         dropdowns = [*generate.dropdowns, compare_adapter]
         refresh = (lambda *v: refreshed(engine, v), dropdowns, dropdowns)
