@@ -173,7 +173,14 @@ def test_sd1_outputs_and_events(sd1_run):
     ]
     assert Image.open(out / "validation" / "step-000003.png").size == (64, 32)  # 2 images side by side
     assert (out / "checkpoint-2" / "adapter.safetensors").is_file()
-    assert list((out / "logs").rglob("events.out.tfevents*")), "tensorboard log missing"
+    logs = list((out / "logs").rglob("events.out.tfevents*"))
+    assert logs, "tensorboard log missing"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for log in logs:
+        tags |= set(EventAccumulator(str(log)).Reload().Tags()["scalars"])
+    assert {"loss", "signals/subject_fit", "signals/prompt_shift"} <= tags, tags  # the learning signals too
     kinds = [e.kind for e in events]
     assert kinds.count("step") == 3 and kinds[-1] == "done" and "checkpoint" in kinds
     validations = [e for e in events if e.kind == "validation"]

@@ -139,6 +139,17 @@ def test_browser_generates_an_image(app_url):
                 timeout=20_000,
             )
             page.get_by_role("tab", name="Generate").click()
+            # -1 in the seed box means random, as the label says (issue 25, bug 1): no error, a new seed
+            page.get_by_label("Random seed").uncheck()
+            page.locator("#seed input").fill("-1")
+            page.locator("#seed input").press("Enter")
+            page.locator("#prompt textarea").press("Control+Enter")
+            page.wait_for_function(
+                f"() => {{ const t = document.querySelector('#used-seed textarea'); return t && t.value && t.value !== '{used}'; }}",
+                timeout=120_000,
+            )
+            assert page.locator("#used-seed textarea").input_value().isdigit()
+            assert page.locator(".toast-body.error").count() == 0
             page.screenshot(path=str(ARTIFACTS / "webui_generate.png"), full_page=True)
             if os.environ.get("WEBUI_SCREENSHOT_TO"):  # refresh docs/images/webui_generate.png
                 page.screenshot(path=os.environ["WEBUI_SCREENSHOT_TO"], full_page=True)
@@ -347,7 +358,7 @@ def test_browser_png_info_sends_every_field_to_generate(app_url, tmp_path):
                 timeout=20_000,
             )
             assert page.locator("#negative-prompt textarea").input_value() == "blurry"
-            assert page.get_by_label("Seed", exact=True).input_value() == "123"
+            assert page.locator("#seed input").input_value() == "123"
             assert not page.get_by_label("Random seed").is_checked()
             assert page.locator("#steps input[type=number]").input_value() == "3"
             assert page.locator("#adapter-1 input").input_value() == "plain.safetensors"

@@ -110,7 +110,9 @@ def _settings_column(engine: Engine) -> dict[str, Any]:
     w["size_note"] = gr.Markdown("", elem_id="size-note")
     with gr.Row():
         w["random_seed"] = gr.Checkbox(value=True, label="Random seed")
-        w["seed"] = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+        w["seed"] = gr.Number(
+            value=0, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)", elem_id="seed"
+        )
     with gr.Accordion("img2img: start from an image", open=False):
         w["init_image"] = gr.Image(
             label="Start image (resized to width x height)", type="pil", sources=["upload", "clipboard"],
