@@ -47,14 +47,14 @@ def gemm_peak(size: int = 1536, rounds: int = 5) -> float:
     return best
 
 
-def make_trainer(job: str, work: Path) -> Any:
-    """A real run set up and resumed (caches on), ready to step."""
+def make_trainer(job: str, work: Path, extra: tuple[str, ...] = ()) -> Any:
+    """A real run set up and resumed (caches on), ready to step; ``extra``: more training flags."""
     from moslora_diffusion.training import parse_args, validate_config
     from moslora_diffusion.training.loop import Trainer
     from moslora_diffusion.training.run_setup import make_accelerator
 
     common = ["--output_dir", str(work / f"out-{job}"), "--checkpointing_steps", "0", "--seed", "0",
-              "--max_train_steps", "1000", "--no-signals"]  # fmt: skip
+              "--max_train_steps", "1000", "--no-signals", *extra]  # fmt: skip
     if job == "toy":
         from moslora_diffusion.toyworld.defaults import training_defaults
 

@@ -194,3 +194,51 @@ def test_the_multi_tensor_adamw_step_equals_the_loop():
         return params
 
     assert all(torch.equal(a, b) for a, b in zip(run(foreach=False), run(foreach=True)))
+
+
+def test_compile_is_refused_on_cpu_before_anything_loads(tiny_sd1, subject, tmp_path):
+    """On CPU inductor's gradients differed from eager mode's (benchmarks/bench_compile.py): refused by name."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine compiles")
+    with pytest.raises(TrainConfigError, match="--compile needs a CUDA device"):
+        train(tiny_sd1, tmp_path / "c", subject, "--compile")
+    assert not (tmp_path / "c" / "run.json").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="--compile runs on CUDA only")
+def test_compile_trains_the_same_adapter_and_resumes_exactly(tiny_sd1, subject, tmp_path):
+    """--compile: within float tolerance of eager mode, and a resumed compiled run ends where an uninterrupted one
+    does."""
+    flags = ("--max_train_steps", "4", "--checkpointing_steps", "2", "--no-signals")
+    eager = read_tensors(train(tiny_sd1, tmp_path / "eager", subject, *flags).weights_path)
+    whole = read_tensors(train(tiny_sd1, tmp_path / "whole", subject, *flags, "--compile").weights_path)
+    losses = [
+        json.loads((tmp_path / run / "checkpoint-2" / "state.json").read_text())["losses"]
+        for run in ("eager", "whole")
+    ]
+    assert losses[0][0] == pytest.approx(
+        losses[1][0], rel=1e-5
+    )  # the same first forward, within float tolerance
+    assert losses[0][1] == pytest.approx(losses[1][1], rel=1e-2)  # after one (slightly different) Adam step
+    # Adam divides by the gradient's size, so last-bit differences of tiny gradients move a few weights by up
+    # to 2 x lr per step: compare the adapters as a whole, against how far training moved them
+    start = read_tensors(train(tiny_sd1, tmp_path / "start", subject, "--max_train_steps", "1",
+                               "--learning_rate", "1e-12", "--no-signals").weights_path)  # fmt: skip
+    moved = sum(float((eager[k] - start[k]).norm()) for k in eager)
+    apart = sum(float((eager[k] - whole[k]).norm()) for k in eager)
+    assert apart < 0.05 * moved, (apart, moved)
+    half = tmp_path / "half"
+    train(
+        tiny_sd1,
+        half,
+        subject,
+        "--max_train_steps",
+        "2",
+        "--checkpointing_steps",
+        "2",
+        "--no-signals",
+        "--compile",
+    )
+    resumed = train(tiny_sd1, half, subject, *flags, "--compile", "--resume_from_checkpoint", "latest")
+    again = read_tensors(resumed.weights_path)
+    assert all(torch.equal(whole[k], again[k]) for k in whole)

@@ -155,6 +155,10 @@ class TrainConfig:
         "no", "Precision of the frozen base model; adapter weights stay fp32.", MIXED_PRECISIONS
     )
     gradient_checkpointing: bool = _f(False, "Trade compute for memory.")
+    compile: bool = _f(
+        False,
+        "torch.compile the UNet (CUDA only; compiled on the first step; on CPU it is refused: docs/benchmarks.md).",
+    )
     seed: int | None = _f(None, "Random seed (a run resumed with the same seed repeats exactly).")
     # --- checkpoints
     checkpointing_steps: int = _f(500, "Write a checkpoint every N steps (0 = only at the end).")

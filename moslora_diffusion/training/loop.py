@@ -33,7 +33,9 @@ from .model_card import render_model_card, write_model_card
 from .preflight import validate_config
 from .run_setup import (
     base_model_metadata,
+    check_compile_support,
     check_distributed_support,
+    compile_unet,
     enable_gradient_checkpointing,
     load_sources,
     make_accelerator,
@@ -136,6 +138,7 @@ class Trainer:
             logger.info("no checkpoint in %s yet: starting a new run", cfg.output_dir)
         seed = shared_seed(cfg, accelerator, ckpt.read_state(resume_path) if resume_path else None)
         check_distributed_support(cfg, accelerator)
+        check_compile_support(cfg, accelerator.device)
 
         from accelerate.utils import set_seed
 
@@ -148,6 +151,7 @@ class Trainer:
         resolution = cfg.resolution or comps.default_resolution()
         models.add_adapters(cfg, comps)  # same seed on every process: identical initial adapters
         enable_gradient_checkpointing(cfg, comps)
+        compile_unet(cfg, comps)
         if cfg.with_prior_preservation and prior.missing_class_images(cfg):
             if is_main:
                 prior.generate_class_images(cfg, comps.arch, resolution, accelerator.device, weight_dtype)

@@ -124,6 +124,24 @@ def enable_gradient_checkpointing(cfg: TrainConfig, comps: models.Components) ->
                 te.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def check_compile_support(cfg: TrainConfig, device: Any) -> None:
+    """``--compile`` runs on CUDA only. On CPU, inductor's UNet was never faster here and its gradients
+    differed from eager mode's by about 25 % (``benchmarks/bench_compile.py``, docs/benchmarks.md): refused
+    before any model loads, rather than training a different adapter slowly."""
+    if cfg.compile and getattr(device, "type", str(device)) != "cuda":
+        raise TrainConfigError(
+            f"--compile needs a CUDA device (this run is on {device}): on CPU torch.compile was slower to start, "
+            "no faster per step, and its gradients differed from eager mode's (docs/benchmarks.md)"
+        )
+
+
+def compile_unet(cfg: TrainConfig, comps: models.Components) -> None:
+    """``--compile``: compile the UNet's forward in place (``nn.Module.compile``: names and state dict keys
+    stay as they are, so adapters, checkpoints and exports see the same model)."""
+    if cfg.compile:
+        comps.unet.compile()
+
+
 def decode_image(path: Path, caption: str) -> Source:
     """The one decode of a training image (preflight only checked its header)."""
     try:
