@@ -421,6 +421,32 @@ def test_stop_interrupts_within_one_denoising_step(tmp_path):
     assert len(engine.generate(GenerationRequest(prompt="a", steps=2, width=32, height=32, seed=1))) == 1
 
 
+def test_stop_in_a_comparison_keeps_the_finished_cells(tmp_path):
+    """Issue 25, bug 9: Stop in Compare says how far it got and keeps the finished images in the grid."""
+    import numpy as np
+
+    from moslora_diffusion.webui.compare import compare
+    from moslora_diffusion.webui.engine import Engine
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    req = GenerationRequest(prompt="a red square", steps=4, width=32, height=32)
+    full = compare(engine, req, "plain.safetensors", [1.0], [1, 2])
+    assert full.stopped is None
+
+    def stop_in_third(done, total):
+        if done == 9:  # images 1 and 2 (4 steps each) are done
+            engine.stop()
+
+    part = compare(engine, req, "plain.safetensors", [1.0], [1, 2], stop_in_third)
+    assert part.stopped == "stopped after 2 of 4 images" and part.path.is_file()
+    assert part.grid.size == full.grid.size
+    a, b = np.asarray(full.grid, dtype=np.int16), np.asarray(part.grid, dtype=np.int16)
+    top = a.shape[0] // 2  # the first row (seed 1) was finished: the same pixels below the title
+    assert np.abs(a[top - 20 : top, :] - b[top - 20 : top, :]).max() == 0
+    assert np.abs(a[-20:, :] - b[-20:, :]).max() > 0  # the second row is grey
+
+
 def test_generation_settings_from_our_infotext_and_a1111s():
     from moslora_diffusion.webui.pngmeta import format_adapters, generation_settings, parse_adapters
 

@@ -66,6 +66,7 @@ class CompareResult:
     parameters: str
     strengths: list[float]
     seeds: list[int]
+    stopped: str | None = None  # "stopped after n of m images" when Stop ended it early
 
 
 def compare(
@@ -89,9 +90,14 @@ def compare(
         raise RequestError(f"the grid would have {cells} images; the limit is {engine.limits.max_grid_cells}")
     jobs = [(adapters, seed) for seed in seeds for adapters in columns]
     images = engine.render_many(req, jobs, progress)
+    stopped = None
+    if len(images) < len(jobs):  # Stop: keep what was finished, grey cells for the rest
+        stopped = f"stopped after {len(images)} of {len(jobs)} images"
+        images = images + [Image.new("RGB", images[0].size, (128, 128, 128))] * (len(jobs) - len(images))
     rows = [images[i * len(columns) : (i + 1) * len(columns)] for i in range(len(seeds))]
     col_labels = ["no adapter"] + [f"strength {s:g}" for s in strengths]
-    grid = labelled_grid(rows, [f"seed {s}" for s in seeds], col_labels, title=f"{adapter}: {req.prompt}")
+    title = f"{adapter}: {req.prompt}" + (f" ({stopped})" if stopped else "")
+    grid = labelled_grid(rows, [f"seed {s}" for s in seeds], col_labels, title=title)
     fields = {
         "Steps": req.steps,
         "Sampler": req.scheduler,
@@ -105,4 +111,4 @@ def compare(
     text = format_parameters(req.prompt, req.negative_prompt, fields)
     stem = f"grid-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     path = save_png(grid, engine.output_dir / "grids", stem, text)
-    return CompareResult(path, grid, text, [0.0, *strengths], seeds)
+    return CompareResult(path, grid, text, [0.0, *strengths], seeds, stopped)

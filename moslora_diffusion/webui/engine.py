@@ -482,7 +482,9 @@ class Engine:
         jobs: Sequence[tuple[list[tuple[str, float]], int]],
         progress: Callable[[int, int], None] | None = None,
     ) -> list[Any]:
-        """Render one image per (adapters, seed) job under one lock hold (used by the comparison grid)."""
+        """Render one image per (adapters, seed) job under one lock hold (used by the comparison grid).
+
+        After :meth:`stop`, the images finished so far are returned (``GenerationStopped`` if none is)."""
         req = validate_request(replace(req, num_images=1), self.limits)
         on_step = _step_counter(req.steps * len(jobs), progress)
 
@@ -493,7 +495,12 @@ class Engine:
             images = []
             for adapters, seed in jobs:
                 self._activate(adapters)
-                images.append(self._render(replace(req, adapters=adapters), seed, on_step))
+                try:
+                    images.append(self._render(replace(req, adapters=adapters), seed, on_step))
+                except GenerationStopped:
+                    if images:
+                        return images
+                    raise
             return images
         finally:
             self._stop.clear()

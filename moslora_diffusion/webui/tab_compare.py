@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from ..errors import RequestError
+from ..errors import RequestError, StoppedError
 from .compare import compare, parse_seeds, parse_strengths
 from .engine import Engine
 from .requests import GenerationRequest
@@ -61,9 +61,20 @@ def build_compare_tab(engine: Engine, sampler_inputs: list[Any]) -> tuple[Any, A
                 height=height,
                 scheduler=scheduler,
             )
-            result = compare(
-                engine, req, adapter, parse_strengths(strengths), parse_seeds(seeds), step_reporter(progress)
-            )
+            try:
+                result = compare(
+                    engine,
+                    req,
+                    adapter,
+                    parse_strengths(strengths),
+                    parse_seeds(seeds),
+                    step_reporter(progress),
+                )
+            except StoppedError:  # Stop before the first image: nothing to show, and not a failure
+                gr.Info("stopped before the first image was finished")
+                return gr.skip(), gr.skip(), gr.skip()
+        if result.stopped:
+            gr.Info(f"{result.stopped}; the grid keeps them (grey: not rendered)")
         return str(result.path), str(result.path), result.parameters
 
     compare_btn.click(
