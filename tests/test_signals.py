@@ -149,8 +149,8 @@ def test_stop_rule_on_hand_made_histories():
 
 
 def test_stop_when_learned_keeps_the_best_adapter_and_resumes(tiny_sd1, subject, tmp_path):
-    flags = ("--max_train_steps", "40", "--validation_steps", "2", "--checkpointing_steps", "4",
-             "--stop_when_learned", "--stop_min_improvement", "0.5", *CLASS)  # fmt: skip
+    flags = ("--max_train_steps", "40", "--validation_steps", "2", "--checkpointing_steps", "2",
+             "--stop_when_learned", "--stop_patience", "2", "--stop_min_improvement", "0.5", *CLASS)  # fmt: skip
     out = tmp_path / "run"
     result = train(tiny_sd1, out, subject, *flags)
     assert result.learned and result.steps_done < 40
@@ -162,12 +162,15 @@ def test_stop_when_learned_keeps_the_best_adapter_and_resumes(tiny_sd1, subject,
     ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert (ckpts[-1] / BEST_ADAPTER_NAME).is_file() and read_best_adapter(ckpts[-1])
     assert "--stop_when_learned" in (out / "README.md").read_text()
-    # a run resumed from a checkpoint before the stop ends at the same step with the same adapter
+    # a run resumed from a checkpoint before the stop ends at the same step with the same adapter; one resumed
+    # from the stop's own checkpoint stays stopped
+    assert ckpts[-1].name == f"checkpoint-{result.steps_done}" and len(ckpts) >= 2
     first = read_tensors(result.weights_path)
-    resumed = train(tiny_sd1, out, subject, *flags, "--resume_from_checkpoint", str(ckpts[0]))
-    assert resumed.steps_done == result.steps_done and resumed.kept_step == result.kept_step
-    again = read_tensors(resumed.weights_path)
-    assert all(torch.equal(first[k], again[k]) for k in first)
+    for ckpt in (ckpts[0], ckpts[-1]):
+        resumed = train(tiny_sd1, out, subject, *flags, "--resume_from_checkpoint", str(ckpt))
+        assert resumed.steps_done == result.steps_done and resumed.kept_step == result.kept_step, ckpt
+        again = read_tensors(resumed.weights_path)
+        assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 def test_stop_when_learned_needs_the_signals(tiny_sd1, subject, tmp_path):

@@ -49,7 +49,15 @@ def test_two_process_cpu_run(tmp_path):
         "1e-3",
     ]
     # the stop when learnt, agreed by both processes: any fit gain under 99 % ends the run at the 3rd validation
-    cmd += ["--validation_steps", "1", "--stop_when_learned", "--stop_min_improvement", "0.99"]
+    cmd += [
+        "--validation_steps",
+        "1",
+        "--stop_when_learned",
+        "--stop_patience",
+        "2",
+        "--stop_min_improvement",
+        "0.99",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -22,6 +22,7 @@ from ..constants import ADAPTER_TYPES as ADAPTERS
 from ..constants import ARCHITECTURES, DEFAULT_MIXER_INIT, MIXER_INITS, PREDICTION_TYPES
 from ..errors import TrainConfigError
 from ..targets import resolve_targets
+from .stopping import DEFAULT_MAX_PROMPT_SHIFT, DEFAULT_MIN_IMPROVEMENT, DEFAULT_PATIENCE
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -185,13 +186,15 @@ class TrainConfig:
         "--stop_max_prompt_shift); moslora_weights.safetensors is then the best validation's adapter.",
     )
     stop_patience: int = _f(
-        2, "With --stop_when_learned: validations without enough improvement before stopping."
+        DEFAULT_PATIENCE, "With --stop_when_learned: validations without enough improvement before stopping."
     )
     stop_min_improvement: float = _f(
-        0.05, "With --stop_when_learned: the relative improvement of the subject fit that counts as progress."
+        DEFAULT_MIN_IMPROVEMENT,
+        "With --stop_when_learned: the relative improvement of the subject fit that counts as progress.",
     )
     stop_max_prompt_shift: float = _f(
-        1.0, "With --stop_when_learned: stop once ordinary prompts' prediction moved this much (relative)."
+        DEFAULT_MAX_PROMPT_SHIFT,
+        "With --stop_when_learned: stop once ordinary prompts' prediction moved this much (relative).",
     )
     # --- output
     output_dir: str = _f("moslora-dreambooth", "Where weights, checkpoints, samples and the model card go.")

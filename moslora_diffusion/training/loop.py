@@ -215,6 +215,10 @@ class Trainer:
             self.run.losses = list(state.get("losses", []))
             self.quality = list(state.get("quality", []))
             self.signals = list(state.get("signals", []))
+            if self.cfg.stop_when_learned and self.signals and self.signals[-1]["step"] == self.global_step:
+                self.learned = self.stop_rule.reason(
+                    self.signals
+                )  # a run that had stopped here stays stopped
             best = ckpt.read_best_adapter(self.resume_path)
             if best is not None and state.get("best_step") is not None:
                 self.best = (int(state["best_step"]), best)
@@ -246,7 +250,7 @@ class Trainer:
                    disable=not self.is_main)  # fmt: skip
         cancelled = False
         try:
-            while self.global_step < self.max_steps:
+            while self.global_step < self.max_steps and not (self.global_step and self._learned()):
                 loss = self.step()
                 lr = self.lr_scheduler.get_last_lr()[0]
                 bar.update(1)
