@@ -457,6 +457,22 @@ def test_img2img_endpoint(server, tmp_path):
     assert not np.array_equal(_pixels(a), _pixels(with_adapter))  # adapters apply to img2img too
 
 
+def test_a_corrupt_start_image_is_named_in_one_line(server, tmp_path, capfd):
+    """Issue 25, bug 2: random bytes named .png as the img2img start image: our message naming the upload, not
+    Gradio's preprocessing internals (with its temporary path) and no traceback in the server log."""
+    bad = tmp_path / "random.png"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    capfd.readouterr()
+    with pytest.raises(Exception) as info:
+        server["client"].predict(**{**COMMON, "steps": 2, "seed": 1}, image=gradio_client.handle_file(str(bad)),
+                                 strength=0.5, api_name="/img2img")  # fmt: skip
+    text = str(info.value)
+    assert "the start image 'random.png' is not an image file" in text
+    assert "preprocess" not in text and "UnidentifiedImageError" not in text
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
 def test_png_info_answers_a_huge_or_badly_escaped_chunk_at_once(server, tmp_path):
     """Issue "Same seed, same adapter", fault 1: a 1 MB parameters chunk held the server for minutes."""
     import time

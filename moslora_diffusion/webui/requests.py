@@ -4,6 +4,7 @@ that turns a request into one the engine can run (``<lora:name:weight>`` tags ta
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -133,6 +134,24 @@ def strip_lora_tags(prompt: str) -> str:
     return re.sub(r"\s{2,}", " ", _LORA_TAG.sub(" ", prompt)).strip()
 
 
+def open_start_image(path: str | os.PathLike) -> Any:
+    """The img2img start image at ``path``, decoded; `RequestError` naming the file when it is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = os.path.basename(os.fspath(path))
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        kind = (
+            "not an image file"
+            if isinstance(exc, UnidentifiedImageError)
+            else f"unreadable ({type(exc).__name__})"
+        )
+        raise RequestError(f"the start image {name!r} is {kind}") from None
+
+
 def validate_request(req: GenerationRequest, limits: Limits) -> GenerationRequest:
     """Check and normalise a request; raise ValueError naming the offending input.
 
@@ -168,8 +187,13 @@ def validate_request(req: GenerationRequest, limits: Limits) -> GenerationReques
     if req.scheduler not in SCHEDULERS:
         raise RequestError(f"unknown scheduler {req.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     denoise = req.strength
-    if req.init_image is not None:
-        if not hasattr(req.init_image, "convert"):
+    init_image = req.init_image
+    if isinstance(
+        init_image, (str, os.PathLike)
+    ):  # an upload: opened here, so a bad file is named, not a crash
+        init_image = open_start_image(init_image)
+    if init_image is not None:
+        if not hasattr(init_image, "convert"):
             raise RequestError("the img2img input must be an image")
         denoise = _as_float("denoising strength", req.strength)
         if not 0.0 < denoise <= 1.0:
@@ -197,5 +221,6 @@ def validate_request(req: GenerationRequest, limits: Limits) -> GenerationReques
         num_images=n,
         adapters=adapters,
         strength=denoise,
+        init_image=init_image,
         **sizes,
     )

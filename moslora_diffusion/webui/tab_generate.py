@@ -15,6 +15,7 @@ from .widgets import (
     DEVICE,
     PRIVATE,
     REFUSED,
+    StartImage,
     adapter_info_markdown,
     size_bounds,
     size_note,
@@ -114,8 +115,8 @@ def _settings_column(engine: Engine) -> dict[str, Any]:
             value=0, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)", elem_id="seed"
         )
     with gr.Accordion("img2img: start from an image", open=False):
-        w["init_image"] = gr.Image(
-            label="Start image (resized to width x height)", type="pil", sources=["upload", "clipboard"],
+        w["init_image"] = StartImage(
+            label="Start image (resized to width x height)", type="filepath", sources=["upload", "clipboard"],
             elem_id="img2img-input",
         )  # fmt: skip
         w["denoise"] = gr.Slider(

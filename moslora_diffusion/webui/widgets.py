@@ -79,6 +79,19 @@ def adapter_info_markdown(engine: Engine, name: str | None) -> str:
         return f"{REFUSED} {html.escape(str(exc))}"
 
 
+class StartImage(gr.Image):
+    """An image input (a file path) whose unreadable uploads reach the request check, which names them in one
+    line, instead of failing inside Gradio's own preprocessing with its internals and a traceback."""
+
+    def preprocess(self, payload: Any) -> Any:
+        from PIL import UnidentifiedImageError
+
+        try:
+            return super().preprocess(payload)
+        except (UnidentifiedImageError, OSError, ValueError):
+            return payload.path
+
+
 def token_count(engine: Engine, text: str | None) -> str:
     """The live counter under a prompt: tokens against the text encoder's limit, and a warning beyond it."""
     used, limit = engine.prompt_tokens(text or "")

@@ -1,0 +1,160 @@
+"""Shared pieces of the web UI's tabs: error messages, progress, adapter and prompt notes, size bounds."""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import gradio as gr
+
+from ..errors import MoSLoraError
+from .adapter_files import format_info
+from .engine import Engine
+from .pngmeta import parse_parameters, read_parameters
+
+logger = logging.getLogger(__name__)
+
+
+GENERATE_CONCURRENCY_ID = "device"
+
+
+DEVICE = {"concurrency_id": GENERATE_CONCURRENCY_ID, "concurrency_limit": 1}
+
+
+PRIVATE = {"api_visibility": "private"}
+
+
+REFUSED = "**refused:**"
+
+
+@contextmanager
+def user_errors(what: str) -> Iterator[None]:
+    """Turn library errors into ``gr.Error`` messages; log anything unexpected, show a short message."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except MoSLoraError as exc:  # the user's mistake: a message on the page, no traceback in the server log
+        raise gr.Error(str(exc), print_exception=False) from None
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            raise gr.Error(f"{what}: out of device memory; try a smaller size or fewer images") from None
+        logger.exception("%s failed", what)
+        raise gr.Error(f"{what} failed ({type(exc).__name__}); the server log has the details") from None
+
+
+def progress_html(done: int, total: int, text: str) -> str:
+    pct = 0 if total <= 0 else min(100, round(100 * done / total))
+    return (
+        f'<div id="train-progress"><progress value="{done}" max="{max(total, 1)}" style="width:100%"></progress>'
+        f"<div>{html.escape(text)} ({pct}%)</div></div>"
+    )
+
+
+def enlarge(image: Any, side: int = 256) -> Any:
+    """Pixel-exact enlargement of small previews (toy models draw 32 px images)."""
+    w, h = image.size
+    k = side // max(w, h)
+    return image.resize((w * k, h * k), 0) if k > 1 else image  # 0 = nearest neighbour
+
+
+def step_reporter(progress: Any):
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done / total, desc=f"step {done}/{total}")
+
+    return report
+
+
+def adapter_info_markdown(engine: Engine, name: str | None) -> str:
+    """The adapter's description for the page, or the reason it is refused."""
+    if not name:
+        return ""
+    try:
+        return format_info(engine.adapter_info(name))
+    except MoSLoraError as exc:  # shown inline (a toast cannot reach the page from this unqueued event)
+        return f"{REFUSED} {html.escape(str(exc))}"
+
+from gradio.events import Dependency
+
+class StartImage(gr.Image):
+    """An image input (a file path) whose unreadable uploads reach the request check, which names them in one
+    line, instead of failing inside Gradio's own preprocessing with its internals and a traceback."""
+
+    def preprocess(self, payload: Any) -> Any:
+        from PIL import UnidentifiedImageError
+
+        try:
+            return super().preprocess(payload)
+        except (UnidentifiedImageError, OSError, ValueError):
+            return payload.path
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def token_count(engine: Engine, text: str | None) -> str:
+    """The live counter under a prompt: tokens against the text encoder's limit, and a warning beyond it."""
+    used, limit = engine.prompt_tokens(text or "")
+    if used > limit:
+        return (
+            f"**{used} / {limit} tokens: the text encoder reads only the first {limit}; the rest is cut off**"
+        )
+    return f"{used} / {limit} tokens"
+
+
+def png_info(path: str | None) -> tuple[str, dict[str, Any]]:
+    """(the parameters text, its parsed fields) of a PNG; a message for files without one."""
+    if not path:
+        return "", {}
+    try:
+        text = read_parameters(path)
+    except (OSError, ValueError) as exc:
+        raise gr.Error(f"not a readable image ({type(exc).__name__})", print_exception=False) from None
+    if not text:
+        raise gr.Error(
+            "this image has no 'parameters' text chunk (not made by this app or AUTOMATIC1111?)",
+            print_exception=False,
+        )
+    try:
+        return text, parse_parameters(text)
+    except MoSLoraError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+
+def size_bounds(engine: Engine) -> tuple[int, int, int]:
+    """(smallest, native, largest) width/height the sliders offer: ¼× to 4× the model's native size."""
+    native = int(engine.defaults["width"])
+    low = max(engine.limits.min_size, (native // 4) // 8 * 8 or 8)
+    high = min(engine.limits.max_size, native * 4)
+    return low, native, high
+
+
+def size_note(engine: Engine, width: float, height: float) -> str:
+    """A warning when a size is outside 0.5×–2× of what the model was trained on."""
+    _, native, _ = size_bounds(engine)
+    off = [
+        f"{name} {int(v)}" for name, v in (("width", width), ("height", height)) if not 0.5 <= v / native <= 2
+    ]
+    if not off:
+        return ""
+    return (
+        f"**{' and '.join(off)} px: far from the model's native {native} px** (outside 0.5×–2×); "
+        "expect repeated or broken subjects"
+    )
+
+
+def refreshed(engine: Engine, values: tuple[Any, ...]) -> list[Any]:
+    choices = engine.list_adapters()
+    return [gr.update(choices=choices, value=v if v in choices else None) for v in values]
+
+
+def number_box(value: float, label: str, maximum: float | None = None, precision: int | None = 0) -> Any:
+    return gr.Number(
+        value=value, precision=precision, label=label, minimum=0 if maximum is None else 1, maximum=maximum
+    )
