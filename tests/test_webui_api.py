@@ -457,6 +457,16 @@ def test_img2img_endpoint(server, tmp_path):
     assert not np.array_equal(_pixels(a), _pixels(with_adapter))  # adapters apply to img2img too
 
 
+def test_an_unknown_sampler_is_refused_by_name_without_a_traceback(server, capfd):
+    """Issue 25, bug 8: an unknown sampler name sent to the API was refused by Gradio's choice check, with a
+    traceback in the server log."""
+    capfd.readouterr()
+    with pytest.raises(Exception, match="unknown scheduler 'Euler z'; choose one of"):
+        _generate(server["client"], scheduler="Euler z", seed=1)
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
 def test_a_corrupt_start_image_is_named_in_one_line(server, tmp_path, capfd):
     """Issue 25, bug 2: random bytes named .png as the img2img start image: our message naming the upload, not
     Gradio's preprocessing internals (with its temporary path) and no traceback in the server log."""
