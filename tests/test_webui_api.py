@@ -155,7 +155,7 @@ def test_traversal_names_refused(server, name):
         ({"seed": -5}, "seed must be between"),
         ({"num_images": 100}, "number of images"),
         ({"adapter": "plain.safetensors", "adapter_scale": 5}, "strength"),
-        ({"scheduler": "nonsense"}, "not in the list of choices"),
+        ({"scheduler": "nonsense"}, "unknown scheduler .nonsense."),
         ({"prompt": ""}, "prompt is empty"),
     ],
 )
@@ -410,7 +410,7 @@ def test_api_adapters_list_scheduler_choices_and_png_info(server, tmp_path):
     assert "other.safetensors: 0.5" in read_parameters(both) and "plain.safetensors: 0.5" in read_parameters(
         both
     )
-    with pytest.raises(Exception, match="not in the list of choices"):
+    with pytest.raises(Exception, match="unknown scheduler .PNDM.; choose one of DDIM"):
         _generate(client, seed=9, scheduler="PNDM")
     text, fields = client.predict(gradio_client.handle_file(single), api_name="/png_info")
     assert text == read_parameters(single) and fields["Seed"] == "9" and fields["Prompt"] == COMMON["prompt"]
@@ -455,6 +455,17 @@ def test_img2img_endpoint(server, tmp_path):
     with_adapter = img2img(start, 0.5, adapter="plain.safetensors")
     assert "plain.safetensors: 1" in read_parameters(with_adapter)
     assert not np.array_equal(_pixels(a), _pixels(with_adapter))  # adapters apply to img2img too
+
+
+def test_the_api_checks_sizes_against_the_pages_bounds(server, capfd):
+    """Issue 25: the API took widths up to 2048 while the page offered 32-128 for this 32 px model: one set of
+    bounds (¼x to 4x the native size), refused by name, no traceback."""
+    capfd.readouterr()
+    with pytest.raises(Exception, match="width must be between 32 and 128, got 5000"):
+        _generate(server["client"], width=5000, seed=1)
+    with pytest.raises(Exception, match="steps must be between 1 and 150, got 0"):
+        _generate(server["client"], steps=0, seed=1)
+    assert "Traceback" not in "".join(capfd.readouterr())
 
 
 def test_an_unknown_sampler_is_refused_by_name_without_a_traceback(server, capfd):

@@ -118,9 +118,15 @@ def test_browser_generates_an_image(app_url):
                 "img => getComputedStyle(img).imageRendering"
             )
             assert rendering == "pixelated"  # small images enlarged pixel by pixel, not blurred
-            assert (
-                page.locator("#width input[type=range]").get_attribute("max") == "128"
-            )  # 4x the native 32 px
+            page.locator("#width").get_by_text("Width (32–128)").wait_for(
+                timeout=5_000
+            )  # ¼x to 4x the native 32 px
+            # a number outside its range is refused by name, never clamped while the box shows it (issue 25, bug 7)
+            page.locator("#steps input[type=number]").fill("0")
+            page.locator("#prompt textarea").press("Control+Enter")
+            page.get_by_text("steps must be between 1 and 150, got 0").first.wait_for(timeout=30_000)
+            assert page.locator("#steps input[type=number]").input_value() == "0"
+            page.locator("#steps input[type=number]").fill("4")
             page.locator("#reuse-seed").click()  # "reuse seed": the seed box takes it, random seed goes off
             page.wait_for_function(
                 "(used) => [...document.querySelectorAll('input[type=number]')].some(i => i.value === used)",
@@ -140,6 +146,7 @@ def test_browser_generates_an_image(app_url):
             )
             page.get_by_role("tab", name="Generate").click()
             # -1 in the seed box means random, as the label says (issue 25, bug 1): no error, a new seed
+            page.evaluate("() => document.querySelectorAll('.toast-body').forEach(t => t.remove())")  # earlier toasts
             page.get_by_label("Random seed").uncheck()
             page.locator("#seed input").fill("-1")
             page.locator("#seed input").press("Enter")

@@ -563,10 +563,14 @@ def test_img2img_runs_the_strength_share_of_the_steps(tmp_path):
         )
         engine.generate(req, lambda done, total, seen=seen: seen.append((done, total)))
         assert seen[-1] == (steps_run, steps_run)
-    with pytest.raises(ValueError, match="img2img input must be an image"):
+    with pytest.raises(
+        ValueError, match="the start image 'not an image' is not there"
+    ):  # a path: opened, named
         engine.generate(
             GenerationRequest(prompt="a", steps=2, width=32, height=32, init_image="not an image")
         )
+    with pytest.raises(ValueError, match="img2img input must be an image"):
+        engine.generate(GenerationRequest(prompt="a", steps=2, width=32, height=32, init_image=42))
 
 
 def test_switching_the_base_model_rechecks_adapters(tmp_path):

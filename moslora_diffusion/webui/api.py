@@ -10,7 +10,7 @@ import gradio as gr
 from .engine import Engine
 from .requests import SCHEDULERS, GenerationRequest
 from .tab_generate import run_generation
-from .widgets import DEVICE, StartImage, png_info
+from .widgets import DEVICE, png_info, start_image
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def build_api_endpoint(engine: Engine) -> None:
         ]
         output = gr.File(file_count="multiple", label="images")
         button = gr.Button("api")
-        img_in = [StartImage(type="filepath", label="image"), gr.Number(value=0.75, label="strength")]
+        img_in = [start_image(label="image"), gr.Number(value=0.75, label="strength")]
         png_in = gr.File(type="filepath", label="image")
         png_out = [gr.Textbox(label="parameters"), gr.JSON(label="fields")]
         png_button = gr.Button("png_info")

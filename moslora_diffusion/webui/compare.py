@@ -78,7 +78,7 @@ def compare(
     progress: Callable[[int, int], None] | None = None,
 ) -> CompareResult:
     """Render baseline + each strength of ``adapter`` for each seed; save one labelled PNG grid."""
-    req = validate_request(replace(req, num_images=1, adapters=[]), engine.limits)
+    req = validate_request(replace(req, num_images=1, adapters=[]), engine.model_limits)
     engine.adapter_info(adapter)  # name check + fit check before any rendering
     strengths = [s for s in dict.fromkeys(strengths) if s != 0.0]
     seeds = list(dict.fromkeys(seeds))

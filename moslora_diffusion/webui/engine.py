@@ -43,6 +43,7 @@ from .requests import (
     GeneratedImage,
     GenerationRequest,
     Limits,
+    model_limits,
     validate_request,
 )
 
@@ -216,6 +217,9 @@ class Engine:
         self.base_name = Path(self.base_model).name or self.base_model
         self.architecture = architectures.detect_pipeline(pipe)
         self.defaults = _default_settings(pipe, self.base_model)
+        self.model_limits = model_limits(
+            self.limits, int(self.defaults["width"])
+        )  # what requests are checked against
         self._img2img: Any = None
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._schedulers: dict[str, Any] = {}
@@ -447,7 +451,7 @@ class Engine:
 
         After :meth:`stop`, the images finished so far are returned (``GenerationStopped`` if none is).
         """
-        req = validate_request(req, self.limits)
+        req = validate_request(req, self.model_limits)
         for name, _ in req.adapters:
             self.adapter_path(name)  # refuse bad names before waiting for the lock
         seed = random.randint(0, MAX_SEED - req.num_images) if req.seed == -1 else req.seed
@@ -485,7 +489,7 @@ class Engine:
         """Render one image per (adapters, seed) job under one lock hold (used by the comparison grid).
 
         After :meth:`stop`, the images finished so far are returned (``GenerationStopped`` if none is)."""
-        req = validate_request(replace(req, num_images=1), self.limits)
+        req = validate_request(replace(req, num_images=1), self.model_limits)
         on_step = _step_counter(req.steps * len(jobs), progress)
 
         self._acquire()

@@ -54,6 +54,13 @@ class Limits:
     busy_timeout_s: float = 900.0
 
 
+def model_limits(limits: Limits, native: int) -> Limits:
+    """``limits`` for a model whose native size is ``native`` px: widths and heights from ¼× to 4× of it
+    (multiples of 8, within the server's own limits). The web page and the API check against the same."""
+    low = max(limits.min_size, (native // 4) // 8 * 8 or 8)
+    return replace(limits, min_size=low, max_size=min(limits.max_size, native * 4))
+
+
 @dataclass
 class GenerationRequest:
     """One request. ``seed`` -1 means random; ``adapters`` are (file name, strength).
@@ -147,6 +154,8 @@ def open_start_image(path: str | os.PathLike) -> Any:
         kind = (
             "not an image file"
             if isinstance(exc, UnidentifiedImageError)
+            else "not there"
+            if isinstance(exc, FileNotFoundError)
             else f"unreadable ({type(exc).__name__})"
         )
         raise RequestError(f"the start image {name!r} is {kind}") from None

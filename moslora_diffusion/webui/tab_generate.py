@@ -15,10 +15,11 @@ from .widgets import (
     DEVICE,
     PRIVATE,
     REFUSED,
-    StartImage,
     adapter_info_markdown,
+    bounded_number,
     size_bounds,
     size_note,
+    start_image,
     step_reporter,
     token_count,
     user_errors,
@@ -99,15 +100,19 @@ def _settings_column(engine: Engine) -> dict[str, Any]:
     w["tokens"] = gr.Markdown(token_count(engine, ""), elem_id="prompt-tokens")
     w["negative"] = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative-prompt")
     w["negative_tokens"] = gr.Markdown(token_count(engine, ""), elem_id="negative-tokens")
+    # number boxes, not sliders: a slider clamped a typed 0 or 10000 silently while still showing it; these
+    # pass what was typed to the request check, which refuses a value outside the shown range by name
     with gr.Row():
-        w["steps"] = gr.Slider(1, lim.max_steps, value=d["steps"], step=1, label="Steps", elem_id="steps")
-        w["cfg"] = gr.Slider(0, lim.max_guidance, value=d["guidance_scale"], step=0.5, label="CFG scale")
+        w["steps"] = bounded_number(d["steps"], "Steps", 1, lim.max_steps, "steps")
+        w["cfg"] = bounded_number(
+            d["guidance_scale"], "CFG scale", 0, lim.max_guidance, "cfg", precision=None
+        )
         w["scheduler"] = gr.Dropdown(list(SCHEDULERS), value=d["scheduler"], label="Sampler")
     low, _, high = size_bounds(engine)
     with gr.Row():
-        w["width"] = gr.Slider(low, high, value=d["width"], step=8, label="Width", elem_id="width")
-        w["height"] = gr.Slider(low, high, value=d["height"], step=8, label="Height", elem_id="height")
-        w["n_images"] = gr.Slider(1, lim.max_images, value=1, step=1, label="Images")
+        w["width"] = bounded_number(d["width"], "Width", low, high, "width")
+        w["height"] = bounded_number(d["height"], "Height", low, high, "height")
+        w["n_images"] = bounded_number(1, "Images", 1, lim.max_images, "n-images")
     w["size_note"] = gr.Markdown("", elem_id="size-note")
     with gr.Row():
         w["random_seed"] = gr.Checkbox(value=True, label="Random seed")
@@ -115,8 +120,8 @@ def _settings_column(engine: Engine) -> dict[str, Any]:
             value=0, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)", elem_id="seed"
         )
     with gr.Accordion("img2img: start from an image", open=False):
-        w["init_image"] = StartImage(
-            label="Start image (resized to width x height)", type="filepath", sources=["upload", "clipboard"],
+        w["init_image"] = start_image(
+            label="Start image (resized to width x height)", sources=["upload", "clipboard"],
             elem_id="img2img-input",
         )  # fmt: skip
         w["denoise"] = gr.Slider(

@@ -25,6 +25,7 @@ from .widgets import (
     PRIVATE,
     REFUSED,
     adapter_info_markdown,
+    bounded_label,
     refreshed,
     size_bounds,
     token_count,
@@ -73,7 +74,9 @@ def _switch_model(engine: Engine, jobs: TrainingJobs | None, generate: GenerateT
         if jobs is not None:  # the Train tab trains on the model shown
             jobs.base_model, jobs.sampler_defaults = engine.base_model, engine.defaults
         low, native, high = size_bounds(engine)
-        sizes = [gr.update(minimum=low, maximum=high, value=native)] * 2
+        sizes = [
+            gr.update(label=bounded_label(name, low, high), value=native) for name in ("Width", "Height")
+        ]
         sampler = [engine.defaults["steps"], engine.defaults["guidance_scale"], engine.defaults["scheduler"]]
         checks = []
         for value in slot_names:  # adapters picked for the old model are checked against the new one

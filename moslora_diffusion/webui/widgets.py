@@ -79,17 +79,24 @@ def adapter_info_markdown(engine: Engine, name: str | None) -> str:
         return f"{REFUSED} {html.escape(str(exc))}"
 
 
-class StartImage(gr.Image):
+def start_image(**kwargs: Any) -> Any:
     """An image input (a file path) whose unreadable uploads reach the request check, which names them in one
-    line, instead of failing inside Gradio's own preprocessing with its internals and a traceback."""
+    line, instead of failing inside Gradio's own preprocessing with its internals and a traceback. (The
+    instance's ``preprocess`` is wrapped: a subclass of a Gradio component makes Gradio write a ``.pyi`` file
+    beside this module.)"""
+    from PIL import UnidentifiedImageError
 
-    def preprocess(self, payload: Any) -> Any:
-        from PIL import UnidentifiedImageError
+    component = gr.Image(type="filepath", **kwargs)
+    decode = component.preprocess
 
+    def preprocess(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return decode(payload)
         except (UnidentifiedImageError, OSError, ValueError):
             return payload.path
+
+    component.preprocess = preprocess
+    return component
 
 
 def token_count(engine: Engine, text: str | None) -> str:
@@ -122,16 +129,27 @@ def png_info(path: str | None) -> tuple[str, dict[str, Any]]:
 
 
 def size_bounds(engine: Engine) -> tuple[int, int, int]:
-    """(smallest, native, largest) width/height the sliders offer: ¼× to 4× the model's native size."""
-    native = int(engine.defaults["width"])
-    low = max(engine.limits.min_size, (native // 4) // 8 * 8 or 8)
-    high = min(engine.limits.max_size, native * 4)
-    return low, native, high
+    """(smallest, native, largest) width/height: the loaded model's limits (`requests.model_limits`)."""
+    lim = engine.model_limits
+    return lim.min_size, int(engine.defaults["width"]), lim.max_size
+
+
+def bounded_number(value: float, label: str, low: float, high: float, elem_id: str | None = None,
+                   precision: int | None = 0) -> Any:  # fmt: skip
+    """A number box that shows its range and lets any value through to the request check, which refuses one
+    outside it by name (a slider clamped typed values silently while still showing them)."""
+    return gr.Number(value=value, precision=precision, label=bounded_label(label, low, high), elem_id=elem_id)
+
+
+def bounded_label(label: str, low: float, high: float) -> str:
+    return f"{label} ({low:g}–{high:g})"
 
 
 def size_note(engine: Engine, width: float, height: float) -> str:
     """A warning when a size is outside 0.5×–2× of what the model was trained on."""
     _, native, _ = size_bounds(engine)
+    if not all(isinstance(v, (int, float)) and v > 0 for v in (width, height)):
+        return ""  # an empty or impossible box: the request check names it on Generate
     off = [
         f"{name} {int(v)}" for name, v in (("width", width), ("height", height)) if not 0.5 <= v / native <= 2
     ]
