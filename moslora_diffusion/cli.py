@@ -287,8 +287,17 @@ def run_compare_toyworld(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ app
+class _AppHelp(argparse.RawDescriptionHelpFormatter):
+    """`app --help` shows the web UI's own flags (imported only when help is asked for)."""
+
+    def format_help(self) -> str:
+        from .webui.server import build_parser as web_ui_parser
+
+        return web_ui_parser().format_help()
+
+
 def _app_args(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "All arguments are web UI flags: see `python app/app.py --help`."
+    parser.formatter_class = _AppHelp
 
 
 @subcommand("app", "start the Gradio web UI (generate, compare, train)", _app_args, passthrough=True)

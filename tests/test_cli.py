@@ -175,3 +175,12 @@ def test_every_subcommand_help_prints(name, capsys):
         cli.main([name, "--help"])
     assert stop.value.code == 0
     assert f"usage: moslora-diffusion {name}" in capsys.readouterr().out
+
+
+def test_app_help_lists_the_web_ui_flags():
+    """Issue 25: `moslora-diffusion app --help` listed no flags."""
+    proc = run_cli("app", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--base_model", "--models_dir", "--adapters_dir", "--port", "--no_train", "--max_size"):
+        assert flag in proc.stdout, flag
+    assert proc.stdout.startswith("usage: moslora-diffusion app")
