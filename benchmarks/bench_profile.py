@@ -100,7 +100,11 @@ def profile_job(job: str, steps: int, warmup: int, work: Path) -> dict[str, Any]
         for _ in range(steps):
             trainer.step()
         profiled_s = (time.perf_counter() - t0) / steps
-    totals = {e.key: e.cpu_time_total / 1e6 / steps for e in prof.key_averages() if e.key in PHASES}
+    averages = prof.key_averages()
+    totals = {e.key: e.cpu_time_total / 1e6 / steps for e in averages if e.key in PHASES}
+    ops = sorted((e for e in averages if e.key.startswith("aten::")), key=lambda e: e.self_cpu_time_total,
+                 reverse=True)[:8]  # fmt: skip
+    top = [(e.key, e.self_cpu_time_total / 1e6 / steps) for e in ops]
     peak = gemm_peak()
     return {
         "job": job,
@@ -111,6 +115,7 @@ def profile_job(job: str, steps: int, warmup: int, work: Path) -> dict[str, Any]
         "flops": flops,
         "achieved": flops / step_s,
         "peak": peak,
+        "top_ops": top,
         "batch": trainer.cfg.train_batch_size,
         "resolution": trainer.run.resolution,
     }
@@ -132,7 +137,13 @@ def tables(results: list[dict[str, Any]]) -> str:
                      f"{r['peak'] / 1e9:.1f}", f"{100 * r['achieved'] / r['peak']:.0f} %"])  # fmt: skip
     headers = ["job", "ms/step", *[f"{p.removeprefix('step: ')} %" for p in PHASES], "other (Python) %",
                "GFLOP/step", "achieved GFLOP/s", "GEMM peak GFLOP/s", "utilisation"]  # fmt: skip
-    return markdown_table(headers, rows)
+    ops = [[LABELS[r["job"]], ", ".join(f"`{k.removeprefix('aten::')}` {100 * v / r['profiled_s']:.0f} %"
+                                        for k, v in r["top_ops"])] for r in results]  # fmt: skip
+    return (
+        markdown_table(headers, rows)
+        + "\n\nThe operators taking the most time (self time, share of the step):\n\n"
+        + (markdown_table(["job", "operators"], ops))
+    )
 
 
 def main() -> None:
