@@ -60,6 +60,15 @@ def make_trainer(job: str, work: Path, extra: tuple[str, ...] = ()) -> Any:
 
         argv = [*common, "--validation_prompt", ""]
         cfg = parse_args(argv, defaults=training_defaults(argv))
+    elif job == "tiny":
+        from bench_training import INSTANCE_PROMPT, make_instance_images
+
+        from moslora_diffusion.tiny import save_tiny_pipeline
+
+        model_dir = save_tiny_pipeline("sd1", work / "tiny-sd1")
+        images = make_instance_images(work / "images-32", 32)
+        cfg = parse_args([*common, "--pretrained_model_name_or_path", str(model_dir), "--instance_data_dir",
+                          str(images), "--instance_prompt", INSTANCE_PROMPT, "--resolution", "32"])  # fmt: skip
     else:
         from bench_training import INSTANCE_PROMPT, Model, build_model_dir, make_instance_images
 
@@ -122,7 +131,8 @@ def profile_job(job: str, steps: int, warmup: int, work: Path) -> dict[str, Any]
 
 
 LABELS = {"toy": "toy model, 32 px, quick-start recipe (rank 8, UNet + text encoder, batch 6)",
-          "sd1": "SD 1.5 architecture, 256 px, batch 1, rank 4, UNet attention"}  # fmt: skip
+          "sd1": "SD 1.5 architecture, 256 px, batch 1, rank 4, UNet attention",
+          "tiny": "the tests' tiny SD1 pipeline, 32 px, batch 1, rank 4, UNet attention"}  # fmt: skip
 
 
 def tables(results: list[dict[str, Any]]) -> str:
@@ -153,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", nargs="+", default=["toy", "sd1"], choices=list(LABELS))
+    parser.add_argument("--jobs", nargs="+", default=["toy", "sd1"], choices=list(LABELS))  # tiny: on request
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
