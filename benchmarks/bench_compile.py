@@ -33,11 +33,11 @@ from bench_training import run_forked  # noqa: E402
 def child(job: str, backend: str | None, steps: int, work: str) -> dict[str, Any]:
     """One process: set up the job, compile the UNet with ``backend`` (None: eager), save the first micro-batch's
     adapter gradients, then time the steps."""
+    import os
+
     import torch
 
     from moslora_diffusion.training.batches import micro_batch_loss
-
-    import os
 
     # a cold compile, as on a user's first run: an inductor cache of its own (earlier runs' cache hides the cost)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(work) / f"inductor-cache-{job}-{backend}")

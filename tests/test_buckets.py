@@ -124,8 +124,19 @@ def test_sdxl_batches_are_one_bucket_with_time_ids_per_image(tmp_path, monkeypat
         return out
 
     monkeypatch.setattr(models, "sdxl_time_ids", recording)
-    result = _train(model, tmp_path / "out", images, "--max_train_steps", "6", "--train_batch_size", "2",
-                    "--center_crop", "--checkpointing_steps", "0")  # fmt: skip
+    result = _train(
+        model,
+        tmp_path / "out",
+        images,
+        "--max_train_steps",
+        "6",
+        "--train_batch_size",
+        "2",
+        "--center_crop",
+        "--checkpointing_steps",
+        "0",
+        "--no-signals",
+    )  # fmt: skip (probes: square)
     assert result.steps_done == 6
     assert "aspect-ratio buckets" in capsys.readouterr().out  # the histogram is shown at start
     rows_by_original = {}

@@ -31,6 +31,8 @@ def _trainer(tiny_sd1, subject, out, *flags):
     validate_config(cfg)
     trainer = Trainer.setup(cfg, make_accelerator(cfg), None)
     trainer.resume()
+    assert trainer.probe is None  # nothing measured before the first step: it would delay it
+    trainer.validate()  # a validation at step 0 draws the probes
     return trainer
 
 

@@ -29,4 +29,6 @@ def test_images_decoded_once_and_latents_encoded_lazily(tiny_dirs, tmp_path, mon
     assert sorted(p.name for p in decoded) == [
         f"s{i}.png" for i in range(4)
     ]  # each image once, preflight none
-    assert encoded == [1]  # one step of batch 1 encoded one image, not all four up front
+    # one step of batch 1 encoded one image, not all four up front; the learning signals' probes encode the
+    # (at most four) instance images once, at the first validation, after the first step
+    assert encoded == [1, 4]

@@ -146,7 +146,9 @@ def test_browser_generates_an_image(app_url):
             )
             page.get_by_role("tab", name="Generate").click()
             # -1 in the seed box means random, as the label says (issue 25, bug 1): no error, a new seed
-            page.evaluate("() => document.querySelectorAll('.toast-body').forEach(t => t.remove())")  # earlier toasts
+            page.evaluate(
+                "() => document.querySelectorAll('.toast-body').forEach(t => t.remove())"
+            )  # earlier toasts
             page.get_by_label("Random seed").uncheck()
             page.locator("#seed input").fill("-1")
             page.locator("#seed input").press("Enter")

@@ -228,16 +228,15 @@ class Trainer:
         if self.cfg.report_to == "tensorboard":
             hparams = {k: v for k, v in self.cfg.to_dict().items() if isinstance(v, (int, float, str, bool))}
             self.accelerator.init_trackers("moslora-dreambooth", config=hparams)
-        if self.cfg.signals and self.is_main:
-            self._start_signals()
 
     def _start_signals(self) -> None:
-        """Draw the probes (the same for a resumed run: they depend on the seed only) and, in a new run, record
-        the signals of the untrained adapter as step 0."""
-        with self._eval_mode():
-            self.probe = signals.SignalProbe(self.run, signals.signal_prompts(self.cfg.signal_prompts))
-            if not self.signals:
-                self._measure_signals()
+        """At the first validation (never before the first step: it would delay it): draw the probes (the same
+        for a resumed run: they depend on the seed only) and, in a new run, record the untrained adapter's
+        signals as step 0 — the base model's, measured with the adapters off (a new adapter adds exactly 0)."""
+        self.probe = signals.SignalProbe(self.run, signals.signal_prompts(self.cfg.signal_prompts))
+        if not self.signals:
+            with signals.adapters_off(self.probe.models()):
+                self._measure_signals(step=0)
 
     # ---- the loop ---------------------------------------------------------------------------------------
 
@@ -389,6 +388,8 @@ class Trainer:
             return
         self.last_validated = self.global_step
         with self._eval_mode() as (unet, *tes):
+            if cfg.signals and self.probe is None:
+                self._start_signals()
             if self.probe is not None:
                 self._measure_signals()
             if self._validating():
@@ -397,20 +398,21 @@ class Trainer:
                 if cfg.validation_prompt:
                     self._sample(pipe)
 
-    def _measure_signals(self) -> None:
-        if any(row["step"] == self.global_step for row in self.signals):
+    def _measure_signals(self, step: int | None = None) -> None:
+        step = self.global_step if step is None else step
+        if any(row["step"] == step for row in self.signals):
             return
         with self.accelerator.autocast():
-            row = {"step": self.global_step, **self.probe.measure()}
+            row = {"step": step, **self.probe.measure()}
         self.signals.append(row)
         if self.cfg.report_to == "tensorboard":
             values = {f"signals/{k}": v for k, v in row.items() if k != "step" and math.isfinite(v)}
-            self.accelerator.log(values, step=self.global_step)
+            self.accelerator.log(values, step=step)
         text = signals.history_digest(self.signals)
-        if self.global_step > 0:
-            tqdm.write(f"step {self.global_step}: {text}")
-        self.emit(TrainEvent("signals", self.global_step, self.max_steps, scores=dict(row), message=text))
-        if self.cfg.stop_when_learned and self.global_step > 0:
+        if step > 0:
+            tqdm.write(f"step {step}: {text}")
+        self.emit(TrainEvent("signals", step, self.max_steps, scores=dict(row), message=text))
+        if self.cfg.stop_when_learned and step > 0:
             best = self.stop_rule.best(self.signals)
             if best is not None and best["step"] == self.global_step:
                 self.best = (self.global_step, ckpt.trainable_state(self.trained))

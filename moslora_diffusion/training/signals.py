@@ -95,9 +95,11 @@ class SignalProbe:
             self.binding = Family(
                 self.fit.noisy, self.fit.timesteps, self.fit.target, captions, self.fit.time_ids
             )
-        prior_src = run.classes[:MAX_PROBE_IMAGES] if run.classes else inst
-        prior_examples = [self._example(s.image, s.caption) for s in prior_src]
-        x_prior = self._latents(prior_examples)
+        if run.classes:
+            prior_examples = [self._example(s.image, s.caption) for s in run.classes[:MAX_PROBE_IMAGES]]
+            x_prior = self._latents(prior_examples)
+        else:  # no class images: the instance images carry the prior probes too (encoded once)
+            prior_examples, x_prior = inst_examples, x_inst
         self.classes = None
         if cfg.class_prompt:
             self.classes = self._family(
@@ -105,7 +107,7 @@ class SignalProbe:
             )
         ordinary = [prompts[i % len(prompts)] for i in range(len(prior_examples))]
         self.ordinary = self._family(x_prior, ordinary, prior_examples, gen)
-        with adapters_off(self._models()):
+        with adapters_off(self.models()):
             self.base_class = self._predict(self.classes) if self.classes else None
             self.base_ordinary = self._predict(self.ordinary)
 
@@ -146,7 +148,8 @@ class SignalProbe:
             ).repeat_interleave(n_t, dim=0)  # fmt: skip
         return Family(noisy, t.to(x0.device), target, [c for c in captions for _ in range(n_t)], time_ids)
 
-    def _models(self) -> list[torch.nn.Module]:
+    def models(self) -> list[torch.nn.Module]:
+        """The unwrapped UNet and text encoders the probes run through."""
         acc = self.run.accelerator
         return [acc.unwrap_model(self.run.unet), *(acc.unwrap_model(te) for te in self.run.text_encoders)]
 
@@ -155,7 +158,7 @@ class SignalProbe:
     @torch.no_grad()
     def _predict(self, fam: Family) -> torch.Tensor:
         run = self.run
-        unet, *tes = self._models()
+        unet, *tes = self.models()
         ids = models.tokenize(run.comps.tokenizers, fam.captions)
         embeds, pooled = models.encode_tokens(run.comps.arch, tes, ids)
         added = None
