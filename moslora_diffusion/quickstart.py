@@ -78,4 +78,6 @@ def run_quickstart(argv: Sequence[str] | None = None) -> Path:
     print(f"Model card: {Path(result.output_dir) / 'README.md'}")
     if "quality_curve" in result.files:
         print(f"Learning curve (subject and prompt scores per validation): {result.files['quality_curve']}")
+    if "signals_curve" in result.files:
+        print(f"Learning signals (subject fit, binding, prior shift): {result.files['signals_curve']}")
     return path
