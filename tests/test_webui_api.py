@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -285,6 +290,14 @@ def test_auth_required_when_asked(tmp_path):
             gradio_client.Client(url, verbose=False).predict(**COMMON, seed=1, api_name="/generate")
         client = gradio_client.Client(url, auth=("alice", "s3cret"), verbose=False)
         assert client.predict(**COMMON, seed=1, api_name="/generate")
+        # the plain GET route sits behind the same login
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"{url}api/adapters", timeout=30)
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        login = urllib.parse.urlencode({"username": "alice", "password": "s3cret"}).encode()
+        opener.open(f"{url}login", data=login, timeout=30)
+        listed = json.loads(opener.open(f"{url}api/adapters", timeout=30).read())
+        assert [e["name"] for e in listed] == engine.list_adapters()
     finally:
         demo.close()
 
@@ -511,3 +524,40 @@ def test_png_info_answers_a_huge_or_badly_escaped_chunk_at_once(server, tmp_path
     _, fields = client.predict(gradio_client.handle_file(str(tmp_path / "escape.png")), api_name="/png_info")
     assert fields["Bad"] == "a\\qb" and fields["Seed"] == "3"
     assert time.monotonic() - started < 20
+
+
+def test_adapter_list_endpoint_and_get_route(server):
+    """Issue 25: the adapter list through gradio_client and a plain GET, with architecture, rank, trigger and
+    whether each fits the loaded model (a misfit named, without the server's paths); sample images noticed."""
+    client, adapters = server["client"], server["adapters"]
+    preview = adapters / "native.preview.png"
+    Image.new("RGB", (8, 8), "red").save(preview)
+    try:
+        listed = client.predict(api_name="/adapters")
+        by_name = {e["name"]: e for e in listed}
+        assert list(by_name) == server["engine"].list_adapters()
+        native = by_name["native.safetensors"]
+        assert native["fits"] and native["problem"] is None and native["preview"] is True
+        assert native["kind"] == "moslora" and native["architecture"] == "sd1"
+        assert sorted(native["rank"]) == [2, 4]  # the UNet's rank 4 and the text encoder's rank 2
+        assert native["trigger"] == "a photo of sks blob" and native["steps"] == 123
+        assert by_name["plain.safetensors"]["fits"] and by_name["plain.safetensors"]["preview"] is False
+        for misfit in ("xl_only.safetensors", "native_xl_tag.safetensors"):
+            entry = by_name[misfit]
+            assert entry["fits"] is False and misfit in entry["problem"]
+            assert str(adapters) not in entry["problem"] and str(adapters.resolve()) not in entry["problem"]
+        url = f"http://127.0.0.1:{server['port']}/api/adapters"
+        assert json.loads(urllib.request.urlopen(url, timeout=30).read()) == listed
+    finally:
+        preview.unlink()
+
+
+def test_one_model_name_in_header_menu_and_png(server):
+    """Issue 25: the header, the model menu and the PNG's Model field name the base model the same way."""
+    from moslora_diffusion.webui.ui import _header
+
+    engine = server["engine"]
+    path = _generate(server["client"], seed=3)[0]
+    name = parse_parameters(read_parameters(path))["Model"]
+    assert name == engine.model_name and engine.models[name] == engine.base_model
+    assert f"Base model: `{name}`" in _header(engine, "t")

@@ -14,9 +14,11 @@ from typing import Any
 
 from ..errors import AdapterNameError
 
-__all__ = ["ADAPTER_SUFFIX", "safe_adapter_path", "list_adapters", "format_info"]
+__all__ = ["ADAPTER_SUFFIX", "PREVIEW_SUFFIXES", "safe_adapter_path", "list_adapters", "preview_path", "format_info"]
 
 ADAPTER_SUFFIX = ".safetensors"
+# an adapter's sample image sits next to it: ``name.preview.png`` (AUTOMATIC1111's convention) or ``name.png``
+PREVIEW_SUFFIXES = (".preview.png", ".png")
 _KIND_LABELS = {
     "moslora": "MoSLoRA (native v{version})",
     "diffusers": "LoRA (diffusers/PEFT)",
@@ -57,6 +59,17 @@ def list_adapters(adapters_dir: str | os.PathLike) -> list[str]:
                 continue
             names.append(entry.name)
     return sorted(names, key=str.lower)
+
+
+def preview_path(adapters_dir: str | os.PathLike, name: str) -> Path | None:
+    """The sample image of adapter ``name`` (a checked name) in ``adapters_dir``, if one is there."""
+    adapter = safe_adapter_path(adapters_dir, name)
+    stem = adapter.name.removesuffix(ADAPTER_SUFFIX)
+    for suffix in PREVIEW_SUFFIXES:
+        candidate = adapter.parent / f"{stem}{suffix}"
+        if candidate.is_file() and candidate.resolve().parent == adapter.parent:
+            return candidate
+    return None
 
 
 def format_info(info: dict[str, Any]) -> str:

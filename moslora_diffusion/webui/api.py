@@ -1,4 +1,5 @@
-"""The named scripting endpoints (``/generate``, ``/png_info``, ``/img2img``) for gradio_client."""
+"""The named scripting endpoints (``/generate``, ``/img2img``, ``/png_info``, ``/adapters``) for gradio_client,
+and the plain ``GET /api/adapters`` JSON route (behind the same login as the page)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,35 @@ def _api_adapters(adapter: str | None, adapter_scale: float | None, adapters: An
     ):
         raise gr.Error("adapters must be a list of [file name, strength] pairs", print_exception=False)
     return out + [(name, strength) for name, strength in adapters]
+
+
+ADAPTERS_ROUTE = "/api/adapters"
+
+
+def adapter_list(engine: Engine) -> list[dict[str, Any]]:
+    """The adapters folder as the API shows it: :meth:`Engine.adapter_catalog` without server paths."""
+    out = []
+    for entry in engine.adapter_catalog():
+        entry = dict(entry)
+        entry["preview"] = entry.get("preview") is not None  # whether a sample image exists, not where
+        out.append(entry)
+    return out
+
+
+def add_get_routes(demo: gr.Blocks, engine: Engine) -> None:
+    """``GET /api/adapters``: the adapter list as JSON, for curl and scripts that do not speak Gradio's
+    protocol. It sits behind the page's own login check (the one Gradio's ``/config`` route uses)."""
+    from fastapi.responses import JSONResponse
+
+    app = demo.app
+    guard = next(
+        (route.dependencies for route in app.routes if getattr(route, "path", None) == "/config"), None
+    )
+    if guard is None:  # never serve the list without the login check
+        raise RuntimeError("Gradio's /config route was not found: cannot guard GET /api/adapters")
+    app.add_api_route(
+        ADAPTERS_ROUTE, lambda: JSONResponse(adapter_list(engine)), methods=["GET"], dependencies=guard
+    )
 
 
 def build_api_endpoint(engine: Engine) -> None:
@@ -92,6 +122,13 @@ def build_api_endpoint(engine: Engine) -> None:
         """The `parameters` text chunk of a PNG (ours or AUTOMATIC1111's) and its fields."""
         return png_info(path)
 
+    def api_adapters() -> list[dict[str, Any]]:
+        """The adapters folder: for each file its name, format, architecture, rank, alpha, trigger (training
+        prompt), steps, whether it fits the loaded base model (`fits`, else `problem`) and whether it has a
+        sample image (`preview`)."""
+        return adapter_list(engine)
+
+    gr.api(api_adapters, api_name="adapters", queue=False)
     button.click(api_generate, inputs, output, api_name="generate", **DEVICE)
     img_button = gr.Button("img2img", visible=False)
     img_button.click(api_img2img, [*inputs, *img_in], output, api_name="img2img", **DEVICE)

@@ -104,7 +104,7 @@ def compare(
         "CFG scale": f"{req.guidance_scale:g}",
         "Seeds": " ".join(str(s) for s in seeds),
         "Size": f"{req.width}x{req.height}",
-        "Model": engine.base_name,
+        "Model": engine.model_name,
         "Adapter": adapter,
         "Strengths": " ".join(["0"] + [f"{s:g}" for s in strengths]),
     }

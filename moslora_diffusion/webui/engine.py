@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..formats.inspect import describe_adapter_file
 from ..loading import check_file_fits, install_pipeline_methods
-from .adapter_files import list_adapters, safe_adapter_path
+from .adapter_files import list_adapters, preview_path, safe_adapter_path
 from .pngmeta import format_adapters, format_parameters, save_png
 from .requests import (
     MAX_SEED,
@@ -299,6 +299,32 @@ class Engine:
         header = check_file_fits(self.pipe, self.adapter_path(name))
         return describe_adapter_file(header, header_only=True)  # the header just read, not read again
 
+    def adapter_catalog(self) -> list[dict[str, Any]]:
+        """Every adapter in the folder with what a picker shows: kind (moslora, diffusers, kohya), format, architecture, rank, alpha, trigger
+        (its training prompt), steps, size, whether it fits the loaded base model (and why not), sample image.
+
+        Headers only; a file that cannot be read is listed with ``fits`` False and the reason."""
+        catalog = []
+        for name in self.list_adapters():
+            entry: dict[str, Any] = {"name": name, "kind": None, "format": None, "architecture": None, "rank": None,
+                                     "alpha": None, "trigger": None, "steps": None, "fits": False,
+                                     "problem": None}  # fmt: skip
+            try:
+                path = self.adapter_path(name)
+                preview = preview_path(self.adapters_dir, name)
+                entry["preview"] = str(preview) if preview else None
+                info = describe_adapter_file(path, header_only=True)
+                entry.update(kind=info["kind"], format=info["format"], architecture=info["architecture"], rank=info["rank"],
+                             alpha=info["alpha"], trigger=info["prompt"], steps=info["steps"],
+                             file_size=info["file_size"])  # fmt: skip
+                check_file_fits(self.pipe, path)
+                entry["fits"] = True
+            except MoSLoraError as exc:  # named by the adapter's name, never by the server's path
+                entry["problem"] = str(exc).replace(str(self.adapters_dir.resolve() / name), name)
+                entry["problem"] = entry["problem"].replace(str(self.adapters_dir / name), name)
+            catalog.append(entry)
+        return catalog
+
     def _ensure_loaded(self, name: str) -> str:
         path = self.adapter_path(name)
         key = _content_digest(path)  # not size and mtime: a replaced file may keep both
@@ -376,7 +402,7 @@ class Engine:
             "CFG scale": f"{req.guidance_scale:g}",
             "Seed": seed,
             "Size": f"{req.width}x{req.height}",
-            "Model": self.base_name,
+            "Model": self.model_name,
             "Adapters": format_adapters(req.adapters) or None,
             "Denoising strength": f"{req.strength:g}" if req.init_image is not None else None,
             **(extra or {}),

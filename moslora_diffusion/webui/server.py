@@ -143,15 +143,17 @@ def launch(demo, args: argparse.Namespace, engine, prevent_thread_lock: bool = F
     """Start the server as the arguments say (loopback and no share link unless asked)."""
     from .jobs import UploadLimits
 
+    from .api import add_get_routes
+
     Path(engine.output_dir).mkdir(parents=True, exist_ok=True)
-    return demo.launch(
+    started = demo.launch(
         server_name=args.host,
         server_port=args.port,
         auth=args.auth,
         share=bool(args.share),
         allowed_paths=[str(Path(engine.output_dir).resolve())],
         max_file_size=UploadLimits().max_file_bytes,
-        prevent_thread_lock=prevent_thread_lock,
+        prevent_thread_lock=True,  # the GET routes are added to the running app; then we block if asked
         # Our handlers turn every failure into a short gr.Error (never a traceback); what remains are Gradio's
         # own refusals (an upload it blocked, a file type it rejects), whose message the client must see
         # instead of {"error": null}.
@@ -159,6 +161,10 @@ def launch(demo, args: argparse.Namespace, engine, prevent_thread_lock: bool = F
         inbrowser=False,
         quiet=prevent_thread_lock,
     )
+    add_get_routes(demo, engine)  # needs the app the launch built
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return started
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,7 +59,7 @@ _PAGE_JS = """
 
 def _header(engine: Engine, title: str) -> str:
     return (
-        f"## {html.escape(title)}\nBase model: `{html.escape(engine.base_name)}` ({engine.architecture}) · "
+        f"## {html.escape(title)}\nBase model: `{html.escape(engine.model_name)}` ({engine.architecture}) · "
         f"adapters folder: `{html.escape(str(engine.adapters_dir))}`"
     )
 
