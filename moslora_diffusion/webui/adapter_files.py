@@ -14,7 +14,14 @@ from typing import Any
 
 from ..errors import AdapterNameError
 
-__all__ = ["ADAPTER_SUFFIX", "PREVIEW_SUFFIXES", "safe_adapter_path", "list_adapters", "preview_path", "format_info"]
+__all__ = [
+    "ADAPTER_SUFFIX",
+    "PREVIEW_SUFFIXES",
+    "safe_adapter_path",
+    "list_adapters",
+    "preview_path",
+    "format_info",
+]
 
 ADAPTER_SUFFIX = ".safetensors"
 # an adapter's sample image sits next to it: ``name.preview.png`` (AUTOMATIC1111's convention) or ``name.png``

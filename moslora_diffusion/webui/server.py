@@ -141,9 +141,8 @@ def create_app(args: argparse.Namespace):
 
 def launch(demo, args: argparse.Namespace, engine, prevent_thread_lock: bool = False):
     """Start the server as the arguments say (loopback and no share link unless asked)."""
-    from .jobs import UploadLimits
-
     from .api import add_get_routes
+    from .jobs import UploadLimits
 
     Path(engine.output_dir).mkdir(parents=True, exist_ok=True)
     started = demo.launch(
