@@ -162,13 +162,34 @@ def test_browser_generates_an_image(app_url):
             page.screenshot(path=str(ARTIFACTS / "webui_generate.png"), full_page=True)
             if os.environ.get("WEBUI_SCREENSHOT_TO"):  # refresh docs/images/webui_generate.png
                 page.screenshot(path=os.environ["WEBUI_SCREENSHOT_TO"], full_page=True)
-            # Compare tab: baseline + strengths 0.5, 1 for seeds 1, 2 in one labelled grid
-            page.get_by_role("tab", name="Compare").click()
+            # X/Y plot tab: baseline + strengths 0.5, 1 for seeds 1, 2 in one labelled grid (the default axes)
+            page.get_by_role("tab", name="X/Y plot").click()
             page.locator("#compare-prompt textarea").fill(PROMPT)
             page.locator("#compare-adapter input").fill("plain.safetensors")
             page.keyboard.press("Enter")
             page.locator("#compare-btn").click()
             page.locator("#compare-grid img").wait_for(state="visible", timeout=120_000)
+            page.locator("#compare-params textarea").wait_for(timeout=10_000)
+            page.wait_for_function(
+                "() => document.querySelector('#compare-params textarea').value.includes('Strengths: 0 0.5 1')",
+                timeout=30_000,
+            )
+            # any two axes (issue 25): picking an axis shows what it takes, with an example to edit
+            page.locator("#x-axis input").click()
+            page.get_by_role("option", name="Steps", exact=True).click()
+            page.wait_for_function(
+                "() => document.querySelector('#x-values textarea').value === '10, 20, 30'", timeout=10_000
+            )
+            page.locator("#x-values textarea").fill("2, 3")
+            page.locator("#y-axis input").click()
+            page.locator("[role=option][aria-label=Sampler][aria-setsize='7']").click()  # Y's list (with None)
+            page.locator("#y-values textarea").fill("DDIM, Euler a")
+            page.locator("#compare-btn").click()
+            page.wait_for_function(
+                "() => { const v = document.querySelector('#compare-params textarea').value;"
+                " return v.includes('\"Steps: 2 3\"') && v.includes('\"Sampler: DDIM, Euler a\"'); }",
+                timeout=120_000,
+            )
             page.screenshot(path=str(ARTIFACTS / "webui_compare.png"), full_page=True)
             if os.environ.get("WEBUI_COMPARE_SCREENSHOT_TO"):  # refresh docs/images/webui_compare.png
                 page.screenshot(path=os.environ["WEBUI_COMPARE_SCREENSHOT_TO"], full_page=True)
@@ -324,7 +345,7 @@ def test_browser_refused_adapter_unticks_and_lists_are_current_after_reload(trai
             page.locator("#adapter-2 input").click()
             page.get_by_role("option", name="fresh.safetensors").wait_for(timeout=20_000)
             page.keyboard.press("Escape")
-            page.get_by_role("tab", name="Compare").click()
+            page.get_by_role("tab", name="X/Y plot").click()
             page.locator("#compare-adapter input").click()
             page.get_by_role("option", name="fresh.safetensors").wait_for(timeout=20_000)
             assert page.locator("#compare-refresh").is_visible()

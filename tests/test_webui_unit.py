@@ -712,3 +712,79 @@ def test_the_train_tab_hides_the_previous_jobs_curves(tmp_path):
     )  # the next job: uploads, no validation yet
     quality, signals = tick(0)[-2:]
     assert quality == {"__type__": "update", "visible": False} and signals["visible"] is False
+
+
+# ---- X/Y plot -------------------------------------------------------------------------------------------
+
+
+def test_xy_plot_cells_equal_single_generations(tmp_path):
+    """Issue 25: an X/Y plot over any two axes; each cell is the image the same settings give on their own
+    (steps x sampler, CFG x prompt S/R with an adapter at a fixed strength), and the PNG records both axes."""
+    from moslora_diffusion.webui.compare import parse_axis, xy_plot
+    from moslora_diffusion.webui.engine import Engine
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    req = GenerationRequest(prompt="a red square", negative_prompt="red noise", steps=3, width=32, height=32,
+                            seed=5, scheduler="DDIM")  # fmt: skip
+
+    def alone(**changes):
+        from dataclasses import replace
+
+        return np.asarray(engine.generate(replace(req, **changes))[0].image, dtype=np.int16)
+
+    x, y = parse_axis("Steps", "2, 3"), parse_axis("Sampler", "Euler, UniPC")
+    result = xy_plot(engine, req, x, y)
+    assert len(result.images) == 4 and result.stopped is None
+    for i, (sampler, steps) in enumerate((s, n) for s in y.values for n in x.values):
+        assert np.array_equal(
+            np.asarray(result.images[i], dtype=np.int16), alone(steps=steps, scheduler=sampler)
+        )
+    fields = parse_parameters(read_parameters(result.path))
+    assert fields["X"] == "Steps: 2 3" and fields["Y"] == "Sampler: Euler, UniPC" and fields["Seed"] == "5"
+    assert result.grid.size[0] > 2 * 32 and result.grid.size[1] > 2 * 32
+
+    x, y = parse_axis("CFG scale", "1, 7.5"), parse_axis("Prompt S/R", "red, blue")
+    result = xy_plot(engine, req, x, y, adapter="plain.safetensors", strength=0.5)
+    adapters = [("plain.safetensors", 0.5)]
+    cells = [(c, p) for p in ("red", "blue") for c in (1.0, 7.5)]
+    for image, (cfg, word) in zip(result.images, cells):
+        expect = alone(guidance_scale=cfg, prompt=f"a {word} square", negative_prompt=f"{word} noise",
+                       adapters=adapters)  # fmt: skip
+        assert np.array_equal(np.asarray(image, dtype=np.int16), expect)
+    assert not np.array_equal(np.asarray(result.images[0]), np.asarray(result.images[2]))  # the words matter
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "adapter", "message"),
+    [
+        (("Seed", "1, 2"), ("Seed", "3"), None, "both Seed"),
+        (("Strength", "0, 1"), ("Seed", "1"), None, "needs an adapter"),
+        (("Prompt S/R", "green, blue"), None, None, "neither prompt contains it"),
+        (("Sampler", "DDIM, PNDM"), None, None, "unknown sampler 'PNDM'"),
+        (("Steps", "2, 500"), None, None, "steps must be between 1 and 150, got 500"),
+        (("Steps", "2.5"), None, None, "steps 2.5 must be a whole number"),
+        (
+            ("Seed", " ".join(str(i) for i in range(9))),
+            ("CFG scale", " ".join(str(i) for i in range(8))),
+            None,
+            "72 images; the limit is 64",
+        ),
+        (("Strength", "1"), None, "xl_only.safetensors", "xl_only.safetensors"),
+        (("Width", "32"), None, None, "unknown axis 'Width'"),
+    ],
+)
+def test_xy_plot_refuses_before_rendering(tmp_path, x, y, adapter, message):
+    """Every cell is checked before the first is rendered: a bad axis is named and nothing is written."""
+    from moslora_diffusion.errors import MoSLoraError
+    from moslora_diffusion.webui.compare import parse_axis, xy_plot
+    from moslora_diffusion.webui.engine import Engine
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    req = GenerationRequest(prompt="a red square", steps=2, width=32, height=32, seed=1)
+    rendered = []
+    with pytest.raises(MoSLoraError, match=message):
+        xy_plot(engine, req, parse_axis(*x), parse_axis(*y) if y else None, adapter,
+                progress=lambda done, total: rendered.append(done))  # fmt: skip
+    assert not rendered and not setup["outputs"].exists()

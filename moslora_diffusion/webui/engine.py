@@ -506,27 +506,30 @@ class Engine:
             self._stop.clear()
             self.lock.release()
 
-    def render_many(
-        self,
-        req: GenerationRequest,
-        jobs: Sequence[tuple[list[tuple[str, float]], int]],
-        progress: Callable[[int, int], None] | None = None,
+    def render_requests(
+        self, reqs: Sequence[GenerationRequest], progress: Callable[[int, int], None] | None = None
     ) -> list[Any]:
-        """Render one image per (adapters, seed) job under one lock hold (used by the comparison grid).
+        """Render one image per request (each with its own seed, sampler, steps and adapters) under one lock
+        hold, without saving them (the comparison grids). Every request is checked before the first renders.
 
         After :meth:`stop`, the images finished so far are returned (``GenerationStopped`` if none is)."""
-        req = validate_request(replace(req, num_images=1), self.model_limits)
-        on_step = _step_counter(req.steps * len(jobs), progress)
+        reqs = [validate_request(replace(r, num_images=1), self.model_limits) for r in reqs]
+        for req in reqs:
+            if req.seed == -1:
+                raise RequestError("each image of a grid needs its seed")
+            for name, _ in req.adapters:
+                self.adapter_path(name)  # refuse bad names before waiting for the lock
+        on_step = _step_counter(sum(r.steps for r in reqs), progress)
 
         self._acquire()
         self._stop.clear()
         try:
-            self.pipe.scheduler = self._scheduler(req.scheduler)
             images = []
-            for adapters, seed in jobs:
-                self._activate(adapters)
+            for req in reqs:
+                self._activate(req.adapters)
+                self.pipe.scheduler = self._scheduler(req.scheduler)
                 try:
-                    images.append(self._render(replace(req, adapters=adapters), seed, on_step))
+                    images.append(self._render(req, req.seed, on_step))
                 except GenerationStopped:
                     if images:
                         return images

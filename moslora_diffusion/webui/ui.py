@@ -1,4 +1,4 @@
-"""The Gradio interface: Generate, Compare and Train tabs, plus the named ``/generate`` API endpoint.
+"""The Gradio interface: Generate, X/Y plot and Train tabs, plus the named ``/generate`` API endpoint.
 
 All the work happens in :mod:`.engine`, :mod:`.compare` and :mod:`.jobs`; the handlers here only turn
 widget values into requests and library errors into ``gr.Error`` messages (never tracebacks). Each tab
@@ -104,8 +104,10 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 generate = build_generate_tab(engine)
-            with gr.Tab("Compare", id="compare"):
-                compare_adapter, compare_refresh = build_compare_tab(engine, generate.sampler_inputs)
+            with gr.Tab("X/Y plot", id="compare"):
+                compare_adapter, compare_refresh = build_compare_tab(
+                    engine, generate.sampler_inputs, [generate.random_seed, generate.seed]
+                )
             if jobs is not None:
                 with gr.Tab("Train", id="train"):
                     train = build_train_tab(jobs)
