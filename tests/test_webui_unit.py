@@ -788,3 +788,55 @@ def test_xy_plot_refuses_before_rendering(tmp_path, x, y, adapter, message):
         xy_plot(engine, req, parse_axis(*x), parse_axis(*y) if y else None, adapter,
                 progress=lambda done, total: rendered.append(done))  # fmt: skip
     assert not rendered and not setup["outputs"].exists()
+
+
+# ---- images as they finish, live preview ---------------------------------------------------------------
+
+
+def test_generate_reports_each_image_and_a_preview_per_step(tmp_path):
+    """Issue 25: each image is handed over as soon as it is saved (before the next starts) and every denoising
+    step gives a preview of the request's size; the images equal those of a run without the callbacks."""
+    from moslora_diffusion.webui.engine import Engine
+
+    setup = make_tiny_setup(tmp_path)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    req = GenerationRequest(prompt="a red square", steps=3, width=40, height=32, seed=4, num_images=2)
+    events = []
+    results = engine.generate(
+        req,
+        on_image=lambda r: events.append(("image", r.seed, r.path.is_file())),
+        on_preview=lambda i, image: events.append(("preview", i, image.size)),
+    )
+    assert events == [("preview", 0, (40, 32))] * 3 + [("image", 4, True)] + [("preview", 1, (40, 32))] * 3 + [
+        ("image", 5, True)
+    ]
+    plain = engine.generate(req)
+    for a, b in zip(results, plain):
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+def test_latent_preview_matches_the_decoded_image_on_the_toy_model():
+    """The fitted colour map turns the last step's latents into the decoded image's colours (block means)
+    clearly better than the best constant colour does (a linear map cannot be exact: the VAE is not linear)."""
+    import torch
+    import torch.nn.functional as F
+
+    from moslora_diffusion import toyworld
+    from moslora_diffusion.webui.engine import load_serving_pipeline
+    from moslora_diffusion.webui.preview import LatentPreview
+
+    pipe = load_serving_pipeline(str(toyworld.base_model_path()))
+    latents = []
+
+    def keep(pipe, step, timestep, kwargs):
+        latents.append(kwargs["latents"].clone())
+        return kwargs
+
+    out = pipe("a red circle on a blue background", num_inference_steps=20, width=32, height=32,
+               generator=torch.Generator().manual_seed(1), callback_on_step_end=keep).images[0]  # fmt: skip
+    preview = np.asarray(LatentPreview(pipe.vae, pipe.vae_scale_factor)(latents[-1]), dtype=np.float32) / 255
+    decoded = torch.tensor(np.asarray(out, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    blocks = F.adaptive_avg_pool2d(decoded, preview.shape[:2])[0].permute(1, 2, 0).numpy()
+    error = np.abs(preview - blocks).mean()
+    constant = np.abs(blocks - blocks.reshape(-1, 3).mean(0)).mean()
+    assert error < 0.1 and error < 0.7 * constant, (error, constant)

@@ -160,11 +160,11 @@ def _default_settings(pipe: Any, base_model: str) -> dict[str, Any]:
     return settings
 
 
-def _step_counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[], None]:
-    """A callback for each denoising step that reports (steps done, total) to ``progress``."""
+def _step_counter(total: int, progress: Callable[[int, int], None] | None) -> Callable[[Any], None]:
+    """A callback for each denoising step (given the latents) that reports (steps done, total) to ``progress``."""
     done = 0
 
-    def on_step() -> None:
+    def on_step(latents: Any = None) -> None:
         nonlocal done
         done += 1
         if progress is not None:
@@ -221,6 +221,7 @@ class Engine:
             self.limits, int(self.defaults["width"])
         )  # what requests are checked against
         self._img2img: Any = None
+        self._preview: Any = None  # the latent preview's colour map, fitted for this model on first use
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._schedulers: dict[str, Any] = {}
         # adapters live in the old pipeline's layers: they go with it, and are checked afresh on next use
@@ -410,14 +411,14 @@ class Engine:
         }
         return format_parameters(req.prompt, req.negative_prompt, fields)
 
-    def _render(self, req: GenerationRequest, seed: int, on_step: Callable[[], None] | None):
+    def _render(self, req: GenerationRequest, seed: int, on_step: Callable[[Any], None] | None):
         import torch
 
         def callback(pipe, step, timestep, kwargs):
             if self._stop.is_set():  # checked after every denoising step
                 raise GenerationStopped("stopped on request")
             if on_step is not None:
-                on_step()
+                on_step(kwargs.get("latents"))
             return kwargs
 
         kwargs: dict[str, Any] = dict(
@@ -470,12 +471,26 @@ class Engine:
         if self.lock.locked():
             self._stop.set()
 
+    def preview(self, latents: Any, size: tuple[int, int] | None = None) -> Any:
+        """A cheap RGB preview of the loaded model's latents (see :class:`.preview.LatentPreview`)."""
+        if self._preview is None:
+            from .preview import LatentPreview
+
+            self._preview = LatentPreview(self.pipe.vae, getattr(self.pipe, "vae_scale_factor", 8))
+        return self._preview(latents, size)
+
     def generate(
-        self, req: GenerationRequest, progress: Callable[[int, int], None] | None = None
+        self,
+        req: GenerationRequest,
+        progress: Callable[[int, int], None] | None = None,
+        on_image: Callable[[GeneratedImage], None] | None = None,
+        on_preview: Callable[[int, Any], None] | None = None,
     ) -> list[GeneratedImage]:
         """Validate, then render ``req.num_images`` images with seeds seed, seed+1, ...; save PNGs.
 
-        After :meth:`stop`, the images finished so far are returned (``GenerationStopped`` if none is).
+        ``on_image`` gets each image as soon as it is saved; ``on_preview`` gets (image index, a cheap preview
+        of the latents) after each denoising step. After :meth:`stop`, the images finished so far are returned
+        (``GenerationStopped`` if none is).
         """
         req = validate_request(req, self.model_limits)
         for name, _ in req.adapters:
@@ -483,14 +498,19 @@ class Engine:
         seed = random.randint(0, MAX_SEED - req.num_images) if req.seed == -1 else req.seed
         # img2img runs only the last `strength` share of the schedule
         steps = req.steps if req.init_image is None else max(1, int(req.steps * req.strength))
-        on_step = _step_counter(steps * req.num_images, progress)
+        count = _step_counter(steps * req.num_images, progress)
+        results: list[GeneratedImage] = []
+
+        def on_step(latents: Any) -> None:
+            count(latents)
+            if on_preview is not None and latents is not None:
+                on_preview(len(results), self.preview(latents, (req.width, req.height)))
 
         self._acquire()
         self._stop.clear()
         try:
             self._activate(req.adapters)
             self.pipe.scheduler = self._scheduler(req.scheduler)
-            results = []
             for i in range(req.num_images):
                 s = (seed + i) % (MAX_SEED + 1)
                 try:
@@ -501,6 +521,8 @@ class Engine:
                     raise
                 text = self.parameters_text(req, s)
                 results.append(GeneratedImage(self._save(image, s, text), s, text, image))
+                if on_image is not None:
+                    on_image(results[-1])
             return results
         finally:
             self._stop.clear()

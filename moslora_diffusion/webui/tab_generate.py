@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from ..errors import StoppedError
 from .engine import Engine
 from .pngmeta import generation_settings
 from .requests import MAX_ADAPTER_SLOTS, MAX_SEED, SCHEDULERS, STRENGTH_RANGE, GenerationRequest
@@ -21,11 +23,14 @@ from .widgets import (
     size_note,
     start_image,
     step_reporter,
+    streamed,
     token_count,
     user_errors,
 )
 
 logger = logging.getLogger(__name__)
+
+PREVIEW_EVERY_S = 0.25  # the live preview is sent at most this often
 
 
 @dataclass
@@ -70,6 +75,58 @@ class GenerateTab:
 def run_generation(engine: Engine, req: GenerationRequest, progress: Any = None) -> list[Any]:
     with user_errors("generation"):
         return engine.generate(req, step_reporter(progress))
+
+
+def stream_generation(engine: Engine, req: GenerationRequest, progress: Any):
+    """Yield the Generate tab's outputs (gallery, files, parameters, seed, preview) as the images come."""
+    keep = gr.skip()
+    results: list[Any] = []
+    shown_at = 0.0
+
+    def work(emit):
+        return engine.generate(req, lambda done, total: emit("step", done, total), on_image=lambda r: emit("image", r),
+                               on_preview=lambda i, image: emit("preview", i, image))  # fmt: skip
+
+    def outputs(preview: Any) -> tuple:
+        if not results:
+            return keep, keep, keep, keep, preview
+        items = [(str(r.path), f"seed {r.seed}") for r in results]
+        return items, [str(r.path) for r in results], results[0].parameters, str(results[0].seed), preview
+
+    try:
+        count = max(1, int(float(req.num_images)))
+    except (TypeError, ValueError):  # the engine refuses it by name before any event
+        count = 1
+    try:
+        for event in streamed(work, engine.stop):
+            kind = event[0]
+            if kind == "step":
+                done, total = event[1], event[2]
+                per_image = max(1, total // max(1, count))
+                image = min(count, (done - 1) // per_image + 1)
+                step = done - (image - 1) * per_image
+                if progress is not None:
+                    progress(done / total, desc=f"image {image} of {count} · step {step} of {per_image}")
+            elif kind == "preview" and time.monotonic() - shown_at > PREVIEW_EVERY_S:
+                shown_at = time.monotonic()
+                yield outputs(
+                    gr.update(value=event[2], visible=True, label=f"Image {event[1] + 1}: denoising")
+                )
+            elif kind == "image":
+                results.append(event[1])
+                yield outputs(keep)
+            elif kind == "done":
+                results[:] = event[1]
+    except StoppedError:  # Stop before the first image: nothing to show, and not a failure
+        gr.Info("stopped before the first image was finished")
+        yield outputs(gr.update(value=None, visible=False))
+        return
+    if len(results) < count:
+        gr.Info(f"stopped after {len(results)} of {count} images; they are kept")
+    used, limit = engine.prompt_tokens(req.prompt)
+    if used > limit:
+        gr.Warning(f"the prompt has {used} tokens; the text encoder read only the first {limit}")
+    yield outputs(gr.update(value=None, visible=False))
 
 
 def _adapter_slot(engine: Engine, i: int, choices: list[str]) -> tuple[Any, Any, Any, Any]:
@@ -153,6 +210,9 @@ def _results_column() -> dict[str, Any]:
         type="filepath",
         object_fit="contain",  # a wide or tall image is shown whole, never cropped to a square
     )
+    # the image being denoised, from its latents (cheap: no VAE decode); shown only while generating
+    w["preview"] = gr.Image(label="Denoising", type="pil", format="png", interactive=False, visible=False,
+                            elem_id="live-preview", height=256)  # fmt: skip
     w["files"] = gr.File(
         label="Download PNG files", file_count="multiple", interactive=False, elem_id="downloads"
     )
@@ -180,6 +240,7 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
 
     def ui_generate(prompt, negative, steps, cfg, random_seed, seed, scheduler, width, height, n, init, strength,
                     *slot_values, progress=gr.Progress()):  # fmt: skip
+        """Images appear as each one finishes, with a live preview of the one being denoised."""
         triples = [slot_values[i : i + 3] for i in range(0, len(slot_values), 3)]
         with user_errors("generation"):
             req = GenerationRequest(
@@ -188,12 +249,7 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
                 scheduler=scheduler, num_images=n, adapters=[(a, s) for e, a, s in triples if e and a],
                 init_image=init, strength=strength,
             )  # fmt: skip
-        results = run_generation(engine, req, progress)
-        used, limit = engine.prompt_tokens(req.prompt)
-        if used > limit:
-            gr.Warning(f"the prompt has {used} tokens; the text encoder read only the first {limit}")
-        gallery_items = [(str(r.path), f"seed {r.seed}") for r in results]
-        return gallery_items, [str(r.path) for r in results], results[0].parameters, str(results[0].seed)
+            yield from stream_generation(engine, req, progress)
 
     for slider in (w["width"], w["height"]):
         slider.change(lambda wd, ht: size_note(engine, wd, ht), [w["width"], w["height"]], w["size_note"],
@@ -206,7 +262,7 @@ def build_generate_tab(engine: Engine) -> GenerateTab:
     out["generate"].click(
         ui_generate,
         [w[k] for k in _REQUEST_INPUTS] + [x for slot in w["slots"] for x in slot],
-        [out["gallery"], out["files"], out["params"], out["used_seed"]],
+        [out["gallery"], out["files"], out["params"], out["used_seed"], out["preview"]],
         **PRIVATE,
         **DEVICE,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,6 +46,36 @@ def user_errors(what: str) -> Iterator[None]:
             raise gr.Error(f"{what}: out of device memory; try a smaller size or fewer images") from None
         logger.exception("%s failed", what)
         raise gr.Error(f"{what} failed ({type(exc).__name__}); the server log has the details") from None
+
+
+def streamed(work: Callable[[Callable[..., None]], Any], stop: Callable[[], None]) -> Iterator[tuple]:
+    """Run ``work(emit)`` in a worker thread and yield each ``emit(*event)`` as a tuple as it comes, then
+    ``("done", result)``; the worker's exception is raised here. If the consumer stops listening (the page
+    went away), ``stop`` is called so that the worker ends after its current step."""
+    events: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            events.put(("done", work(lambda *event: events.put(event))))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            events.put(("error", exc))
+
+    worker = threading.Thread(target=run, name="moslora-generate", daemon=True)
+    worker.start()
+    finished = False
+    try:
+        while True:
+            event = events.get()
+            if event[0] == "error":
+                finished = True
+                raise event[1]
+            yield event
+            if event[0] == "done":
+                finished = True
+                return
+    finally:
+        if not finished:
+            stop()
 
 
 def progress_html(done: int, total: int, text: str) -> str:
