@@ -182,7 +182,9 @@ def test_browser_generates_an_image(app_url):
             )
             page.locator("#x-values textarea").fill("2, 3")
             page.locator("#y-axis input").click()
-            page.locator("[role=option][aria-label=Sampler][aria-setsize='7']").click()  # Y's list (with None)
+            page.locator(
+                "[role=option][aria-label=Sampler][aria-setsize='7']"
+            ).click()  # Y's list (with None)
             page.locator("#y-values textarea").fill("DDIM, Euler a")
             page.locator("#compare-btn").click()
             page.wait_for_function(
@@ -196,6 +198,46 @@ def test_browser_generates_an_image(app_url):
         finally:
             browser.close()
     assert (ARTIFACTS / "webui_generate.png").stat().st_size > 10_000
+
+
+def test_browser_shows_images_as_they_finish_with_a_live_preview(app_url):
+    """Issue 25: with two images, the first is in the gallery while the second is still being denoised; a
+    live preview shows during the run (hidden after it) and the progress says "image n of m"."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url, wait_until="load", timeout=60_000)
+            page.locator("#prompt textarea").wait_for(state="visible", timeout=60_000)
+            page.locator("#prompt textarea").fill(PROMPT)
+            page.locator("#steps input[type=number]").fill("150")
+            page.locator("#n-images input[type=number]").fill("2")
+            page.evaluate(
+                """() => { window.__seen = []; setInterval(() => {
+                    const preview = document.querySelector('#live-preview img');
+                    window.__seen.push({images: document.querySelectorAll('#gallery img').length,
+                        preview: !!(preview && preview.offsetParent !== null),
+                        text: document.body.innerText}); }, 30); }"""
+            )
+            page.locator("#generate-btn").click()
+            page.wait_for_function(
+                "() => document.querySelectorAll('#gallery img').length >= 2"
+                " && !document.querySelector('#live-preview img')",
+                timeout=180_000,
+            )
+            seen = page.evaluate("() => window.__seen")
+            assert any(s["preview"] for s in seen), "no live preview was shown"
+            during = [s for s in seen if s["images"] == 1]
+            assert during, "the first image only appeared with the second"
+            assert any(s["preview"] for s in during), (
+                "no preview of the second image after the first was shown"
+            )
+            assert any("image 2 of 2" in s["text"] for s in seen)
+            assert page.locator("#live-preview img").count() == 0
+        finally:
+            browser.close()
 
 
 @pytest.fixture(scope="module")

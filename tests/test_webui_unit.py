@@ -807,9 +807,9 @@ def test_generate_reports_each_image_and_a_preview_per_step(tmp_path):
         on_image=lambda r: events.append(("image", r.seed, r.path.is_file())),
         on_preview=lambda i, image: events.append(("preview", i, image.size)),
     )
-    assert events == [("preview", 0, (40, 32))] * 3 + [("image", 4, True)] + [("preview", 1, (40, 32))] * 3 + [
-        ("image", 5, True)
-    ]
+    assert events == [("preview", 0, (40, 32))] * 3 + [("image", 4, True)] + [
+        ("preview", 1, (40, 32))
+    ] * 3 + [("image", 5, True)]
     plain = engine.generate(req)
     for a, b in zip(results, plain):
         assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
