@@ -18,6 +18,20 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def text_card(lines: Sequence[str], side: int = 256) -> Image.Image:
+    """A square grey card with ``lines`` of text (an adapter without a sample image, in the web UI)."""
+    card = Image.new("RGB", (side, side), (72, 76, 86))
+    draw = ImageDraw.Draw(card)
+    font = _font(max(12, side // 14))
+    y = side // 10
+    for line in lines:
+        while len(line) > 4 and draw.textlength(line, font=font) > side - side // 8:
+            line = line[:-4] + "..."
+        draw.text((side // 16, y), line, fill=(235, 235, 235), font=font)
+        y += int(font.size * 1.4) if hasattr(font, "size") else 16
+    return card
+
+
 def labelled_grid(
     rows: Sequence[Sequence[Image.Image]],
     row_labels: Sequence[str],

@@ -223,6 +223,8 @@ def test_training_job_reports_progress_and_installs_adapter(tmp_path, lora_file)
     assert st.preview is not None and st.preview_step == 8
     assert st.adapter_name == "toy.safetensors" and st.finished == 1
     assert (adapters / "toy.safetensors").read_bytes() == lora_file.read_bytes()
+    with Image.open(adapters / "toy.preview.png") as sample:  # the last preview is its card's sample image
+        assert np.array_equal(np.asarray(sample.convert("RGB")), np.asarray(st.preview.convert("RGB")))
     cfg = backend.configs[0]
     assert cfg.with_prior_preservation and cfg.class_prompt == "a photo of a toy"
     assert (
@@ -840,3 +842,73 @@ def test_latent_preview_matches_the_decoded_image_on_the_toy_model():
     error = np.abs(preview - blocks).mean()
     constant = np.abs(blocks - blocks.reshape(-1, 3).mean(0)).mean()
     assert error < 0.1 and error < 0.7 * constant, (error, constant)
+
+
+# ---- the Adapters tab: cards, tags, uploads, sample images --------------------------------------------
+
+
+def test_adding_an_adapter_file_checks_it_before_writing(tmp_path):
+    """Issue 25: an uploaded adapter is checked like any other before it is listed: a plain file name, not
+    taken, within the size limit, and an adapter file the toolkit reads; nothing is written otherwise."""
+    from moslora_diffusion.errors import MoSLoraFormatError, RequestError
+    from moslora_diffusion.webui.adapter_files import add_adapter_file
+
+    setup = make_tiny_setup(tmp_path / "s")
+    folder = setup["adapters"]
+    before = sorted(p.name for p in folder.iterdir())
+    upload = tmp_path / "up" / "new.safetensors"
+    upload.parent.mkdir()
+    upload.write_bytes((folder / "plain.safetensors").read_bytes())
+    info = add_adapter_file(folder, upload, "new.safetensors", max_bytes=2**30)
+    assert info["kind"] == "diffusers" and (folder / "new.safetensors").read_bytes() == upload.read_bytes()
+    assert list_adapters(folder) == ["new.safetensors", "other.safetensors", "plain.safetensors",
+                                     "xl_only.safetensors"]  # fmt: skip
+    garbage = tmp_path / "up" / "garbage.safetensors"
+    garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + bytes(64))
+    cases = [
+        (upload, "new.safetensors", 2**30, AdapterNameError, "already in the adapters folder"),
+        (upload, "../up.safetensors", 2**30, AdapterNameError, "without path parts"),
+        (upload, "new.bin", 2**30, AdapterNameError, "only .safetensors"),
+        (upload, "big.safetensors", 1000, RequestError, "more than the upload limit"),
+        (garbage, "garbage.safetensors", 2**30, MoSLoraFormatError, ""),
+    ]
+    for source, name, limit, error, message in cases:
+        with pytest.raises(error, match=message or None):
+            add_adapter_file(folder, source, name, max_bytes=limit)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*before, "new.safetensors"])
+
+
+def test_sample_image_card_caption_and_tag(tmp_path):
+    """Issue 25: "Make sample image" draws the adapter at strength 1 with its training prompt (the same image
+    Generate gives) as ``name.preview.png``; cards show it, and a click's tag is added once."""
+    from moslora_diffusion.errors import RequestError
+    from moslora_diffusion.webui.engine import Engine
+    from moslora_diffusion.webui.tab_adapters import adapter_cards, card_caption, insert_tag
+    from tests.webui_support import write_native_moslora
+
+    setup = make_tiny_setup(tmp_path)
+    write_native_moslora(setup["base"], setup["adapters"] / "native.safetensors", seed=3)
+    engine = Engine.from_pretrained(setup["base"], setup["adapters"], setup["outputs"])
+    with pytest.raises(RequestError, match="records no training prompt"):
+        engine.make_sample("plain.safetensors")
+    path = engine.make_sample("native.safetensors")
+    assert path == setup["adapters"] / "native.preview.png"
+    d = engine.defaults
+    same = engine.generate(GenerationRequest(prompt="a photo of sks blob", steps=d["steps"], seed=0,
+                                             guidance_scale=d["guidance_scale"], width=d["width"], height=d["height"],
+                                             scheduler=d["scheduler"], adapters=[("native.safetensors", 1.0)]))  # fmt: skip
+    with Image.open(path) as sample:
+        assert np.array_equal(np.asarray(sample.convert("RGB")), np.asarray(same[0].image.convert("RGB")))
+        assert 'Adapters: "native.safetensors: 1"' in sample.info["parameters"]
+    items, names = adapter_cards(engine)
+    assert names == engine.list_adapters()
+    by_name = dict(zip(names, items))
+    assert by_name["native.safetensors"][0] == str(path)
+    assert by_name["native.safetensors"][1] == "native · sd1 · rank 2/4 · “a photo of sks blob”"
+    assert isinstance(by_name["plain.safetensors"][0], Image.Image)  # a text card: no sample image yet
+    assert by_name["xl_only.safetensors"][1].endswith("does not fit this model")
+    entry = {"name": "x.safetensors", "architecture": None, "rank": 8, "fits": True}
+    assert card_caption(entry) == "x · unknown architecture · rank 8"
+    assert insert_tag("a cat", "native.safetensors") == "a cat <lora:native:1>"
+    assert insert_tag("a cat <lora:native:1>", "native.safetensors") == "a cat <lora:native:1>"
+    assert insert_tag("", "native.safetensors") == "<lora:native:1>"

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterNameError
+from ..errors import AdapterNameError, RequestError
 
 __all__ = [
     "ADAPTER_SUFFIX",
@@ -33,8 +33,8 @@ _KIND_LABELS = {
 }
 
 
-def safe_adapter_path(adapters_dir: str | os.PathLike, name: str) -> Path:
-    """Resolve ``name`` to a file directly inside ``adapters_dir``; refuse anything else."""
+def check_adapter_name(name: str) -> str:
+    """``name`` when it is a plain ``.safetensors`` file name (no path parts, no leading dot); else refuse."""
     if not isinstance(name, str) or not name.strip():
         raise AdapterNameError("no adapter name given")
     if "/" in name or "\\" in name or ".." in name or name.startswith(".") or "\x00" in name:
@@ -43,6 +43,12 @@ def safe_adapter_path(adapters_dir: str | os.PathLike, name: str) -> Path:
         )
     if not name.endswith(ADAPTER_SUFFIX):
         raise AdapterNameError(f"adapter name {name!r} refused: only {ADAPTER_SUFFIX} files are accepted")
+    return name
+
+
+def safe_adapter_path(adapters_dir: str | os.PathLike, name: str) -> Path:
+    """Resolve ``name`` to a file directly inside ``adapters_dir``; refuse anything else."""
+    check_adapter_name(name)
     root = Path(adapters_dir).resolve()
     path = (root / name).resolve()
     if path.parent != root:
@@ -77,6 +83,34 @@ def preview_path(adapters_dir: str | os.PathLike, name: str) -> Path | None:
         if candidate.is_file() and candidate.resolve().parent == adapter.parent:
             return candidate
     return None
+
+
+def add_adapter_file(
+    adapters_dir: str | os.PathLike, source: str | os.PathLike, name: str, max_bytes: int
+) -> dict[str, Any]:
+    """Check a file (an upload) and copy it into ``adapters_dir`` as ``name``; returns its description.
+
+    Refused before anything is written: a name that is not a plain ``.safetensors`` file name or is taken, a
+    file over ``max_bytes``, and a file that is not an adapter the toolkit reads (native files are validated
+    in full, as the loader does)."""
+    from ..durable import copy_atomic
+    from ..formats.inspect import describe_adapter_file
+
+    check_adapter_name(name)
+    root = Path(adapters_dir)
+    if (root / name).exists():
+        raise AdapterNameError(
+            f"an adapter named {name} is already in the adapters folder; rename the file first"
+        )
+    size = Path(source).stat().st_size
+    if size > max_bytes:
+        raise RequestError(
+            f"{name}: {size / 2**20:.0f} MiB is more than the upload limit of {max_bytes // 2**20} MiB"
+        )
+    info = describe_adapter_file(source)  # MoSLoraFormatError for anything that is not an adapter file
+    root.mkdir(parents=True, exist_ok=True)
+    copy_atomic(source, root / name)
+    return info
 
 
 def format_info(info: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..formats.inspect import describe_adapter_file
 from ..loading import check_file_fits, install_pipeline_methods
-from .adapter_files import list_adapters, preview_path, safe_adapter_path
+from .adapter_files import ADAPTER_SUFFIX, list_adapters, preview_path, safe_adapter_path
 from .pngmeta import format_adapters, format_parameters, save_png
 from .requests import (
     MAX_SEED,
@@ -325,6 +325,21 @@ class Engine:
                 entry["problem"] = entry["problem"].replace(str(self.adapters_dir / name), name)
             catalog.append(entry)
         return catalog
+
+    def make_sample(self, name: str, prompt: str | None = None, seed: int = 0) -> Path:
+        """Render adapter ``name`` at strength 1 with ``prompt`` (default: its training prompt) and the model's
+        default settings, and save it as its sample image ``<stem>.preview.png`` next to it (replacing one)."""
+        info = self.adapter_info(name)
+        prompt = (prompt or "").strip() or info.get("prompt")
+        if not prompt:
+            raise RequestError(f"{name} records no training prompt: type a prompt for its sample image")
+        d = self.defaults
+        req = GenerationRequest(prompt=prompt, steps=d["steps"], guidance_scale=d["guidance_scale"], seed=seed,
+                                width=d["width"], height=d["height"], scheduler=d["scheduler"],
+                                adapters=[(name, 1.0)])  # fmt: skip
+        image = self.render_requests([req])[0]
+        stem = name.removesuffix(ADAPTER_SUFFIX)
+        return save_png(image, self.adapters_dir, f"{stem}.preview", self.parameters_text(req, seed))
 
     def _ensure_loaded(self, name: str) -> str:
         path = self.adapter_path(name)

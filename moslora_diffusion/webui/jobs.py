@@ -26,10 +26,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .. import toyworld
 from ..base_models import config_for
 from ..constants import ADAPTER_TYPES
-from ..durable import copy_atomic
+from ..durable import copy_atomic, write_image
 from ..errors import JobBusy, RequestError
 from ..toyworld.quality import scorer_for
-from .adapter_files import ADAPTER_SUFFIX
+from .adapter_files import ADAPTER_SUFFIX, PREVIEW_SUFFIXES
+from .requests import MAX_IMAGE_BYTES
 
 __all__ = ["UploadLimits", "TrainRequest", "JobStatus", "TrainingJobs", "decode_uploads"]
 
@@ -48,7 +49,7 @@ _EVENT_NOTES = {"validation": "step {step}: preview updated", "checkpoint": "ste
 class UploadLimits:
     min_images: int = 3
     max_images: int = 30
-    max_file_bytes: int = 20 * 1024 * 1024
+    max_file_bytes: int = MAX_IMAGE_BYTES
     max_pixels: int = 4096 * 4096
     max_steps: int = 5000
     max_rank: int = 128
@@ -216,12 +217,15 @@ def decode_uploads(paths: list[str], dest: Path, limits: UploadLimits) -> list[P
     return out
 
 
-def _install_adapter(weights: Path, adapters_dir: Path, name: str) -> str:
-    """Copy ``weights`` to ``adapters_dir/name.safetensors`` atomically; add a suffix if the name got taken."""
+def _install_adapter(weights: Path, adapters_dir: Path, name: str, sample: Any = None) -> str:
+    """Copy ``weights`` to ``adapters_dir/name.safetensors`` atomically; add a suffix if the name got taken.
+    ``sample`` (the last validation image) becomes its card's sample image, ``name.preview.png``."""
     adapters_dir.mkdir(parents=True, exist_ok=True)
     final, k = name, 2
     while (adapters_dir / f"{final}{ADAPTER_SUFFIX}").exists():
         final, k = f"{name}-{k}", k + 1
+    if sample is not None:  # first, so that the adapter is never listed without it
+        write_image(adapters_dir / f"{final}{PREVIEW_SUFFIXES[0]}", sample)
     copy_atomic(weights, adapters_dir / f"{final}{ADAPTER_SUFFIX}")
     return f"{final}{ADAPTER_SUFFIX}"
 
@@ -380,7 +384,9 @@ class TrainingJobs:
             )
             written = result.weights_path is not None and Path(result.weights_path).is_file()
             if (result.cancelled or self._cancel.is_set()) and keep_on_cancel and written:
-                adapter = _install_adapter(Path(result.weights_path), self.adapters_dir, name)
+                adapter = _install_adapter(
+                    Path(result.weights_path), self.adapters_dir, name, self.status().preview
+                )
                 state, message = (
                     "cancelled",
                     f"cancelled after {result.steps_done} steps; the adapter trained so far is {adapter} "
@@ -395,7 +401,9 @@ class TrainingJobs:
             elif result.weights_path is None or not Path(result.weights_path).is_file():
                 state, adapter, message = "failed", None, "training ended without writing weights"
             else:
-                adapter = _install_adapter(Path(result.weights_path), self.adapters_dir, name)
+                adapter = _install_adapter(
+                    Path(result.weights_path), self.adapters_dir, name, self.status().preview
+                )
                 loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
                 learnt = ""
                 if getattr(result, "learned", None):

@@ -26,6 +26,9 @@ MAX_ADAPTER_SLOTS = 4
 STRENGTH_RANGE = (-2.0, 2.0)
 
 
+MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the largest image file accepted (training images, img2img start image)
+
+
 # UI name -> (diffusers scheduler class name, extra config)
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DDIM": ("DDIMScheduler", {}),
@@ -146,6 +149,8 @@ def open_start_image(path: str | os.PathLike) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     name = os.path.basename(os.fspath(path))
+    if os.path.isfile(path) and os.path.getsize(path) > MAX_IMAGE_BYTES:
+        raise RequestError(f"the start image {name!r} is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
     try:
         with Image.open(path) as im:
             im.load()

@@ -142,7 +142,7 @@ def create_app(args: argparse.Namespace):
 def launch(demo, args: argparse.Namespace, engine, prevent_thread_lock: bool = False):
     """Start the server as the arguments say (loopback and no share link unless asked)."""
     from .api import add_get_routes
-    from .jobs import UploadLimits
+    from .tab_adapters import MAX_ADAPTER_UPLOAD_BYTES
 
     Path(engine.output_dir).mkdir(parents=True, exist_ok=True)
     started = demo.launch(
@@ -151,7 +151,8 @@ def launch(demo, args: argparse.Namespace, engine, prevent_thread_lock: bool = F
         auth=args.auth,
         share=bool(args.share),
         allowed_paths=[str(Path(engine.output_dir).resolve())],
-        max_file_size=UploadLimits().max_file_bytes,
+        # the largest upload is an adapter file; images are held to their own, smaller limit when read
+        max_file_size=MAX_ADAPTER_UPLOAD_BYTES,
         prevent_thread_lock=True,  # the GET routes are added to the running app; then we block if asked
         # Our handlers turn every failure into a short gr.Error (never a traceback); what remains are Gradio's
         # own refusals (an upload it blocked, a file type it rejects), whose message the client must see

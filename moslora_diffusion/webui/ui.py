@@ -1,4 +1,4 @@
-"""The Gradio interface: Generate, X/Y plot and Train tabs, plus the named ``/generate`` API endpoint.
+"""The Gradio interface: Generate, X/Y plot, Adapters and Train tabs, plus the named ``/generate`` API endpoint.
 
 All the work happens in :mod:`.engine`, :mod:`.compare` and :mod:`.jobs`; the handlers here only turn
 widget values into requests and library errors into ``gr.Error`` messages (never tracebacks). Each tab
@@ -15,6 +15,7 @@ import gradio as gr
 from .api import build_api_endpoint
 from .engine import Engine
 from .jobs import TrainingJobs
+from .tab_adapters import adapter_cards, build_adapters_tab
 from .tab_compare import build_compare_tab
 from .tab_generate import GenerateTab, build_generate_tab
 from .tab_history import build_history_tab, build_png_info_tab
@@ -108,6 +109,10 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
                 compare_adapter, compare_refresh = build_compare_tab(
                     engine, generate.sampler_inputs, [generate.random_seed, generate.seed]
                 )
+            with gr.Tab("Adapters", id="adapters"):
+                cards, card_names = build_adapters_tab(
+                    engine, generate.prompt, tabs, [*generate.dropdowns, compare_adapter]
+                )
             if jobs is not None:
                 with gr.Tab("Train", id="train"):
                     train = build_train_tab(jobs)
@@ -140,6 +145,7 @@ def build_ui(engine: Engine, jobs: TrainingJobs | None = None, title: str = "MoS
             **PRIVATE,
             queue=False,
         )
+        demo.load(lambda: adapter_cards(engine), None, [cards, card_names], **PRIVATE, queue=False)
         seen_finished = gr.State(0)
         outputs = [busy_note, seen_finished, *(train.outputs if train else []), *dropdowns]
         gr.Timer(1.0).tick(
