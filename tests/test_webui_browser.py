@@ -461,3 +461,72 @@ def test_browser_switches_the_base_model(app_url):
             page.locator("#header").get_by_text("(sd1)").wait_for(timeout=120_000)
         finally:
             browser.close()
+
+
+def test_browser_adapter_cards_upload_and_sample(train_app_url, tmp_path):
+    """Issue 25: the Adapters tab shows a card per adapter; a click puts its tag in the Generate prompt; an
+    upload is checked (a broken file is refused by name and not listed) and then listed everywhere; "Make
+    sample image" gives a card its picture."""
+    from playwright.sync_api import sync_playwright
+
+    url, _, setup = train_app_url
+    folder = setup["adapters"]
+    good, junk = tmp_path / "uploaded.safetensors", tmp_path / "junk.safetensors"
+    good.write_bytes((folder / "plain.safetensors").read_bytes())
+    junk.write_bytes(b"not an adapter at all" * 10)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="load", timeout=60_000)
+            page.get_by_role("tab", name="Adapters").click()
+            cards = page.locator("#adapter-cards .thumbnail-item")
+            page.wait_for_function(
+                "(n) => document.querySelectorAll('#adapter-cards .thumbnail-item').length === n",
+                arg=len(list(folder.glob("*.safetensors"))),
+                timeout=30_000,
+            )
+            page.locator("#adapter-upload input[type=file]").set_input_files(str(junk))
+            page.locator("#adapter-upload-note").get_by_text("refused").wait_for(timeout=30_000)
+            assert "junk.safetensors" in page.locator("#adapter-upload-note").inner_text()
+            assert not (folder / "junk.safetensors").exists()
+            page.locator("#adapter-upload button[aria-label='Clear']").first.click()
+            page.locator("#adapter-upload input[type=file]").set_input_files(str(good))
+            page.locator("#adapter-upload-note").get_by_text("added uploaded.safetensors").wait_for(
+                timeout=30_000
+            )
+            assert (folder / "uploaded.safetensors").read_bytes() == good.read_bytes()
+            names = sorted((f.name for f in folder.glob("*.safetensors")), key=str.lower)
+            page.wait_for_function(
+                "(n) => document.querySelectorAll('#adapter-cards .thumbnail-item').length === n",
+                arg=len(names),
+                timeout=30_000,
+            )
+            page.get_by_role("tab", name="Generate").click()
+            page.locator("#adapter-2 input").click()
+            page.get_by_role("option", name="uploaded.safetensors").wait_for(timeout=20_000)
+            page.keyboard.press("Escape")
+            page.locator("#prompt textarea").fill("a red circle")
+            page.get_by_role("tab", name="Adapters").click()
+            cards.nth(names.index("plain.safetensors")).click()  # the tag goes to Generate, which is shown
+            page.wait_for_function(
+                "() => document.querySelector('#prompt textarea').value === 'a red circle <lora:plain:1>'"
+                " && document.querySelector('#prompt textarea').offsetParent !== null",
+                timeout=20_000,
+            )
+            page.get_by_role("tab", name="Adapters").click()
+            assert page.locator("#picked-adapter textarea").input_value() == "plain.safetensors"
+            page.locator("#make-sample").click()  # a plain LoRA records no prompt: asked for one
+            page.locator("#make-sample-note").get_by_text("records no training prompt").wait_for(
+                timeout=30_000
+            )
+            page.get_by_label("Sample image prompt (default: its training prompt)").fill("a red circle")
+            page.locator("#make-sample").click()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#adapter-cards img')].some(i => i.src.includes('plain.preview'))",
+                timeout=60_000,
+            )
+            assert (folder / "plain.preview.png").is_file()
+            page.screenshot(path=str(ARTIFACTS / "webui_adapters.png"), full_page=True)
+        finally:
+            browser.close()

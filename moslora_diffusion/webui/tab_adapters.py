@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import html
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,11 @@ MAX_ADAPTER_UPLOAD_BYTES = 2 * 1024**3
 
 
 def card_caption(entry: dict[str, Any]) -> str:
-    """One line under a card: name, architecture, rank, trigger; or why it does not fit the loaded model."""
+    """One line under a card: name, architecture, rank, trigger; and whether it does not fit the loaded model."""
+    return " · ".join(_card_facts(entry))
+
+
+def _card_facts(entry: dict[str, Any]) -> list[str]:
     stem = entry["name"].removesuffix(ADAPTER_SUFFIX)
     rank = entry.get("rank")
     parts = [stem, entry.get("architecture") or "unknown architecture"]
@@ -33,7 +37,7 @@ def card_caption(entry: dict[str, Any]) -> str:
         parts.append(f"“{entry['trigger']}”")
     if not entry.get("fits"):
         parts.append("does not fit this model")
-    return " · ".join(parts)
+    return parts
 
 
 def adapter_cards(engine: Engine) -> tuple[list[tuple[Any, str]], list[str]]:
@@ -42,8 +46,7 @@ def adapter_cards(engine: Engine) -> tuple[list[tuple[Any, str]], list[str]]:
     for entry in engine.adapter_catalog():
         image = entry.get("preview")
         if image is None:
-            stem = entry["name"].removesuffix(ADAPTER_SUFFIX)
-            image = text_card([stem, entry.get("architecture") or "?", "no sample image"])
+            image = text_card([*_card_facts(entry), "(no sample image)"])
         items.append((image, card_caption(entry)))
         names.append(entry["name"])
     return items, names
@@ -76,6 +79,7 @@ def build_adapters_tab(engine: Engine, prompt: Any, tabs: Any, dropdowns: list[A
             details = gr.Markdown("", elem_id="picked-adapter-info")
             sample_prompt = gr.Textbox(label="Sample image prompt (default: its training prompt)", lines=1)
             sample = gr.Button("Make sample image", elem_id="make-sample")
+            sample_note = gr.Markdown("", elem_id="make-sample-note")
             upload = gr.File(label="Add an adapter (.safetensors)", file_types=[ADAPTER_SUFFIX], type="filepath",
                              elem_id="adapter-upload")  # fmt: skip
             upload_note = gr.Markdown("", elem_id="adapter-upload-note")
@@ -92,32 +96,36 @@ def build_adapters_tab(engine: Engine, prompt: Any, tabs: Any, dropdowns: list[A
         return insert_tag(prompt_text, name), name, text, gr.Tabs(selected="generate")
 
     def make_sample(name: str, text: str, progress=gr.Progress()):
-        with user_errors("sample image"):
-            if not name:
-                raise RequestError("pick an adapter card first")
-            progress(0.1, desc=f"drawing {name}")
-            engine.make_sample(name, text)
-        return cards()
+        """A refusal is written under the button: a toast would mark the cards as failed."""
+        try:
+            with user_errors("sample image"):
+                if not name:
+                    raise RequestError("pick an adapter card first")
+                progress(0.1, desc=f"drawing {name}")
+                path = engine.make_sample(name, text)
+        except gr.Error as exc:
+            return f"{REFUSED} {html.escape(str(exc.message))}", gr.skip(), gr.skip()
+        return f"sample image of {name}: `{path.name}`", *cards()
 
     def add(path: str | None):
+        """Check and add an uploaded file; a refusal is written under the upload, the lists are left as they are."""
+        keep = [gr.skip()] * (2 + len(dropdowns))
         if not path:
-            return gr.skip(), gr.skip(), "", *[gr.skip()] * len(dropdowns)
-        with user_errors("adding the adapter"):
-            info = add_adapter_file(
-                engine.adapters_dir, path, os.path.basename(path), MAX_ADAPTER_UPLOAD_BYTES
-            )
+            return "", *keep
         name = Path(path).name
+        try:
+            with user_errors("adding the adapter"):
+                info = add_adapter_file(engine.adapters_dir, path, name, MAX_ADAPTER_UPLOAD_BYTES)
+        except gr.Error as exc:
+            return f"{REFUSED} {html.escape(str(exc.message))}", *keep
         fit = adapter_info_markdown(engine, name)
-        note = f"**added {name}** ({info['format']})" + (
-            f" — it does not fit the loaded model: {fit[len(REFUSED) :].strip()}"
-            if fit.startswith(REFUSED)
-            else ""
-        )
-        items, listed = cards()
-        return items, listed, note, *[gr.update(choices=engine.list_adapters())] * len(dropdowns)
+        note = f"**added {name}** ({info['format']})"
+        if fit.startswith(REFUSED):
+            note += f"; it does not fit the loaded model: {fit[len(REFUSED) :].strip()}"
+        return note, *cards(), *[gr.update(choices=engine.list_adapters())] * len(dropdowns)
 
     refresh.click(cards, None, [gallery, names], **PRIVATE, queue=False)
     gallery.select(choose, [prompt, names], [prompt, picked, details, tabs], **PRIVATE, queue=False)
-    sample.click(make_sample, [picked, sample_prompt], [gallery, names], **PRIVATE, **DEVICE)
-    upload.upload(add, upload, [gallery, names, upload_note, *dropdowns], **PRIVATE)
+    sample.click(make_sample, [picked, sample_prompt], [sample_note, gallery, names], **PRIVATE, **DEVICE)
+    upload.upload(add, upload, [upload_note, gallery, names, *dropdowns], **PRIVATE)
     return gallery, names
