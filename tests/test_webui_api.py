@@ -346,7 +346,9 @@ def test_adapter_tagged_for_another_architecture_refused(server):
 
 
 def test_train_request_with_a_blocked_upload_gets_a_message(tmp_path):
-    """Gradio refuses an upload over the size limit; the Train request that follows must get a message."""
+    """A file Gradio did not take as an upload (here: a path outside its upload folder) gets a message in the Train
+    request, not {"error": null}; an image over 20 MiB passes Gradio's limit (that is the 2 GiB adapter limit)
+    and is refused by the Train tab's own image check."""
     import json
 
     import httpx
@@ -364,10 +366,14 @@ def test_train_request_with_a_blocked_upload_gets_a_message(tmp_path):
     try:
         base = f"http://127.0.0.1:{port}/gradio_api"
         big = tmp_path / "huge.png"
-        big.write_bytes(b"\0" * (25 * 2**20))  # over the 20 MiB upload limit
+        big.write_bytes(b"\0" * (25 * 2**20))  # over the 20 MiB image limit
         with big.open("rb") as f:
-            refused = httpx.post(f"{base}/upload", files={"files": f}, timeout=60)
-        assert refused.status_code == 413 and "exceeded" in refused.text
+            uploaded = httpx.post(f"{base}/upload", files={"files": f}, timeout=60)
+        assert uploaded.status_code == 200
+        from moslora_diffusion.webui.jobs import UploadLimits, decode_uploads
+
+        with pytest.raises(ValueError, match="larger than 20 MiB"):
+            decode_uploads([uploaded.json()[0]] * 3, tmp_path / "decoded", UploadLimits())
         images = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "train-images")
         fn_index = next(i for i, fn in demo.fns.items() if images in fn.inputs)
         n_inputs = len(demo.fns[fn_index].inputs)
