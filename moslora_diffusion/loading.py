@@ -141,9 +141,10 @@ def check_adapter_fits(pipe: Any, adapter: MoSLoraFile) -> dict[tuple[str, str],
     return check_fit(pipe, modules, adapter.path or "<adapter>", "moslora", adapter.architecture)
 
 
-def check_file_fits(pipe: Any, path: str | os.PathLike) -> AdapterHeader:
-    """:func:`check_fit` from the file's header alone (the web UI's picker); returns the header."""
-    header = read_adapter_header(path)
+def check_file_fits(pipe: Any, path: str | os.PathLike | AdapterHeader) -> AdapterHeader:
+    """:func:`check_fit` from the file's header alone (the web UI's picker), or from a header already read;
+    returns the header."""
+    header = path if isinstance(path, AdapterHeader) else read_adapter_header(path)
     check_fit(pipe, header.modules, str(header.path), header.kind, header.architecture)
     return header
 

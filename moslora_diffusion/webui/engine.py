@@ -33,7 +33,7 @@ from ..errors import (
     MoSLoraError,
     RequestError,
 )
-from ..formats.inspect import describe_adapter_file
+from ..formats.inspect import describe_adapter_file, read_adapter_header
 from ..loading import check_file_fits, install_pipeline_methods
 from .adapter_files import ADAPTER_SUFFIX, list_adapters, preview_path, safe_adapter_path
 from .pngmeta import format_adapters, format_parameters, save_png
@@ -301,28 +301,31 @@ class Engine:
         return describe_adapter_file(header, header_only=True)  # the header just read, not read again
 
     def adapter_catalog(self) -> list[dict[str, Any]]:
-        """Every adapter in the folder with what a picker shows: kind (moslora, diffusers, kohya), format, architecture, rank, alpha, trigger
-        (its training prompt), steps, size, whether it fits the loaded base model (and why not), sample image.
-
-        Headers only; a file that cannot be read is listed with ``fits`` False and the reason."""
+        """Every adapter in the folder with what a picker shows: kind (moslora, diffusers, kohya), format,
+        architecture, rank, alpha, trigger (its training prompt), steps, size, whether it fits the loaded base
+        model (and why not), sample image. Each header is read once; a file that cannot be read is listed with
+        ``fits`` False and the reason."""
         catalog = []
         for name in self.list_adapters():
-            entry: dict[str, Any] = {"name": name, "kind": None, "format": None, "architecture": None, "rank": None,
-                                     "alpha": None, "trigger": None, "steps": None, "fits": False,
-                                     "problem": None}  # fmt: skip
+            facts = ("kind", "format", "architecture", "rank", "alpha", "trigger", "steps")
+            entry: dict[str, Any] = {"name": name, **dict.fromkeys(facts), "fits": False, "problem": None,
+                                     "preview": None}  # fmt: skip
             try:
                 path = self.adapter_path(name)
                 preview = preview_path(self.adapters_dir, name)
                 entry["preview"] = str(preview) if preview else None
-                info = describe_adapter_file(path, header_only=True)
-                entry.update(kind=info["kind"], format=info["format"], architecture=info["architecture"], rank=info["rank"],
-                             alpha=info["alpha"], trigger=info["prompt"], steps=info["steps"],
+                header = read_adapter_header(path)
+                info = describe_adapter_file(header, header_only=True)
+                entry.update(kind=info["kind"], format=info["format"], architecture=info["architecture"],
+                             rank=info["rank"], alpha=info["alpha"], trigger=info["prompt"], steps=info["steps"],
                              file_size=info["file_size"])  # fmt: skip
-                check_file_fits(self.pipe, path)
+                check_file_fits(self.pipe, header)
                 entry["fits"] = True
             except MoSLoraError as exc:  # named by the adapter's name, never by the server's path
-                entry["problem"] = str(exc).replace(str(self.adapters_dir.resolve() / name), name)
-                entry["problem"] = entry["problem"].replace(str(self.adapters_dir / name), name)
+                problem = str(exc)
+                for shown in (str(self.adapters_dir.resolve() / name), str(self.adapters_dir / name)):
+                    problem = problem.replace(shown, name)
+                entry["problem"] = problem
             catalog.append(entry)
         return catalog
 
