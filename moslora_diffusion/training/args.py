@@ -24,7 +24,7 @@ from ..errors import TrainConfigError
 from ..targets import resolve_targets
 from .stopping import DEFAULT_MAX_PROMPT_SHIFT, DEFAULT_MIN_IMPROVEMENT, DEFAULT_PATIENCE
 
-OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "lion", "adafactor", "adamw_schedulefree")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = (
     "constant",
@@ -36,7 +36,12 @@ LR_SCHEDULERS = (
 )
 REPORT_TO = ("none", "tensorboard")
 # Optional optimizer packages: (module to import, pip name).
-OPTIMIZER_PACKAGES = {"adamw8bit": ("bitsandbytes", "bitsandbytes"), "prodigy": ("prodigyopt", "prodigyopt")}
+OPTIMIZER_PACKAGES = {
+    "adamw8bit": ("bitsandbytes", "bitsandbytes"),
+    "prodigy": ("prodigyopt", "prodigyopt"),
+    "lion": ("lion_pytorch", "lion-pytorch"),
+    "adamw_schedulefree": ("schedulefree", "schedulefree"),
+}
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
@@ -131,6 +136,20 @@ class TrainConfig:
     text_encoder_lr: float | None = _f(
         None, "Learning rate of the text-encoder adapters. Default: --learning_rate."
     )
+    loraplus_lr_ratio: float | None = _f(
+        None,
+        "LoRA+: the learning rate of the B (up) matrices over that of A, e.g. 16 (kohya's loraplus_lr_ratio). "
+        "Default: 1 (off).",
+    )
+    loraplus_unet_lr_ratio: float | None = _f(
+        None, "LoRA+ ratio of the UNet adapters. Default: --loraplus_lr_ratio."
+    )
+    loraplus_text_encoder_lr_ratio: float | None = _f(
+        None, "LoRA+ ratio of the text-encoder adapters. Default: --loraplus_lr_ratio."
+    )
+    mixer_lr_ratio: float | None = _f(
+        None, "The learning rate of MoSLoRA's mixers over that of A. Default: 1 (the same rate)."
+    )
     # --- optimisation
     learning_rate: float = _f(1e-4, "Learning rate.")
     scale_lr: bool = _f(False, "Multiply the learning rate by batch size x accumulation x processes.")
@@ -144,7 +163,11 @@ class TrainConfig:
     num_train_epochs: int = _f(1, "Epochs, used when --max_train_steps is not given.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
     optimizer: str = _f(
-        "adamw", "Optimizer (adamw8bit needs bitsandbytes, prodigy needs prodigyopt).", OPTIMIZERS
+        "adamw",
+        "Optimizer. adamw8bit needs bitsandbytes, prodigy prodigyopt, lion lion-pytorch, adamw_schedulefree "
+        "schedulefree (with --lr_scheduler constant; --lr_warmup_steps becomes its own warm-up); adafactor is "
+        "transformers' (fixed learning rate, no relative step).",
+        OPTIMIZERS,
     )
     adam_beta1: float = _f(0.9, "Adam beta1.")
     adam_beta2: float = _f(0.999, "Adam beta2.")
@@ -291,6 +314,10 @@ NUMBER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "lora_alpha": (0, 1e6, True),
     "lora_dropout": (0, 1, False),  # and below 1, checked apart
     "text_encoder_lr": (0, 10, True),
+    "loraplus_lr_ratio": (0, 1e4, True),
+    "loraplus_unet_lr_ratio": (0, 1e4, True),
+    "loraplus_text_encoder_lr_ratio": (0, 1e4, True),
+    "mixer_lr_ratio": (0, 1e4, True),
     "learning_rate": (0, 10, True),
     "lr_warmup_steps": (0, 10**8, False),
     "lr_num_cycles": (1, 1000, False),
@@ -378,6 +405,18 @@ def _check_packages(cfg: TrainConfig) -> None:
         )
 
 
+def _check_optimizer_settings(cfg: TrainConfig) -> None:
+    if cfg.optimizer == "adamw_schedulefree" and cfg.lr_scheduler != "constant":
+        raise TrainConfigError(
+            "--optimizer adamw_schedulefree replaces the schedule: use --lr_scheduler constant "
+            f"(got {cfg.lr_scheduler}); --lr_warmup_steps sets its warm-up"
+        )
+    if cfg.mixer_lr_ratio is not None and cfg.adapter != "moslora":
+        raise TrainConfigError(
+            f"--mixer_lr_ratio needs --adapter moslora (a {cfg.adapter} adapter has no mixer)"
+        )
+
+
 def _check_signal_settings(cfg: TrainConfig) -> None:
     if cfg.stop_when_learned and not cfg.signals:
         raise TrainConfigError("--stop_when_learned needs the learning signals: drop --no-signals")
@@ -402,6 +441,7 @@ def check_settings(cfg: TrainConfig) -> None:
     _check_numbers(cfg)
     _check_targets(cfg)
     _check_packages(cfg)
+    _check_optimizer_settings(cfg)
     _check_prior_settings(cfg)
     _check_signal_settings(cfg)
     _check_buckets(cfg)

@@ -30,6 +30,7 @@ from .args import TrainConfig
 from .batches import PHASE_BACKWARD, PHASE_CHECKS, PHASE_OPTIMIZER, RunState, enable_caches, micro_batch_loss
 from .events import TrainEvent, TrainResult
 from .model_card import render_model_card, write_model_card
+from .optimizers import evaluation_weights, make_optimizer, set_mode
 from .preflight import validate_config
 from .run_setup import (
     base_model_metadata,
@@ -40,7 +41,6 @@ from .run_setup import (
     load_sources,
     make_accelerator,
     make_lr_scheduler,
-    make_optimizer,
     shared_seed,
     training_metadata,
 )
@@ -245,6 +245,7 @@ class Trainer:
         cfg = self.cfg
         for m in self.wrapped.values():
             m.train()
+        set_mode(self.optimizer, training=True)
         bar = tqdm(total=self.max_steps, initial=self.global_step, desc="training", unit="step",
                    disable=not self.is_main)  # fmt: skip
         cancelled = False
@@ -370,12 +371,14 @@ class Trainer:
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Any:
-        """The unwrapped models in eval mode (dropout off) for a measurement; training mode again after."""
+        """The unwrapped models in eval mode (dropout off, a schedule-free optimizer's evaluation weights) for a
+        measurement; training mode and weights again after."""
         found = [self.accelerator.unwrap_model(m) for m in (self.run.unet, *self.run.text_encoders)]
         for m in found:
             m.eval()
         try:
-            yield found
+            with evaluation_weights(self.optimizer, self.params):
+                yield found
         finally:
             for m in found:
                 m.train()
@@ -466,6 +469,7 @@ class Trainer:
         files: dict[str, Path] = {}
         if self.global_step > 0:
             self.validate()
+        set_mode(self.optimizer, training=False)  # the weights to write (schedule-free: the averaged point)
         if self.is_main and self.global_step > 0:
             files = self._write_outputs(final_loss)
         accelerator.wait_for_everyone()

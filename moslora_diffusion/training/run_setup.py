@@ -51,35 +51,6 @@ def shared_seed(cfg: TrainConfig, accelerator: Any, resume_state: dict | None) -
     return int(chosen[0])
 
 
-def make_optimizer(cfg: TrainConfig, comps: models.Components, num_processes: int) -> torch.optim.Optimizer:
-    factor = cfg.gradient_accumulation_steps * cfg.train_batch_size * num_processes if cfg.scale_lr else 1
-    groups = []
-    for component, model in comps.adapted_models().items():
-        params = [p for p in model.parameters() if p.requires_grad]
-        lr = cfg.learning_rate if component == "unet" else (cfg.text_encoder_lr or cfg.learning_rate)
-        groups.append({"params": params, "lr": lr * factor, "name": component})
-    betas = (cfg.adam_beta1, cfg.adam_beta2)
-    if cfg.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(
-            groups, betas=betas, weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon
-        )
-    if cfg.optimizer == "prodigy":
-        import prodigyopt
-
-        if cfg.learning_rate < 0.1:
-            logger.warning("Prodigy adapts the step size itself; a --learning_rate around 1.0 is usual")
-        return prodigyopt.Prodigy(groups, betas=betas, weight_decay=cfg.adam_weight_decay)
-    # One multi-tensor update over every adapter tensor instead of a Python loop over them: twice as fast on
-    # CPU and bit-identical to the loop (tests/test_signals.py checks); fused kernels on CUDA.
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    kind = {"fused": True} if on_cuda else {"foreach": True}
-    return torch.optim.AdamW(
-        groups, betas=betas, weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon, **kind
-    )
-
-
 def check_distributed_support(cfg: TrainConfig, accelerator: Any) -> None:
     """DeepSpeed takes one model per engine and does its own accumulation: say so instead of failing deep inside."""
     from accelerate.utils import DistributedType
