@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MoSLoraError
+from .errors import MoSLoraError, RequestError
 from .quiet import quiet_entry_point
 
 
@@ -125,6 +125,84 @@ def _note_kohya_gaps(modules: list[str]) -> None:
             "AUTOMATIC1111 and diffusers apply them. Train without time/add-embedding targets for sd-scripts.",
             file=sys.stderr,
         )
+
+
+# ------------------------------------------------------------------------------------ resize, merge
+def _plain_output_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=("diffusers", "kohya"),
+        help="output format; default: kohya when an input is a kohya file, else diffusers",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing output (never a source)")
+
+
+def _resize_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="adapter file: native MoSLoRA, diffusers/PEFT LoRA or kohya LoRA")
+    parser.add_argument("--rank", type=int, required=True, help="the new rank (with --dynamic: the most)")
+    parser.add_argument(
+        "--dynamic",
+        type=float,
+        metavar="SHARE",
+        help="per module, the smallest rank keeping this Frobenius share of its delta (e.g. 0.95)",
+    )
+    parser.add_argument("--output", "-o", required=True, help="output .safetensors file or directory")
+    _plain_output_args(parser)
+
+
+@subcommand(
+    "resize", "shrink an adapter's rank by SVD of each module's delta (prints the share kept)", _resize_args
+)
+def run_resize(args: argparse.Namespace) -> int:
+    from .adapter_tools import resize_file
+
+    out, report = resize_file(args.src, args.output, args.rank, share=args.dynamic, format=args.format,
+                              overwrite=args.force)  # fmt: skip
+    print(report.table())
+    print(f"wrote {out}")
+    return 0
+
+
+def _merge_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", help="adapter files (native, diffusers or kohya)")
+    parser.add_argument("--weights", type=float, nargs="+", help="one weight per adapter; default 1 each")
+    parser.add_argument("--output", "-o", required=True, help="output .safetensors file or directory")
+    parser.add_argument(
+        "--rank", type=int, help="resize the merged adapter to this rank (ranks add otherwise)"
+    )
+    parser.add_argument(
+        "--dynamic", type=float, metavar="SHARE", help="with --rank: keep this Frobenius share"
+    )
+    parser.add_argument(
+        "--base",
+        help="fold the adapters into this base model (diffusers folder or single-file checkpoint) and write "
+        "the merged model as a diffusers folder to --output",
+    )
+    parser.add_argument("--config", help="with a single-file --base: its diffusers config folder")
+    _plain_output_args(parser)
+
+
+@subcommand(
+    "merge", "add adapters into one plain LoRA (weighted), or into a base model's weights", _merge_args
+)
+def run_merge(args: argparse.Namespace) -> int:
+    from .adapter_tools import merge_files, merge_into_model
+
+    if args.base:
+        if args.rank is not None or args.format:
+            raise RequestError("--rank and --format are for adapter output; --base writes a model folder")
+        out = merge_into_model(args.base, args.sources, args.weights, args.output, config=args.config,
+                               overwrite=args.force)  # fmt: skip
+        print(f"wrote the merged model to {out}")
+        return 0
+    if args.dynamic is not None and args.rank is None:
+        raise RequestError("--dynamic needs --rank (the most a module may keep)")
+    out, report = merge_files(args.sources, args.weights, args.output, rank=args.rank, share=args.dynamic,
+                              format=args.format, overwrite=args.force)  # fmt: skip
+    if report is not None:
+        print(report.table())
+    print(f"wrote {out}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ inspect

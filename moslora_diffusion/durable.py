@@ -20,6 +20,7 @@ __all__ = [
     "fsync_tree",
     "replace_durably",
     "temporary_beside",
+    "temporary_folder_beside",
     "write_atomic",
     "write_image",
     "write_figure",
@@ -74,6 +75,30 @@ def temporary_beside(path: str | os.PathLike) -> Iterator[Path]:
         replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def temporary_folder_beside(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder next to ``path``: fill it inside the block; on leaving, every file in it is fsynced
+    and it takes the place of ``path`` (a folder already there is moved aside first and deleted after), or it
+    is removed if the block raised."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+            fsync_tree(folder)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "previous")
+        replace_durably(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +70,12 @@ def detect_architecture(adapter: MoSLoraFile, architecture: str | None = None) -
     return arch
 
 
-def _cast(t: torch.Tensor, dtype: torch.dtype | None, adapter: MoSLoraFile, where: str) -> torch.Tensor:
+def _cast(t: torch.Tensor, dtype: torch.dtype | None, source: str | None, where: str) -> torch.Tensor:
     """Cast for export; a value the target dtype cannot hold is an error, not an inf in the file."""
     out = t.to(dtype) if dtype is not None else t
     if not torch.isfinite(out).all():
         raise MoSLoraFormatError(
-            f"{adapter.path or '<adapter>'}: module '{where}' does not fit in {out.dtype} "
+            f"{source or '<adapter>'}: module '{where}' does not fit in {out.dtype} "
             "(values overflow); export in fp32 or bf16"
         )
     return out
@@ -89,21 +89,26 @@ def to_diffusers_state_dict(
     for component, path, A, B in folded_modules(adapter):
         if is_text_encoder(component):
             path = with_text_model(path)
-        out[f"{component}.{path}.lora_A.weight"] = _cast(A, dtype, adapter, f"{component}.{path}")
-        out[f"{component}.{path}.lora_B.weight"] = _cast(B, dtype, adapter, f"{component}.{path}")
+        out[f"{component}.{path}.lora_A.weight"] = _cast(A, dtype, adapter.path, f"{component}.{path}")
+        out[f"{component}.{path}.lora_B.weight"] = _cast(B, dtype, adapter.path, f"{component}.{path}")
     return out
 
 
 def kohya_alpha(adapter: MoSLoraFile) -> float:
-    """The single ``.alpha`` written for every module of a kohya export: the most common rank.
+    """The single ``.alpha`` written for every module of a kohya export: see :func:`common_rank_alpha`."""
+    return common_rank_alpha(int(m.A.shape[0]) for m in adapter.modules())
+
+
+def common_rank_alpha(ranks: Iterable[int]) -> float:
+    """The one alpha of a kohya file: the most common rank (the smallest of equally common ones).
 
     With one alpha for all modules the scale ``alpha / r`` is 1 wherever ``r`` is the common rank; the
     few modules of another rank get ``lora_up`` multiplied by ``r / alpha`` instead. A uniform alpha
     matters because diffusers 0.42 builds unusable ``alpha_pattern`` keys from per-module kohya alphas
     (``...processor.to_q_lora.down.weight``), silently giving those modules the wrong scale.
     """
-    ranks = Counter(int(m.A.shape[0]) for m in adapter.modules())
-    return float(max(sorted(ranks), key=lambda r: ranks[r]))
+    counts = Counter(ranks)
+    return float(max(sorted(counts), key=lambda r: counts[r]))
 
 
 def to_kohya_state_dict(
@@ -116,39 +121,62 @@ def to_kohya_state_dict(
     arch = detect_architecture(adapter, architecture)
     if unet_config is None:
         unet_config = (adapter.base_model or {}).get("unet_config")
-    alpha = kohya_alpha(adapter)
+    return kohya_tensors(folded_modules(adapter), arch, unet_config, adapter.path, dtype=dtype)
+
+
+def kohya_tensors(
+    modules: Iterable[tuple[str, str, torch.Tensor, torch.Tensor]],
+    arch: str | None,
+    unet_config: Mapping[str, Any] | None,
+    source: str | None,
+    *,
+    named: bool = False,
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """kohya-ss tensors of plain modules ``(component, path, down, up)`` with ``delta = up · down``: names from
+    the model paths (or, with ``named``, the second entry is the kohya name already), one alpha for all."""
+    modules = list(modules)
+    alpha = common_rank_alpha(int(A.shape[0]) for _, _, A, _ in modules)
     out: dict[str, torch.Tensor] = {}
-    for component, path, A, B in folded_modules(adapter):
-        try:
-            name = kohya_module_name(arch, component, path, unet_config)
-        except ValueError as exc:
-            raise MoSLoraFormatError(
-                f"{adapter.path or '<adapter>'}: module '{component}.{path}': {exc}"
-            ) from None
+    for component, path, A, B in modules:
+        name = path if named else kohya_name(arch, component, path, unet_config, source)
         if f"{name}.lora_down.weight" in out:
-            raise MoSLoraFormatError(f"{adapter.path or '<adapter>'}: two modules map to kohya name '{name}'")
+            raise MoSLoraFormatError(f"{source or '<adapter>'}: two modules map to kohya name '{name}'")
         r = A.shape[0]
         if r != alpha:
             B = (B.to(torch.float64) * (r / alpha)).to(B.dtype)
-        out[f"{name}.lora_down.weight"] = _cast(A, dtype, adapter, f"{component}.{path}")
-        out[f"{name}.lora_up.weight"] = _cast(B, dtype, adapter, f"{component}.{path}")
+        out[f"{name}.lora_down.weight"] = _cast(A, dtype, source, f"{component}.{path}")
+        out[f"{name}.lora_up.weight"] = _cast(B, dtype, source, f"{component}.{path}")
         out[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     return out
 
 
-def _kohya_metadata(adapter: MoSLoraFile, arch: str) -> dict[str, str]:
-    ranks = sorted({int(m.A.shape[0]) for m in adapter.modules()})
+def kohya_name(
+    arch: str | None, component: str, path: str, unet_config: Mapping[str, Any] | None, source: str | None
+) -> str:
+    """The kohya-ss name of a module path (:func:`naming.kohya_module_name`), errors naming the file."""
+    try:
+        return kohya_module_name(arch, component, path, unet_config)
+    except ValueError as exc:
+        raise MoSLoraFormatError(f"{source or '<adapter>'}: module '{component}.{path}': {exc}") from None
+
+
+def kohya_metadata(
+    ranks: Iterable[int], arch: str, exported_from: str, provenance: Mapping[str, str]
+) -> dict[str, str]:
+    """The metadata of a kohya file we write: network settings, model spec, where it came from."""
+    ranks = list(ranks)  # one entry per module: the alpha is the most common
     meta = {
         "format": "pt",
         "ss_network_module": "networks.lora",
-        "ss_network_dim": str(ranks[-1]),
-        "ss_network_alpha": f"{kohya_alpha(adapter):g}",
+        "ss_network_dim": str(max(ranks)),
+        "ss_network_alpha": f"{common_rank_alpha(ranks):g}",
         "ss_base_model_version": architectures.spec(arch).kohya_base_version,
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": architectures.spec(arch).modelspec_architecture,
-        "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer and scale folded into lora_up)",
+        "moslora_exported_from": exported_from,
     }
-    return {**meta, **provenance_metadata(adapter)}
+    return {**meta, **provenance}
 
 
 def provenance_metadata(adapter: MoSLoraFile) -> dict[str, str]:
@@ -162,7 +190,8 @@ def provenance_metadata(adapter: MoSLoraFile) -> dict[str, str]:
     return meta
 
 
-def _target_file(dst: str | os.PathLike, default_name: str) -> Path:
+def output_file(dst: str | os.PathLike, default_name: str) -> Path:
+    """``dst`` itself when it names a ``.safetensors`` file, else ``dst/default_name``."""
     p = Path(dst)
     if p.suffix == ".safetensors":
         return p
@@ -234,11 +263,17 @@ def export_adapter(
             "moslora_exported_from": f"moslora v{FORMAT_VERSION} (mixer folded into lora_B)",
             **provenance_metadata(adapter),
         }
-        target = _target_file(dst, DIFFUSERS_WEIGHTS_NAME)
+        target = output_file(dst, DIFFUSERS_WEIGHTS_NAME)
         check_export_target(target, adapter.path, overwrite)
         return write_safetensors_atomic(target, tensors, meta)
     arch = detect_architecture(adapter, architecture)
     tensors = to_kohya_state_dict(adapter, arch, unet_config, dtype)
-    target = _target_file(dst, KOHYA_WEIGHTS_NAME)
+    target = output_file(dst, KOHYA_WEIGHTS_NAME)
     check_export_target(target, adapter.path, overwrite)
-    return write_safetensors_atomic(target, tensors, _kohya_metadata(adapter, arch))
+    meta = kohya_metadata(
+        [int(m.A.shape[0]) for m in adapter.modules()],
+        arch,
+        f"moslora v{FORMAT_VERSION} (mixer and scale folded into lora_up)",
+        provenance_metadata(adapter),
+    )
+    return write_safetensors_atomic(target, tensors, meta)

@@ -50,7 +50,7 @@ KOHYA_COMPONENTS = {
 _KIND_LABELS = {"moslora": "moslora", "diffusers": "diffusers/PEFT LoRA", "kohya": "kohya LoRA"}
 _HEADER_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 # (down suffix, up suffix) of the plain-LoRA key spellings diffusers reads with a component prefix.
-_DIFFUSERS_PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"))
+DIFFUSERS_PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_down.weight", ".lora_up.weight"))
 
 
 class ModuleShape(NamedTuple):
@@ -148,7 +148,7 @@ def _kohya_modules(tensors: Mapping[str, dict]) -> list[ModuleShape]:
 def _diffusers_modules(tensors: Mapping[str, dict]) -> list[ModuleShape]:
     modules = []
     for key, info in tensors.items():
-        for down, up in _DIFFUSERS_PAIRS:
+        for down, up in DIFFUSERS_PAIRS:
             if not key.endswith(down):
                 continue
             stem = key[: -len(down)]
