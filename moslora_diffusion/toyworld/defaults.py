@@ -8,7 +8,8 @@ world. Rules:
 - no ``--pretrained_model_name_or_path``: the bundled toy-world base model;
 - and no ``--instance_data_dir`` either: the bundled subject, its prompts and its ``train_defaults``;
 - or ``--instance_data_dir`` a bundled subject's folder (``assets/subject_star``): that subject's prompts and
-  ``train_defaults``.
+  ``train_defaults``;
+- with ``--dataset_config`` only the base model: the dataset file describes the data.
 
 A base model given without ``--instance_data_dir`` gets no default data: preflight then says that
 ``--instance_data_dir`` is required (a toy subject on a real model would be a surprise, not a default).
@@ -57,6 +58,8 @@ def training_defaults(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if given.pretrained_model_name_or_path is not None:
         return {}
     defaults: dict[str, Any] = {"pretrained_model_name_or_path": str(base_model_path())}
+    if given.dataset_config is not None:  # the dataset file describes the data: no subject folder or prompts
+        return defaults
     if given.instance_data_dir is None:
         defaults.update(subject_training_defaults())
     else:

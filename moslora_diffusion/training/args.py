@@ -82,6 +82,11 @@ class TrainConfig:
         None, "A different VAE (e.g. madebyollin/sdxl-vae-fp16-fix for SDXL in fp16)."
     )
     # --- data
+    dataset_config: str | None = _f(
+        None,
+        "A kohya-ss dataset TOML ([general], [[datasets]], [[datasets.subsets]]): several concepts, each with its "
+        "class_tokens, num_repeats and regularisation subsets (is_reg), in one adapter. Replaces the data flags.",
+    )
     instance_data_dir: str | None = _f(
         None, "Folder of subject images (png/jpg/webp). Default: the bundled toy-world subject."
     )

@@ -12,6 +12,7 @@ from torch.profiler import record_function
 
 from . import buckets, data, losses, models
 from .args import TrainConfig
+from .dataset_config import CaptionAugment
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +26,24 @@ Item = tuple[str, int, int, tuple[int, int]]  # (kind, source index, stream posi
 
 @dataclass
 class Source:
-    """One training image (instance or class) in memory, with its caption."""
+    """One training image (instance or class) in memory, with its caption and its subset's augmentation
+    (`None`: the run's `--random_flip` / `--center_crop`)."""
 
     image: Image.Image
     caption: str
+    flip: bool | None = None
+    center_crop: bool | None = None
+    captions: CaptionAugment = field(default_factory=CaptionAugment)
+
+
+@dataclass
+class TrainingImages:
+    """The decoded images of a run and an epoch's slots: indices into them, each image ``num_repeats`` times."""
+
+    instances: list[Source]
+    instance_slots: list[int]
+    classes: list[Source]
+    class_slots: list[int]
 
 
 @dataclass
@@ -47,6 +62,8 @@ class RunState:
     unet: torch.nn.Module  # possibly DDP-wrapped
     text_encoders: list[torch.nn.Module]  # wrapped where trained
     bucket_of: list[tuple[int, int]] | None = None  # with --bucket: (w, h) of each instance image
+    instance_slots: list[int] | None = None  # an epoch: indices into `instances` (default: each once)
+    class_slots: list[int] | None = None  # likewise into `classes`
     latent_cache: (
         dict[tuple[str, int, tuple[int, int]], tuple[torch.Tensor, torch.Tensor, data.Example]] | None
     ) = None
@@ -58,11 +75,35 @@ class RunState:
         return self.accelerator.device
 
 
+def _source(run: RunState, kind: str, index: int) -> Source:
+    return (run.instances if kind == "instance" else run.classes)[index]
+
+
+def flips(run: RunState, src: Source) -> bool:
+    return run.cfg.random_flip if src.flip is None else src.flip
+
+
+def crops_centre(run: RunState, src: Source) -> bool:
+    return run.cfg.center_crop if src.center_crop is None else src.center_crop
+
+
 def _example(run: RunState, kind: str, index: int, position: int, size: tuple[int, int]) -> data.Example:
-    src = (run.instances if kind == "instance" else run.classes)[index]
-    cfg = run.cfg
+    src = _source(run, kind, index)
     gen = data.augmentation_generator(run.seed, position, salt=0 if kind == "instance" else 1)
-    return data.preprocess(src.image, src.caption, size, cfg.center_crop, cfg.random_flip, gen)
+    return data.preprocess(src.image, src.caption, size, crops_centre(run, src), flips(run, src), gen)
+
+
+def _captions(run: RunState, items: list[Item], examples: list[data.Example]) -> list[str]:
+    """The captions as this step sees them: a subset's caption shuffle / dropout drawn from (seed, position)."""
+    out = []
+    for (kind, idx, pos, _), example in zip(items, examples):
+        augment = _source(run, kind, idx).captions
+        if augment.active:
+            gen = data.augmentation_generator(run.seed, pos, salt=2 if kind == "instance" else 3)
+            out.append(augment.apply(example.caption, gen))
+        else:
+            out.append(example.caption)
+    return out
 
 
 def latent_stats(run: RunState, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +117,13 @@ def _batch_items(run: RunState, micro_batch: int) -> list[Item]:
     """This process's examples of a micro-batch: instances first, then classes (at the instances' size:
     with buckets, class images are cropped to the bucket of the batch)."""
     drawn = run.order.items(micro_batch, run.accelerator.process_index)
-    n_inst = len(run.instances)
-    sizes = [
-        run.bucket_of[i % n_inst] if run.bucket_of else (run.resolution, run.resolution) for i, _ in drawn
-    ]
-    items: list[Item] = [("instance", i % n_inst, p, size) for (i, p), size in zip(drawn, sizes)]
+    slots = run.instance_slots or range(len(run.instances))
+    indices = [slots[i % len(slots)] for i, _ in drawn]
+    sizes = [run.bucket_of[i] if run.bucket_of else (run.resolution, run.resolution) for i in indices]
+    items: list[Item] = [("instance", i, p, size) for i, (_, p), size in zip(indices, drawn, sizes)]
     if run.classes:
-        items += [("class", p % len(run.classes), p, sizes[0]) for _, p in drawn]
+        class_slots = run.class_slots or range(len(run.classes))
+        items += [("class", class_slots[p % len(class_slots)], p, sizes[0]) for _, p in drawn]
     return items
 
 
@@ -150,7 +191,7 @@ def micro_batch_loss(run: RunState, micro_batch: int) -> torch.Tensor:
         )
         timesteps = timesteps.to(latents.device)
         noisy = sched.add_noise(latents, noise, timesteps)
-        embeds, pooled = _conditioning(run, [e.caption for e in examples])
+        embeds, pooled = _conditioning(run, _captions(run, items, examples))
         added = None
         if comps.is_sdxl:
             time_ids = models.sdxl_time_ids(
@@ -185,19 +226,26 @@ def enable_caches(run: RunState) -> None:
     square = (run.resolution, run.resolution)
     sizes = sorted(set(run.bucket_of)) if run.bucket_of else [square]
     augment = (
-        cfg.random_flip
+        any(flips(run, s) for s in [*run.instances, *run.classes])
         or any(
-            data.crop_is_random(s.image.size, cfg.center_crop, run.bucket_of[i] if run.bucket_of else square)
+            data.crop_is_random(
+                s.image.size, crops_centre(run, s), run.bucket_of[i] if run.bucket_of else square
+            )
             for i, s in enumerate(run.instances)
         )
         or any(
-            data.crop_is_random(s.image.size, cfg.center_crop, size) for s in run.classes for size in sizes
+            data.crop_is_random(s.image.size, crops_centre(run, s), size)
+            for s in run.classes
+            for size in sizes
         )
     )
+    shuffled = any(s.captions.shuffle for s in [*run.instances, *run.classes])  # captions without end
     run.latent_cache = None if augment else {}
-    run.text_cache = None if cfg.train_text_encoder else {}
+    run.text_cache = None if (cfg.train_text_encoder or shuffled) else {}
     logger.info(
         "caches: VAE latents %s, text embeddings %s",
         "off (random augmentation)" if augment else "on (filled on first use)",
-        "off (text encoder trained)" if cfg.train_text_encoder else "on (filled on first use)",
+        "off (text encoder trained or captions shuffled)"
+        if run.text_cache is None
+        else "on (filled on first use)",
     )

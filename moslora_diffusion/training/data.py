@@ -112,7 +112,9 @@ def _read_metadata(folder: Path) -> dict[str, str]:
     return captions
 
 
-def scan_images(folder: str | Path, default_caption: str | None = None) -> ImageSet:
+def scan_images(
+    folder: str | Path, default_caption: str | None = None, caption_extension: str = ".txt"
+) -> ImageSet:
     """Check every image of `folder` (headers, no decoding); unreadable files go to `.unreadable`, not raised.
 
     Training decodes each image once, later (`load_image`); preflight only needs to know they are images.
@@ -137,38 +139,46 @@ def scan_images(folder: str | Path, default_caption: str | None = None) -> Image
             unreadable.append((path, f"{type(exc).__name__}: {exc}"))
             continue
         caption = metadata.get(path.name)
-        if caption is None and path.with_suffix(".txt").is_file():
-            caption = read_text(path.with_suffix(".txt")).strip() or None
+        if caption is None and path.with_suffix(caption_extension).is_file():
+            caption = read_text(path.with_suffix(caption_extension)).strip() or None
         paths.append(path)
         captions.append(caption if caption is not None else default_caption)
     return ImageSet(paths, captions, unreadable)
 
 
-def check_instance_data(folder: str | None, instance_prompt: str | None) -> ImageSet:
-    """The instance images with captions; raises `TrainConfigError` when nothing usable is there."""
+def check_instance_data(
+    folder: str | None,
+    instance_prompt: str | None,
+    *,
+    caption_extension: str = ".txt",
+    where: str = "--instance_data_dir",
+    no_caption: str = "--instance_prompt is required",
+) -> ImageSet:
+    """The instance images with captions; raises `TrainConfigError` when nothing usable is there.
+
+    ``where`` names the folder's setting in messages (a dataset file's subset, or the flag), ``no_caption``
+    what is missing when an image has no caption."""
     if not folder:
         raise TrainConfigError(
-            "--instance_data_dir is required (the bundled toy-world subject is used only with the bundled base model)"
+            f"{where} is required (the bundled toy-world subject is used only with the bundled base model)"
         )
     p = Path(folder)
     if not p.exists():
-        raise TrainConfigError(f"--instance_data_dir: {folder} does not exist")
+        raise TrainConfigError(f"{where}: {folder} does not exist")
     if not p.is_dir():
-        raise TrainConfigError(f"--instance_data_dir: {folder} is not a folder")
+        raise TrainConfigError(f"{where}: {folder} is not a folder")
     if not list_image_files(p):
-        raise TrainConfigError(
-            f"--instance_data_dir: {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-        )
-    images = scan_images(p, instance_prompt)
+        raise TrainConfigError(f"{where}: {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    images = scan_images(p, instance_prompt, caption_extension)
     if images.unreadable:
         listing = "; ".join(f"{path.name} ({why})" for path, why in images.unreadable)
         if not images.paths:
-            raise TrainConfigError(f"--instance_data_dir: no readable images in {folder}: {listing}")
+            raise TrainConfigError(f"{where}: no readable images in {folder}: {listing}")
         logger.warning("skipping %d unreadable image(s) in %s: %s", len(images.unreadable), folder, listing)
     missing = [path.name for path, cap in zip(images.paths, images.captions) if not cap]
     if missing:
         raise TrainConfigError(
-            f"--instance_prompt is required: no caption for {', '.join(missing[:5])}"
+            f"{no_caption}: no caption for {', '.join(missing[:5])}"
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         )
     return images

@@ -28,6 +28,7 @@ from . import buckets, data, models, outputs, prior, run_folder, signals, valida
 from . import checkpoint as ckpt
 from .args import TrainConfig
 from .batches import PHASE_BACKWARD, PHASE_CHECKS, PHASE_OPTIMIZER, RunState, enable_caches, micro_batch_loss
+from .dataset_config import with_dataset_settings
 from .events import TrainEvent, TrainResult
 from .model_card import render_model_card, write_model_card
 from .optimizers import evaluation_weights, make_optimizer, set_mode
@@ -75,6 +76,7 @@ def run_training(
     prompt fidelity; any other data set can bring its own.
     """
     validate_config(cfg)
+    cfg = with_dataset_settings(cfg)  # a dataset file's resolution, batch size and buckets
     require_reproducible_math()  # before the first matrix product of the run
     started = time.time()
     accelerator = make_accelerator(cfg)
@@ -156,7 +158,8 @@ class Trainer:
             if is_main:
                 prior.generate_class_images(cfg, comps.arch, resolution, accelerator.device, weight_dtype)
             accelerator.wait_for_everyone()
-        instances, classes = load_sources(cfg)
+        images = load_sources(cfg)
+        instances, classes, slots = images.instances, images.classes, images.instance_slots
 
         bucket_of = None
         if cfg.bucket:
@@ -164,13 +167,10 @@ class Trainer:
             if is_main:
                 tqdm.write(f"aspect-ratio buckets (width x height):\n{buckets.histogram(bucket_of)}")
             order = buckets.BucketOrder(
-                [bucket_of[i % len(instances)] for i in range(len(instances) * cfg.repeats)],
-                cfg.train_batch_size, accelerator.num_processes, seed,
-            )  # fmt: skip
-        else:
-            order = data.SampleOrder(
-                len(instances) * cfg.repeats, cfg.train_batch_size, accelerator.num_processes, seed
+                [bucket_of[i] for i in slots], cfg.train_batch_size, accelerator.num_processes, seed
             )
+        else:
+            order = data.SampleOrder(len(slots), cfg.train_batch_size, accelerator.num_processes, seed)
         steps_per_epoch = math.ceil(order.micro_batches_per_epoch() / cfg.gradient_accumulation_steps)
         max_steps = cfg.max_train_steps or cfg.num_train_epochs * steps_per_epoch
         optimizer = make_optimizer(cfg, comps, accelerator.num_processes)
@@ -192,6 +192,8 @@ class Trainer:
             classes=classes,
             order=order,
             bucket_of=bucket_of,
+            instance_slots=slots,
+            class_slots=images.class_slots,
             noise_generator=noise_generator,
             unet=wrapped["unet"],
             text_encoders=[wrapped.get(k, m) for k, m in comps.text_components().items()],

@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import base_models
 from ..errors import BaseModelError, TrainConfigError
 from .args import TrainConfig, check_settings
-from .data import check_instance_data
+from .dataset_config import data_plan, subset_images, with_dataset_settings
 from .run_folder import check_output_dir
 
 __all__ = ["validate_config", "check_model_source", "check_single_file"]
@@ -92,9 +92,13 @@ def validate_config(cfg: TrainConfig) -> None:
     Raises `TrainConfigError` naming the offending flag, file or value. Unreadable images are reported as
     warnings and skipped; no image left is an error.
     """
+    cfg = with_dataset_settings(cfg)  # a copy with the dataset file's settings; refuses conflicting flags
     check_settings(cfg)
     check_model_source(cfg)
-    check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
+    plan = data_plan(cfg)
+    for subset in plan.subsets:
+        if not (subset.is_reg and plan.source is None):  # the command line's class images may be generated
+            subset_images(plan, subset)
     check_class_data_dir(cfg)
     if cfg.bucket and cfg.resolution:
         from .buckets import buckets_for

@@ -37,7 +37,7 @@ from ..errors import TrainConfigError
 from ..reproducible import math_settings
 from . import checkpoint as ckpt
 from .args import TrainConfig
-from .data import check_instance_data
+from .dataset_config import data_plan, subset_images
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +84,22 @@ def resolved_path(name: str | None) -> str | None:
 
 
 def data_digest(cfg: TrainConfig) -> str:
-    """SHA-256 over the instance images (name and bytes) and their captions, in file order.
+    """SHA-256 over the instance images (name and bytes) and their captions, in file order; with a dataset file,
+    over every subset's images and captions and the subsets' settings.
 
     Computed once per state of the files (preflight and the trainer both ask for it).
     """
-    images = check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
-    stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in images.paths)
-    return _digest(stats, tuple(c or "" for c in images.captions))
+    plan = data_plan(cfg)
+    digests = []
+    for subset in plan.subsets:
+        if subset.is_reg and plan.source is None:
+            continue  # the command line's class images were never part of the fingerprint
+        images = subset_images(plan, subset)
+        stats = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in images.paths)
+        digests.append(_digest(stats, tuple(c or "" for c in images.captions)))
+    if plan.source is None:
+        return digests[0]
+    return hashlib.sha256("".join([*digests, plan.describe()]).encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=8)

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 
 from ..errors import TrainConfigError
-from . import data, models, run_folder
+from . import data, dataset_config, models, run_folder
 from .args import TrainConfig
-from .batches import Source
+from .batches import Source, TrainingImages
 
 logger = logging.getLogger(__name__)
 
@@ -113,31 +113,30 @@ def compile_unet(cfg: TrainConfig, comps: models.Components) -> None:
         comps.unet.compile()
 
 
-def decode_image(path: Path, caption: str) -> Source:
+def decode_image(path: Path, caption: str, subset: dataset_config.Subset | None = None) -> Source:
     """The one decode of a training image (preflight only checked its header)."""
     try:
-        return Source(data.load_image(path), caption)
+        image = data.load_image(path)
     except Exception as exc:  # PIL raises many types for broken pixel data
         raise TrainConfigError(f"{path}: the image cannot be decoded ({type(exc).__name__}: {exc})") from None
+    if subset is None:
+        return Source(image, caption)
+    return Source(image, caption, subset.flip, subset.center_crop, subset.captions)
 
 
-def load_sources(cfg: TrainConfig) -> tuple[list[Source], list[Source]]:
-    images = data.check_instance_data(cfg.instance_data_dir, cfg.instance_prompt)
-    instances = [decode_image(p, c) for p, c in zip(images.paths, images.captions)]
-    classes: list[Source] = []
-    if cfg.with_prior_preservation:
-        class_set = data.scan_images(cfg.class_data_dir, cfg.class_prompt)
-        kept = list(zip(class_set.paths, class_set.captions))[: cfg.num_class_images]
-        uncaptioned = [p.name for p, c in kept if not c]
-        if uncaptioned:
-            raise TrainConfigError(
-                f"--class_data_dir: no caption for {', '.join(uncaptioned[:5])} (no .txt beside it and no "
-                "--class_prompt)"
-            )
-        classes = [decode_image(p, c) for p, c in kept]
-        if not classes:
-            raise TrainConfigError(f"no readable class images in {cfg.class_data_dir}")
-    return instances, classes
+def load_sources(cfg: TrainConfig) -> TrainingImages:
+    """Every subset's images, decoded once, and the slots of an epoch (each image ``num_repeats`` times)."""
+    plan = dataset_config.data_plan(cfg)
+    out = TrainingImages([], [], [], [])
+    for subset in plan.subsets:
+        found = dataset_config.subset_images(plan, subset)
+        sources = out.classes if subset.is_reg else out.instances
+        slots = out.class_slots if subset.is_reg else out.instance_slots
+        first = len(sources)
+        sources.extend(decode_image(p, c, subset) for p, c in zip(found.paths, found.captions))
+        # tiled, as the stream position modulo the image count always was: [a, b, c, a, b, c, ...]
+        slots.extend(first + i for _ in range(subset.repeats) for i in range(len(found.paths)))
+    return out
 
 
 def training_metadata(cfg: TrainConfig, steps: int, final_loss: float | None, seed: int) -> dict[str, Any]:
