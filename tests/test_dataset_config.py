@@ -272,6 +272,10 @@ batch_size = 2
     resumed = _train_toml(tiny_sd1, tmp_path / "half", toml, *flags, "--resume_from_checkpoint", "latest")
     a, b = read_tensors(whole.weights_path), read_tensors(resumed.weights_path)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    card = (tmp_path / "whole" / "README.md").read_text()
+    assert (
+        "| `cat` | `xyz cat` | 2 | concept |" in card and "| `reg` | `a blob` | 1 | regularisation |" in card
+    )
     # a changed caption file is another data set: the run refuses to resume it
     (dog / "subject0.caption").write_text("sks dog, changed")
     with pytest.raises(TrainConfigError, match="belongs to another run .instance data: differs"):

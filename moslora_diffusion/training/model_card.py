@@ -96,7 +96,33 @@ def _settings_lines(cfg: TrainConfig, steps_done: int) -> list[str]:
         ("seed", cfg.seed),
     ]
     lines = ["## Training settings", "", "| setting | value |", "|---|---|"]
-    return lines + [f"| {k} | `{v}` |" for k, v in settings if v is not None]
+    lines += [f"| {k} | `{v}` |" for k, v in settings if v is not None]
+    return lines + _subset_lines(cfg)
+
+
+def _first_concept(cfg: TrainConfig) -> str | None:
+    if not cfg.dataset_config:
+        return None
+    from .dataset_config import read_dataset_config
+
+    return next(
+        (s.caption for s in read_dataset_config(cfg.dataset_config).instance_subsets if s.caption), None
+    )
+
+
+def _subset_lines(cfg: TrainConfig) -> list[str]:
+    """The dataset file's subsets (concepts and regularisation images), when the run had one."""
+    if not cfg.dataset_config:
+        return []
+    from .dataset_config import read_dataset_config
+
+    plan = read_dataset_config(cfg.dataset_config)
+    lines = ["", f"Data from `{Path(cfg.dataset_config).name}`:", "", "| images | class tokens | repeats | kind |",
+             "|---|---|---|---|"]  # fmt: skip
+    for s in plan.subsets:
+        kind = "regularisation" if s.is_reg else "concept"
+        lines.append(f"| `{Path(s.image_dir).name}` | `{s.caption or ''}` | {s.repeats} | {kind} |")
+    return lines
 
 
 _FILE_DESCRIPTIONS = {
@@ -107,7 +133,7 @@ _FILE_DESCRIPTIONS = {
 
 
 def _usage_lines(cfg: TrainConfig, arch: str, files: dict[str, Path], root: Path) -> list[str]:
-    prompt = cfg.validation_prompt or cfg.instance_prompt or "<your prompt>"
+    prompt = cfg.validation_prompt or cfg.instance_prompt or _first_concept(cfg) or "<your prompt>"
     lines = ["", "## Files", ""]
     lines += [f"- `{_rel(path, root)}`: {_FILE_DESCRIPTIONS.get(kind, kind)}" for kind, path in files.items()]
     lines += ["", "## Use with diffusers", "", "```python", "import torch", *_load_base_lines(cfg, arch),
