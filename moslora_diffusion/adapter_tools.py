@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -241,28 +242,123 @@ def merge_into_model(
     config: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Fold adapters (``Σ wᵢ · deltaᵢ``) into a base model's weights and save it as a diffusers folder.
+    """Fold adapters (``Σ wᵢ · deltaᵢ``) into a base model's weights and save the merged model.
 
     ``base`` is a diffusers folder or a single-file checkpoint (``config``: its diffusers config folder, as for
-    training). Every adapter is fit-checked against the model before any weight changes (diffusers' own
-    ``fuse_lora`` then adds the deltas); the folder is written beside its final place and renamed into it."""
-    from .base_models import load_pipeline
-    from .durable import temporary_folder_beside
+    training). ``output`` ending in ``.safetensors`` (single-file base only) is a copy of the checkpoint in its
+    original layout, which AUTOMATIC1111 and ComfyUI load, with the deltas added to the weights they change;
+    anything else is a diffusers folder (diffusers' own ``fuse_lora``). Every adapter is fit-checked against
+    the model before any weight changes; the output is written beside its final place and renamed into it."""
+    from .base_models import is_single_file, load_pipeline
 
     weights = list(weights) if weights is not None else [1.0] * len(sources)
     merged = merge_adapters([read_low_rank(s) for s in sources], weights)
     out = Path(output)
-    if out.resolve() == Path(base).resolve():
+    single = out.suffix == ".safetensors"
+    if out.exists() and out.resolve() == Path(base).resolve():
         raise RequestError(f"{out} is the base model itself; write the merged model elsewhere")
-    if out.exists() and not out.is_dir():
-        raise RequestError(f"{out} is a file; the merged model is written as a folder")
+    if single and not is_single_file(base):
+        raise RequestError(
+            f"{base} is a diffusers folder: a single-file output needs a single-file base (or name a folder)"
+        )
+    if out.exists() and (out.is_dir() == single):
+        kind = "folder" if single else "file"
+        raise RequestError(
+            f"{out} is a {kind}; the merged model is written as a {'file' if single else 'folder'}"
+        )
     if out.exists() and not overwrite:
         raise RequestError(f"{out} exists; choose another output or allow replacing it (CLI: --force)")
+    if single:
+        return _merge_into_single_file(Path(base), merged, out, config, sources, weights)
     pipe = load_pipeline(base, config=config)
     state = to_state_dict(merged, "kohya" if merged.naming == "kohya" else "diffusers")
     name = pipe.load_moslora_weights(state, adapter_name="merged")
     pipe.fuse_lora(adapter_names=[name], lora_scale=1.0)
     pipe.unload_lora_weights()
+    from .durable import temporary_folder_beside
+
     with temporary_folder_beside(out) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
     return out
+
+
+def _merge_into_single_file(
+    base: Path, merged: LowRankAdapter, out: Path, config: str | os.PathLike | None, sources: Sequence[Any],
+    weights: list[float],
+) -> Path:  # fmt: skip
+    """Add each module's delta to its weight in the checkpoint's own tensors, found by value (below)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from .base_models import load_pipeline
+    from .durable import temporary_beside
+    from .formats.inspect import ModuleShape
+    from .formats.safetensors_io import read_safetensors
+    from .loading import check_fit
+
+    tensors, metadata = read_safetensors(base)
+    pipe = load_pipeline(base, config=config)  # float32: every fp16 / bf16 value of the file, exactly
+    shapes = [
+        ModuleShape(m.component, m.name, tuple(m.down.shape), tuple(m.up.shape)) for m in merged.modules
+    ]
+    kind = "kohya" if merged.naming == "kohya" else "diffusers"
+    resolved = check_fit(pipe, shapes, "the merged adapter", kind, merged.architecture)
+    layers = {}
+    for m in merged.modules:
+        path = resolved[(m.component, m.name)]
+        layers[(m.component, m.name)] = dict(getattr(pipe, m.component).named_modules())[path].weight.detach()
+    places = locate_weights(tensors, layers)
+    for m in merged.modules:
+        key, start = places[(m.component, m.name)]
+        rows = tensors[key][start : start + m.up.shape[0]]
+        rows.copy_((rows.to(torch.float64) + m.delta().reshape(rows.shape)).to(rows.dtype))
+    note = {
+        "tool": "merge",
+        "sources": [Path(s).name for s in sources],
+        "weights": weights,
+        "base": base.name,
+    }
+    meta = {**metadata, "moslora_merged": json.dumps(note, sort_keys=True)}
+    with temporary_beside(out) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return out
+
+
+def locate_weights(
+    tensors: dict[str, torch.Tensor], layers: dict[Any, torch.Tensor]
+) -> dict[Any, tuple[str, int]]:
+    """Where each model weight sits in a checkpoint of the original layout: ``(key, first row)``.
+
+    Found by value rather than by a hand-written key map: diffusers built the model from these very tensors,
+    so each weight equals a tensor of the file or a block of its rows (OpenCLIP's fused q/k/v
+    ``in_proj_weight``), bit for bit. EMA copies (``model_ema.``) are left out; a weight found in no place or in
+    several is an error naming the module, never a guess."""
+    wanted: dict[tuple[int, bytes], list[Any]] = {}
+    outs: dict[int, set[int]] = {}
+    flat = {}
+    for name, w in layers.items():
+        w2 = w.reshape(w.shape[0], -1).float()
+        flat[name] = w2
+        wanted.setdefault((w2.shape[1], w2[0].numpy().tobytes()), []).append(name)
+        outs.setdefault(w2.shape[1], set()).add(w2.shape[0])
+    found: dict[Any, list[tuple[str, int]]] = {name: [] for name in layers}
+    for key, t in tensors.items():
+        if t.ndim < 2 or key.startswith("model_ema.") or t.reshape(t.shape[0], -1).shape[1] not in outs:
+            continue
+        t2 = t.reshape(t.shape[0], -1)
+        for out in outs[t2.shape[1]]:
+            if t2.shape[0] % out:
+                continue
+            for start in range(0, t2.shape[0], out):
+                for name in wanted.get((t2.shape[1], t2[start].float().numpy().tobytes()), []):
+                    w2 = flat[name]
+                    if w2.shape[0] == out and torch.equal(t2[start : start + out].float(), w2):
+                        found[name].append((key, start))
+    for name, places in found.items():
+        if len(places) != 1:
+            what = "is not in" if not places else f"matches {len(places)} places of"
+            raise RequestError(
+                f"module {'.'.join(name)}: its weight {what} the checkpoint; cannot merge it safely"
+            )
+    return {name: places[0] for name, places in found.items()}

@@ -176,7 +176,8 @@ def _merge_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base",
         help="fold the adapters into this base model (diffusers folder or single-file checkpoint) and write "
-        "the merged model as a diffusers folder to --output",
+        "the merged model to --output: a .safetensors file in the checkpoint's original layout (single-file "
+        "base), else a diffusers folder",
     )
     parser.add_argument("--config", help="with a single-file --base: its diffusers config folder")
     _plain_output_args(parser)

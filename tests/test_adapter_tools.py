@@ -179,3 +179,39 @@ def test_cli_resize_prints_the_share_and_merge_writes(sd1, tmp_path):
     } == {3}
     bad = run_cli("merge", str(native), "--dynamic", "0.9", "-o", str(tmp_path / "x.safetensors"))
     assert bad.returncode == 2 and "--dynamic needs --rank" in bad.stderr
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl"])
+def test_merge_into_a_single_file_checkpoint_equals_the_adapters_applied(arch, tmp_path):
+    """The merged original-layout file (loaded back with diffusers' from_single_file) draws what the base file
+    with the adapters draws; OpenCLIP's fused q/k/v (SD2, SDXL's second encoder) included."""
+    from diffusers import DiffusionPipeline
+
+    from moslora_diffusion import base_models
+    from moslora_diffusion.tiny import save_tiny_pipeline
+    from tests.ldm_layout import pipeline_to_single_file
+
+    folder = save_tiny_pipeline(arch, tmp_path / arch, text_width_2=48)
+    base = pipeline_to_single_file(
+        DiffusionPipeline.from_pretrained(str(folder)), tmp_path / f"{arch}.safetensors"
+    )
+    pipe = base_models.load_pipeline(base, config=folder)
+    pipe.set_progress_bar_config(disable=True)
+    a = random_adapter(pipe, rank=4, seed=11).save(tmp_path / "a.safetensors")
+    b = export_adapter(random_adapter(pipe, rank=2, seed=12, components=("unet",)).save(tmp_path / "b.safetensors"),
+                       tmp_path / "b_kohya.safetensors", "kohya")  # fmt: skip
+    na, nb = pipe.load_moslora_weights(str(a)), pipe.load_moslora_weights(str(b))
+    pipe.set_adapters([na, nb], [0.6, 1.0])
+    expected = generate(pipe)
+    out = merge_into_model(base, [a, b], [0.6, 1.0], tmp_path / "merged.safetensors", config=folder)
+    merged = base_models.load_pipeline(out, config=folder)
+    merged.set_progress_bar_config(disable=True)
+    np.testing.assert_allclose(generate(merged), expected, atol=5e-5)
+    plain = base_models.load_pipeline(base, config=folder)
+    plain.set_progress_bar_config(disable=True)
+    assert np.abs(generate(plain) - expected).max() > 1e-3  # the adapters do change the images
+    with safe_open(str(out), "pt") as f:
+        assert json.loads(f.metadata()["moslora_merged"])["weights"] == [0.6, 1.0]
+    assert set(load_file(out)) == set(load_file(base))  # the same keys: only values changed
+    with pytest.raises(RequestError, match="a single-file output needs a single-file base"):
+        merge_into_model(folder, [a], None, tmp_path / "x.safetensors")
