@@ -1,4 +1,5 @@
-"""Our DreamBooth script against diffusers' own `train_dreambooth_lora.py` on the same job, side by side.
+"""Our DreamBooth script against diffusers' own `train_dreambooth_lora.py` — and kohya-ss/sd-scripts'
+`train_network.py` — on the same job, side by side.
 
 Each script runs as its own process, one at a time, at two step counts, so that the cost per step (the slope
 between the two runs' wall times) and the fixed start-up cost (the intercept) separate cleanly. Reported per
@@ -19,6 +20,23 @@ matching the installed version (never copy it into this repository), and run in 
     /tmp/refvenv/bin/pip install -e ".[train]"
     /tmp/refvenv/bin/python benchmarks/bench_vs_diffusers.py \\
         --reference-script /path/to/diffusers/examples/dreambooth/train_dreambooth_lora.py
+
+kohya-ss/sd-scripts (optional, `--kohya-dir`): a checkout of its repository (never copied here) with its own
+venv from its own requirements, and its tokenizer offline through `--tokenizer_cache_dir` (the job's tokenizer
+is put where it looks: `<cache>/openai_clip-vit-large-patch14`):
+
+    git clone https://github.com/kohya-ss/sd-scripts /tmp/sd-scripts
+    python -m venv /tmp/kohyavenv
+    /tmp/kohyavenv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    (cd /tmp/sd-scripts && /tmp/kohyavenv/bin/pip install -r requirements.txt)
+    python benchmarks/bench_vs_diffusers.py --reference-script ... --kohya-dir /tmp/sd-scripts \
+        --kohya-python /tmp/kohyavenv/bin/python
+
+The kohya job is its own default LoRA (`networks.lora`: every Linear and 1x1 conv of the UNet's transformer
+blocks, 192 modules on SD 1.5; UNet only), rank 4, alpha 4, AdamW, constant lr 1e-4, fp32, `--cache_latents`,
+`--sdpa`, batch 1, the same images with the instance prompt as `class_tokens` of a dataset file, no samples, no
+saving until the end, `--max_data_loader_n_workers 0` (its default, 8, spawns workers every epoch: slower here);
+ours runs the same module set (`ours-*-kohya-set`), with its latent and text caches as always.
 
 On a GPU: add `--device cuda` (SD 1.5 at 512 px, and with `--jobs sd1,sdxl --reference-script-sdxl
 .../train_dreambooth_lora_sdxl.py` SDXL at 1024 px; `--mixed-precision bf16` (default) or `fp16`; the toy job
@@ -50,9 +68,19 @@ from _common import append_section, markdown_table  # noqa: E402
 OUR_SCRIPT = REPO / "train_scripts" / "train_dreambooth_moslora.py"
 INSTANCE_PROMPT = "a photo of sks toy"
 N_IMAGES = 6
-# The first progress-bar update of each script: "Steps: ... 1/N" (diffusers) and "training: ... 1/N" (ours).
-FIRST_STEP = {"reference": re.compile(r"Steps:.*?\b1/\d+"), "ours": re.compile(r"training:.*?\b1/\d+")}
+# The first progress-bar update of each script: "Steps: ... 1/N" (diffusers), "steps: ... 1/N" (kohya) and
+# "training: ... 1/N" (ours).
+FIRST_STEP = {
+    "reference": re.compile(r"Steps:.*?\b1/\d+"),
+    "kohya": re.compile(r"steps:.*?\b1/\d+"),
+    "ours": re.compile(r"training:.*?\b1/\d+"),
+}
 SCRIPTS = ("reference", "ours-lora", "ours-moslora")
+KOHYA_SCRIPTS = ("kohya", "ours-lora-kohya-set", "ours-moslora-kohya-set")
+# kohya-ss's default LoRA module set on the SD 1.x UNet: every Linear / 1x1 conv inside the transformer blocks
+KOHYA_UNET_TARGETS = ("proj_in,proj_out,attn1.to_q,attn1.to_k,attn1.to_v,attn1.to_out.0,attn2.to_q,attn2.to_k,"
+                      "attn2.to_v,attn2.to_out.0,ff.net.0.proj,ff.net.2")  # fmt: skip
+KOHYA_TOKENIZER = "openai_clip-vit-large-patch14"  # where its --tokenizer_cache_dir looks for SD 1.x
 
 
 @dataclass(frozen=True)
@@ -103,6 +131,41 @@ def prepare_job(job: Job, work: Path) -> tuple[Path, Path]:
     return model_dir, images
 
 
+def kohya_command(python: str, kohya_dir: Path, model: Path, images: Path, out: Path, job: Job, steps: int) -> list[str]:  # fmt: skip
+    """kohya-ss's train_network.py on the job (its dataset file and tokenizer cache written into ``out``'s parent)."""
+    work = out.parent
+    toml = work / f"kohya-{job.name}.toml"
+    toml.write_text(
+        f'[general]\ncaption_extension = ".none"\n[[datasets]]\nresolution = {job.resolution}\nbatch_size = 1\n'
+        f'  [[datasets.subsets]]\n  image_dir = "{images}"\n  class_tokens = "{INSTANCE_PROMPT}"\n'
+    )
+    cache = work / "kohya-tokenizer"
+    if not (
+        cache / KOHYA_TOKENIZER
+    ).is_dir():  # the job's own tokenizer, in the files its slow CLIPTokenizer reads
+        import json
+
+        target = cache / KOHYA_TOKENIZER
+        target.mkdir(parents=True)
+        for name in ("vocab.json", "merges.txt"):
+            found = next(
+                p
+                for p in (model / "tokenizer" / name, model.parent / f"tokenizer-{job.name}" / name)
+                if p.is_file()
+            )
+            shutil.copy(found, target / name)
+        config = json.loads((model / "tokenizer" / "tokenizer_config.json").read_text())
+        keep = ("model_max_length", "pad_token", "bos_token", "eos_token", "unk_token")
+        (target / "tokenizer_config.json").write_text(json.dumps({k: config[k] for k in keep if k in config}))
+    return [python, str(kohya_dir / "train_network.py"), "--pretrained_model_name_or_path", str(model),
+            "--dataset_config", str(toml), "--output_dir", str(out), "--output_name", "lora",
+            "--network_module", "networks.lora", "--network_dim", "4", "--network_alpha", "4",
+            "--network_train_unet_only", "--learning_rate", "1e-4", "--lr_scheduler", "constant",
+            "--optimizer_type", "AdamW", "--max_train_steps", str(steps), "--mixed_precision", job.mixed_precision,
+            "--save_precision", "float", "--seed", "0", "--cache_latents", "--sdpa",
+            "--tokenizer_cache_dir", str(cache), "--max_data_loader_n_workers", "0"]  # fmt: skip
+
+
 def command(script: str, python: str, reference: Path, model: Path, images: Path, out: Path, job: Job, steps: int) -> list[str]:  # fmt: skip
     common = [
         "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(images),
@@ -120,9 +183,12 @@ def command(script: str, python: str, reference: Path, model: Path, images: Path
             "--report_to",
             "tensorboard",
         ]
-    adapter = script.removeprefix("ours-")
-    return [python, str(OUR_SCRIPT), *common, "--adapter", adapter, "--unet_targets", "attn",
-            "--checkpointing_steps", "0", "--overwrite_output_dir"]  # fmt: skip
+    adapter = script.removeprefix("ours-").removesuffix("-kohya-set")
+    targets = KOHYA_UNET_TARGETS if script.endswith("-kohya-set") else "attn"
+    # --no-signals: the job has no validation on any side (the signals, on by default, are measured at every
+    # validation and at the end: docs/benchmarks.md has their cost)
+    return [python, str(OUR_SCRIPT), *common, "--adapter", adapter, "--unet_targets", targets,
+            "--checkpointing_steps", "0", "--overwrite_output_dir", "--no-signals"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- one timed process
@@ -208,9 +274,13 @@ def fit(runs: list[Run]) -> tuple[float, float]:
 
 def tables(runs: list[Run], jobs: list[Job]) -> str:
     rows, ratio_rows = [], []
+    pairs = [
+        ("reference", ("ours-lora", "ours-moslora")),
+        ("kohya", ("ours-lora-kohya-set", "ours-moslora-kohya-set")),
+    ]
     for job in jobs:
         stats = {}
-        for script in SCRIPTS:
+        for script in (*SCRIPTS, *KOHYA_SCRIPTS):
             mine = [r for r in runs if r.job == job.name and r.script == script]
             if not mine:
                 continue
@@ -227,11 +297,13 @@ def tables(runs: list[Run], jobs: list[Job]) -> str:
             s = stats[script]
             rows.append([job.label, script, f"{s['first']:.1f}", f"{per_step:.3f}",
                          f"{fixed:.1f}", f"{s['run500']:.0f}", f"{s['rss']:.0f}", f"{s['gpu']:.0f}" if s["gpu"] else "-"])  # fmt: skip
-        ref = stats.get("reference")
-        for script in ("ours-lora", "ours-moslora"):
-            if ref and script in stats:
+        for ref_name, ours in pairs:
+            ref = stats.get(ref_name)
+            for script in ours:
+                if not (ref and script in stats):
+                    continue
                 s = stats[script]
-                ratio_rows.append([job.label, f"reference / {script}",
+                ratio_rows.append([job.label, f"{ref_name} / {script}",
                                    f"{ref['first'] / s['first']:.2f}", f"{ref['per_step'] / s['per_step']:.2f}",
                                    f"{ref['run500'] / s['run500']:.2f}", f"{s['rss'] / ref['rss']:.2f}",
                                    f"{s['gpu'] / ref['gpu']:.2f}" if s["gpu"] and ref["gpu"] else "-"])  # fmt: skip
@@ -244,6 +316,15 @@ def tables(runs: list[Run], jobs: list[Job]) -> str:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _git_commit(folder: Path) -> str:
+    """The checkout's commit (short), or the folder's name when it is no git checkout."""
+    try:
+        return subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return folder.name
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,6 +364,16 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="models, images, outputs and logs (default: a temp folder)",
     )
+    ap.add_argument(
+        "--kohya-dir",
+        type=Path,
+        default=None,
+        help="a kohya-ss/sd-scripts checkout: adds its train_network.py",
+    )
+    ap.add_argument("--kohya-python", default=None, help="the interpreter of kohya's own venv")
+    ap.add_argument(
+        "--scripts", default=None, help="comma-separated subset of the scripts to run (default: all)"
+    )
     ap.add_argument("--no-docs", action="store_true", help="print only; do not append to docs/benchmarks.md")
     args = ap.parse_args(argv)  # fmt: skip
     if not args.reference_script.is_file():
@@ -316,15 +407,23 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     for job in jobs:
         model, images = prepare_job(job, work)
-        order = list(SCRIPTS)
+        # kohya's own UNet class is built for the real SD layouts: not for the toy model's
+        order = list(SCRIPTS) + (list(KOHYA_SCRIPTS) if args.kohya_dir and job.name != "toy" else [])
+        if args.scripts:
+            order = [name for name in order if name in args.scripts.split(",")]
         for rep in range(args.repeats):
             for steps in job.steps:
                 for script in order:
                     out = work / f"out-{job.name}-{script}-{steps}-{rep}"
                     shutil.rmtree(out, ignore_errors=True)
                     reference = args.reference_script_sdxl if job.name == "sdxl" else args.reference_script
-                    cmd = command(script, args.python, reference, model, images, out, job, steps)
-                    pattern = FIRST_STEP["reference" if script == "reference" else "ours"]
+                    if script == "kohya":
+                        cmd = kohya_command(
+                            args.kohya_python or args.python, args.kohya_dir, model, images, out, job, steps
+                        )
+                    else:
+                        cmd = command(script, args.python, reference, model, images, out, job, steps)
+                    pattern = FIRST_STEP[script if script in FIRST_STEP else "ours"]
                     wall, first, rss, gpu = timed_run(cmd, env, pattern, work / f"{out.name}.log", gpu=cuda)
                     runs.append(Run(job.name, script, steps, wall, first, rss, gpu))
                     print(f"{job.name} {script} {steps} steps: {wall:.1f} s, first step at {first} s, {rss:.0f} MiB", flush=True)  # fmt: skip
@@ -337,13 +436,23 @@ def main(argv: list[str] | None = None) -> None:
         + f"; {args.repeats} run(s) each. `s/step` and `start-up` are fitted from the two step counts' wall times; "
         "`500 steps` is fitted from them, not measured; `first step` is when the script's progress bar first shows "
         "step 1. Same job for both: rank 4, attention targets, batch 1, lr 1e-4 constant, seed 0, no validation, "
-        f"no checkpoints; {mp if cuda else 'fp32'}.\n\n" + tables(runs, jobs)
+        f"no checkpoints; {mp if cuda else 'fp32'}."
+        + (
+            " kohya's `train_network.py` against ours on its own default module set (`*-kohya-set`: the UNet's "
+            "transformer blocks, 192 modules on SD 1.5), with `--cache_latents --sdpa`, rank 4, alpha 4, AdamW."
+            if args.kohya_dir
+            else ""
+        )
+        + "\n\n"
+        + tables(runs, jobs)
     )
     print(body)
     if not args.no_docs:
         import torch
 
-        versions = f"torch {torch.__version__}, reference script {args.reference_script.name}"
+        versions = f"torch {torch.__version__}, reference script {args.reference_script.name}" + (
+            f", kohya-ss/sd-scripts {_git_commit(args.kohya_dir)}" if args.kohya_dir else ""
+        )
         append_section("DreamBooth start-up and speed: ours vs diffusers' train_dreambooth_lora.py", body + f"\n\n({versions})", device=args.device)  # fmt: skip
 
 

@@ -46,3 +46,25 @@ def test_toy_job_against_a_stand_in_reference(tmp_path):
     first_step, per_step = float(reference[2]), float(reference[3])
     assert 0.4 < first_step < 5.0 and 0.03 < per_step < 0.5  # the stand-in: 0.5 s start-up, 0.05 s a step
     assert any("reference / ours-moslora" in line for line in lines)
+
+
+def test_kohya_command_uses_its_defaults_and_an_offline_tokenizer(tmp_path):
+    """The kohya job: its own LoRA module, the job's images as a dataset file, the job's tokenizer where its
+    --tokenizer_cache_dir looks; ours on the same module set."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_vs_diffusers import KOHYA_TOKENIZER, KOHYA_UNET_TARGETS, Job, command, kohya_command
+
+    from moslora_diffusion import toyworld
+
+    model = toyworld.base_model_path()
+    job = Job("sd1", 256, (3, 11))
+    cmd = kohya_command("py", tmp_path / "sd-scripts", model, tmp_path / "images", tmp_path / "out", job, 11)
+    flag = {k: v for k, v in zip(cmd, cmd[1:]) if k.startswith("--")}
+    assert cmd[1].endswith("train_network.py") and flag["--network_module"] == "networks.lora"
+    assert flag["--network_dim"] == "4" and flag["--max_train_steps"] == "11" and "--cache_latents" in cmd
+    toml = Path(flag["--dataset_config"]).read_text()
+    assert "resolution = 256" in toml and str(tmp_path / "images") in toml and "a photo of sks toy" in toml
+    cached = Path(flag["--tokenizer_cache_dir"]) / KOHYA_TOKENIZER
+    assert {p.name for p in cached.iterdir()} == {"vocab.json", "merges.txt", "tokenizer_config.json"}
+    ours = command("ours-moslora-kohya-set", "py", Path("ref.py"), model, tmp_path, tmp_path / "o", job, 11)
+    assert ours[ours.index("--unet_targets") + 1] == KOHYA_UNET_TARGETS and "--no-signals" in ours
