@@ -205,7 +205,7 @@ resolution = 32
 """,
     )
     cfg = parse_args(["--pretrained_model_name_or_path", str(tiny_sd1), "--dataset_config", str(toml),
-                      "--output_dir", str(tmp_path / "o"), "--seed", "1", "--no-signals"])  # fmt: skip
+                      "--output_dir", str(tmp_path / "o"), "--seed", "1"])  # fmt: skip
     validate_config(cfg)
     from moslora_diffusion.training.dataset_config import with_dataset_settings
 
@@ -216,6 +216,9 @@ resolution = 32
     assert epoch == 3 * 2 + 2 * 3
     seen = Counter(run.instances[idx].caption for u in range(epoch) for _, idx, _, _ in _batch_items(run, u))
     assert seen == {"sks dog": 6, "xyz cat": 6}  # each image num_repeats times per epoch
+    trainer.resume()
+    trainer.validate()  # the learning signals work from a dataset file: subject fit on the concepts' images
+    assert trainer.signals and "subject_fit" in trainer.signals[-1]
 
 
 def test_caption_shuffle_keeps_the_first_tokens_and_dropout_empties():
