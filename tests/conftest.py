@@ -30,6 +30,14 @@ def _make_tiny(arch: str):
 
 
 @pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory) -> Path:
+    """A tiny SD1 pipeline folder for training tests."""
+    from moslora_diffusion.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("tiny-sd1") / "sd1")
+
+
+@pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """Tiny SD1 and SDXL pipelines saved with save_pretrained (so stock from_pretrained works)."""
     root = tmp_path_factory.mktemp("tiny")

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from moslora_diffusion.tiny import save_tiny_pipeline
 from moslora_diffusion.training import TrainConfigError, parse_args, run_training, validate_config
 from moslora_diffusion.training.dataset_config import CaptionAugment, read_dataset_config
 from tests.test_training_e2e import make_subject, read_tensors, train
-
-
-@pytest.fixture(scope="module")
-def tiny_sd1(tmp_path_factory):
-    return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("dc-tiny") / "sd1")
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from moslora_diffusion.tiny import save_tiny_pipeline
 from moslora_diffusion.training import TrainConfigError, parse_args, validate_config
 from moslora_diffusion.training import models as train_models
 from moslora_diffusion.training.optimizers import make_optimizer, param_groups, parameter_role
 from tests.test_training_e2e import make_subject, read_tensors, train
-
-
-@pytest.fixture(scope="module")
-def tiny_sd1(tmp_path_factory):
-    return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("opt-tiny") / "sd1")
 
 
 @pytest.fixture(scope="module")

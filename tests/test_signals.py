@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from moslora_diffusion.compat import adapter_layers
-from moslora_diffusion.tiny import save_tiny_pipeline
 from moslora_diffusion.training import TrainConfigError, parse_args, validate_config
 from moslora_diffusion.training import signals as sig
 from moslora_diffusion.training.checkpoint import BEST_ADAPTER_NAME, read_best_adapter
@@ -34,11 +33,6 @@ def _trainer(tiny_sd1, subject, out, *flags):
     assert trainer.probe is None  # nothing measured before the first step: it would delay it
     trainer.validate()  # a validation at step 0 draws the probes
     return trainer
-
-
-@pytest.fixture(scope="module")
-def tiny_sd1(tmp_path_factory):
-    return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("sig-tiny") / "sd1")
 
 
 @pytest.fixture(scope="module")

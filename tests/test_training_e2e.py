@@ -24,11 +24,6 @@ from moslora_diffusion.training import losses as losses_module
 
 
 @pytest.fixture(scope="session")
-def tiny_sd1(tmp_path_factory) -> Path:
-    return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("tiny") / "sd1")
-
-
-@pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> Path:
     return save_tiny_pipeline("sdxl", tmp_path_factory.mktemp("tiny") / "sdxl")
 
