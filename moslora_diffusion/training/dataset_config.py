@@ -236,7 +236,7 @@ def read_dataset_config(path: str | Path) -> DataPlan:
             sub = _table(sub, where, label)
             _check_keys(sub, set(_SUBSET_KEYS), where, label)
             values = {k: v for k, v in merged.items() if k in _SUBSET_KEYS} | sub
-            subsets.append(_subset(values, path.parent, where, label))
+            subsets.append(_subset(values, where, label))
     if not any(not s.is_reg for s in subsets):
         raise TrainConfigError(
             f"{where}: every subset is is_reg = true; at least one must hold the concept's images"
@@ -264,7 +264,7 @@ def _typed(values: dict[str, Any], key: str, where: str, label: str) -> Any:
     return value
 
 
-def _subset(values: dict[str, Any], base: Path, where: str, label: str) -> Subset:
+def _subset(values: dict[str, Any], where: str, label: str) -> Subset:
     for key in values:
         _typed(values, key, where, label)
     if "image_dir" not in values:
@@ -285,7 +285,7 @@ def _subset(values: dict[str, Any], base: Path, where: str, label: str) -> Subse
             f"{where}: {label}: 'caption_dropout_rate' must be between 0 and 1; got {rate}"
         )
     folder = Path(values["image_dir"]).expanduser()
-    folder = folder if folder.is_absolute() else (Path.cwd() / folder)
+    folder = folder if folder.is_absolute() else (Path.cwd() / folder)  # as kohya: from where the run starts
     extension = values.get("caption_extension", KOHYA_CAPTION_EXTENSION)
     if not extension.startswith("."):
         extension = "." + extension
