@@ -100,6 +100,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work = Path(args.output_dir or tempfile.mkdtemp(prefix="two-concepts-"))
+    work.mkdir(parents=True, exist_ok=True)
     toml = dataset_toml(work)
     pipe = load_toy_pipeline()
     rows: dict[str, dict[str, list[float]]] = {}
