@@ -1,11 +1,11 @@
 """Our DreamBooth script against diffusers' own `train_dreambooth_lora.py` — and kohya-ss/sd-scripts'
 `train_network.py` — on the same job, side by side.
 
-Each script runs as its own process, one at a time, at two step counts, so that the cost per step (the slope
-between the two runs' wall times) and the fixed start-up cost (the intercept) separate cleanly. Reported per
-job and script: time to the first step (from the scripts' own progress bars), seconds per step (fitted),
-start-up (fitted), a whole 500-step run (fitted from the two, not measured), peak RSS, and the ratios of the
-reference to ours. The table is appended to docs/benchmarks.md with command, machine and date.
+Each script runs as its own process, one at a time, at two step counts. Each run is split at its first
+step (the scripts' own progress bars): the start-up up to it, then the steps and the finish. The cost per step
+is the slope of the time after the first step between the two counts, so start-up noise stays out of it.
+Reported per job and script: time to the first step, seconds per step (fitted), the finish (fitted), a whole
+500-step run (fitted from the two, not measured), peak RSS, and the ratios of the reference to ours. The table is appended to docs/benchmarks.md with command, machine and date.
 
 The same job for both: the same images and instance prompt, rank 4, UNet attention projections
 (to_q/k/v/out.0), batch 1, fp32, learning rate 1e-4 constant, seed 0, no validation, no checkpoints, no
@@ -263,13 +263,28 @@ def timed_run(cmd: list[str], env: dict[str, str], first_step: re.Pattern, log: 
 
 
 def fit(runs: list[Run]) -> tuple[float, float]:
-    """(seconds per step, fixed seconds) from the wall times of runs at two step counts (medians per count)."""
+    """(seconds per step, seconds after the last step) from runs at two step counts (medians per count).
+
+    Each run is split at its first step: a run of n steps = start-up to the first step + (n - 1) steps + the
+    finish (writing the adapter, exiting). The slope is fitted to the part after the first step only, so a
+    start-up that varies from run to run (a cold disk cache, a slow import) does not leak into it."""
     by_steps: dict[int, list[float]] = {}
     for r in runs:
-        by_steps.setdefault(r.steps, []).append(r.wall_s)
+        after_first = r.wall_s - r.first_step_s if r.first_step_s is not None else r.wall_s
+        by_steps.setdefault(r.steps, []).append(after_first)
     (n1, w1), (n2, w2) = sorted((n, statistics.median(w)) for n, w in by_steps.items())
     slope = (w2 - w1) / (n2 - n1)
-    return slope, w1 - slope * n1
+    return slope, w1 - slope * (n1 - 1)
+
+
+def warm_page_cache(*folders: Path) -> None:
+    """Read every file once, so that whichever script runs first does not pay for a cold disk cache."""
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                with path.open("rb") as fh:
+                    while fh.read(1 << 24):
+                        pass
 
 
 def tables(runs: list[Run], jobs: list[Job]) -> str:
@@ -290,7 +305,7 @@ def tables(runs: list[Run], jobs: list[Job]) -> str:
                 "first": statistics.median(firsts) if firsts else float("nan"),
                 "per_step": per_step,
                 "fixed": fixed,
-                "run500": fixed + 500 * per_step,
+                "run500": (statistics.median(firsts) if firsts else 0.0) + 499 * per_step + fixed,
                 "rss": max(r.rss_mib for r in mine),
                 "gpu": max((r.gpu_mib or 0.0) for r in mine),
             }
@@ -307,7 +322,7 @@ def tables(runs: list[Run], jobs: list[Job]) -> str:
                                    f"{ref['first'] / s['first']:.2f}", f"{ref['per_step'] / s['per_step']:.2f}",
                                    f"{ref['run500'] / s['run500']:.2f}", f"{s['rss'] / ref['rss']:.2f}",
                                    f"{s['gpu'] / ref['gpu']:.2f}" if s["gpu"] and ref["gpu"] else "-"])  # fmt: skip
-    head = ["job", "script", "first step s", "s/step (fitted)", "start-up s (fitted)", "500 steps s (fitted)", "peak RSS MiB", "peak GPU MiB"]  # fmt: skip
+    head = ["job", "script", "first step s", "s/step (fitted)", "finish s (fitted)", "500 steps s (fitted)", "peak RSS MiB", "peak GPU MiB"]  # fmt: skip
     text = markdown_table(head, rows)
     if ratio_rows:
         text += "\n\nHow many times faster ours is (reference / ours; above 1 = ours faster), and our memory relative to the reference:\n\n"
@@ -319,12 +334,21 @@ def tables(runs: list[Run], jobs: list[Job]) -> str:
 
 
 def _git_commit(folder: Path) -> str:
-    """The checkout's commit (short), or the folder's name when it is no git checkout."""
+    """The checkout's commit (short), or "commit unknown" when it is no git checkout."""
     try:
         return subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        return folder.name
+        return f"{folder} (no git checkout: commit unknown)"
+
+
+def _interpreter_versions(python: str) -> str:
+    """torch and diffusers of the venv the scripts ran in (the harness's own may differ)."""
+    code = "import torch, diffusers; print(f'torch {torch.__version__}, diffusers {diffusers.__version__}')"
+    try:
+        return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "versions unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -407,6 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     for job in jobs:
         model, images = prepare_job(job, work)
+        warm_page_cache(model, images)
         # kohya's own UNet class is built for the real SD layouts: not for the toy model's
         order = list(SCRIPTS) + (list(KOHYA_SCRIPTS) if args.kohya_dir and job.name != "toy" else [])
         if args.scripts:
@@ -433,9 +458,11 @@ def main(argv: list[str] | None = None) -> None:
     body = (
         f"Each script a separate process ({threads}); step counts per job: "
         + ", ".join(f"{j.name} {j.steps[0]} and {j.steps[1]}" for j in jobs)
-        + f"; {args.repeats} run(s) each. `s/step` and `start-up` are fitted from the two step counts' wall times; "
-        "`500 steps` is fitted from them, not measured; `first step` is when the script's progress bar first shows "
-        "step 1. Same job for both: rank 4, attention targets, batch 1, lr 1e-4 constant, seed 0, no validation, "
+        + f"; {args.repeats} run(s) each. `first step` is when the script's progress bar first shows step 1 "
+        "(start-up included); `s/step` and `finish` (after the last step: saving, exiting) are fitted from the time "
+        "after the first step at the two step counts, so start-up noise stays out of the slope; `500 steps` = first "
+        "step + 499 × s/step + finish (fitted, not measured). The model files are read once before timing (page "
+        "cache warm for every script). Same job for both: rank 4, attention targets, batch 1, lr 1e-4 constant, seed 0, no validation, "
         f"no checkpoints; {mp if cuda else 'fp32'}."
         + (
             " kohya's `train_network.py` against ours on its own default module set (`*-kohya-set`: the UNet's "
@@ -448,11 +475,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(body)
     if not args.no_docs:
-        import torch
-
-        versions = f"torch {torch.__version__}, reference script {args.reference_script.name}" + (
-            f", kohya-ss/sd-scripts {_git_commit(args.kohya_dir)}" if args.kohya_dir else ""
-        )
+        versions = (f"the scripts' venv ({args.python}): {_interpreter_versions(args.python)}; reference script "
+                    f"{args.reference_script.name}")  # fmt: skip
+        if args.kohya_dir:
+            versions += (f"; kohya-ss/sd-scripts {_git_commit(args.kohya_dir)} in its venv: "
+                         f"{_interpreter_versions(args.kohya_python or args.python)}")  # fmt: skip
         append_section("DreamBooth start-up and speed: ours vs diffusers' train_dreambooth_lora.py", body + f"\n\n({versions})", device=args.device)  # fmt: skip
 
 
