@@ -73,7 +73,9 @@ def run_quickstart(argv: Sequence[str] | None = None) -> Path:
     grid = comparison_grid(cfg.pretrained_model_name_or_path, result.weights_path, prompts)
     path = Path(result.output_dir) / GRID_NAME
     grid.save(path)
-    print(f"\nTrained in {time.time() - started:.0f}s. Adapter: {result.weights_path}")
+    print(
+        f"\nTrained in {time.time() - started:.0f}s (validation {result.validation_s:.0f}s). Adapter: {result.weights_path}"
+    )
     print(f"Comparison grid (rows: prompts; left: base model, right: with the adapter): {path}")
     print(f"Model card: {Path(result.output_dir) / 'README.md'}")
     if "quality_curve" in result.files:

@@ -154,6 +154,7 @@ def sd1_run(tiny_sd1, subject, tmp_path_factory):
 def test_sd1_outputs_and_events(sd1_run):
     result, events, out = sd1_run
     assert result.steps_done == 3 and not result.cancelled and result.final_loss is not None
+    assert result.validation_s > 0  # two validations (signals and samples), timed
     assert result.weights_path == out / "moslora_weights.safetensors"
     for name in (
         "moslora_weights.safetensors",
@@ -333,6 +334,7 @@ def test_lora_adapter_with_caption_files(tiny_sd1, tmp_path):
         "8",
     )
     assert result.weights_path == out / "pytorch_lora_weights.safetensors"
+    assert result.validation_s > 0  # no prompt, but the learning signals are measured at the end
     assert not (out / "moslora_weights.safetensors").exists()
     folded = read_tensors(out / "pytorch_lora_weights.safetensors")
     assert not any("mixer" in k for k in folded)
@@ -437,6 +439,18 @@ def test_class_prompts_file_makes_a_captioned_regularisation_set(tiny_sd1, subje
                                     str(subject), "--instance_prompt", "x", "--output_dir", str(tmp_path / "o3"),
                                     "--with_prior_preservation", "--class_data_dir", str(class_dir),
                                     "--class_prompts_file", str(empty)]))  # fmt: skip
+
+
+def test_validation_time_is_reported_only_when_something_is_validated(tiny_sd1, subject, tmp_path, capsys):
+    quiet = train(tiny_sd1, tmp_path / "quiet", subject, "--max_train_steps", "1", "--no-signals")
+    assert quiet.validation_s == 0.0  # no signals, no prompt, no scorer: validate() does nothing
+    assert "(validation" not in "".join(capsys.readouterr())
+    timed = train(tiny_sd1, tmp_path / "timed", subject, "--max_train_steps", "1", "--validation_prompt", "a sks blob",
+                  "--num_validation_images", "1", "--validation_inference_steps", "2", "--no-signals")  # fmt: skip
+    assert timed.validation_s > 0
+    printed = "".join(capsys.readouterr()).splitlines()
+    summary = [line for line in printed if line.startswith("finished: 1/1 steps")]
+    assert len(summary) == 1 and "s (validation " in summary[0], printed
 
 
 # ----------------------------------------------------------------------------- resume, cancel, NaN

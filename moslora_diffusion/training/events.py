@@ -48,3 +48,4 @@ class TrainResult:
     files: dict[str, Path] = field(default_factory=dict)
     learned: str | None = None  # why --stop_when_learned ended the run early, if it did
     kept_step: int | None = None  # the step whose adapter the weights files hold
+    validation_s: float = 0.0  # wall seconds spent validating (signals, scorer, samples), included in the run

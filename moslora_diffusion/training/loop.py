@@ -123,6 +123,7 @@ class Trainer:
         )
         self.learned: str | None = None  # why --stop_when_learned stopped the run
         self.last_validated = -1
+        self.validation_s = 0.0  # wall time spent in validate(): signals, scorer, samples
         self.kept_step = 0
         self.params = [p for m in trained.values() for p in m.parameters() if p.requires_grad]
 
@@ -387,11 +388,20 @@ class Trainer:
 
     def validate(self) -> None:
         """Measure the learning signals; run the scorer, if any; sample the validation prompt, save a grid,
-        log it (main process, once per step)."""
-        cfg, run = self.cfg, self.run
+        log it (main process, once per step). Its wall time adds to ``validation_s``."""
         if not self.is_main or self.last_validated == self.global_step:
             return
         self.last_validated = self.global_step
+        if not (self.cfg.signals or self._validating()):
+            return  # nothing to measure: not even the switch to eval mode and back
+        started = time.perf_counter()
+        try:
+            self._validate_now()
+        finally:
+            self.validation_s += time.perf_counter() - started
+
+    def _validate_now(self) -> None:
+        cfg, run = self.cfg, self.run
         with self._eval_mode() as (unet, *tes):
             if cfg.signals and self.probe is None:
                 self._start_signals()
@@ -481,6 +491,7 @@ class Trainer:
         summary = (
             f"{ending}: {self.global_step}/{self.max_steps} steps "
             f"in {time.time() - started:.0f}s"
+            + (f" (validation {self.validation_s:.0f}s)" if self.validation_s else "")
             + (
                 f", loss {final_loss:.4f} (mean of last {len(window)}: {sum(window) / len(window):.4f})"
                 if window
@@ -492,7 +503,7 @@ class Trainer:
             tqdm.write(summary)
         self.emit(TrainEvent("done", self.global_step, self.max_steps, loss=final_loss, message=summary))
         return TrainResult(self.out, weights, self.global_step, cancelled, final_loss, files, self.learned,
-                           self.kept_step if weights else None)  # fmt: skip
+                           self.kept_step if weights else None, self.validation_s)  # fmt: skip
 
     def _adapter_files(self, folder: Path, step: int, final_loss: float | None) -> dict[str, Path]:
         cfg, comps = self.cfg, self.run.comps
