@@ -241,3 +241,51 @@ def test_compile_trains_the_same_adapter_and_resumes_exactly(tiny_sd1, subject, 
     resumed = train(tiny_sd1, half, subject, *flags, "--compile", "--resume_from_checkpoint", "latest")
     again = read_tensors(resumed.weights_path)
     assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+def test_validation_samples_with_merged_adapters_and_gives_every_base_weight_back(
+    tiny_sd1, subject, tmp_path
+):
+    from moslora_diffusion.training import validation
+
+    trainer = _trainer(tiny_sd1, subject, tmp_path / "run", "--train_text_encoder")
+    run = trainer.run
+    models = [run.unet, *run.text_encoders]
+    with torch.no_grad():
+        for m in models:
+            for name, p in m.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn_like(p) * 0.05)  # an adapter that changes the output
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+    storage = [p.data_ptr() for m in models for p in m.parameters()]
+    pipe = validation.build_pipeline(run.comps, run.unet, run.text_encoders)
+
+    def sample():
+        return validation.generate_samples(pipe, "a sks blob", 2, 32, 4, 5.0, 0, torch.device("cpu"))
+
+    import numpy as np
+
+    unmerged = np.stack([np.asarray(im, dtype=np.int16) for im in sample()])
+    layers = [layer for m in models for layer in adapter_layers(m)]
+    with validation.adapters_merged(models):
+        assert layers and all(layer.merged for layer in layers)
+        merged = np.stack([np.asarray(im, dtype=np.int16) for im in sample()])
+    # the same pictures up to float rounding (8-bit pixels: at most one level apart)
+    assert np.abs(merged - unmerged).max() <= 1
+    # and afterwards: nothing merged, every tensor equal bit for bit, in the same storage
+    assert not any(layer.merged for layer in layers)
+    for m, b in zip(models, before):
+        after = m.state_dict()
+        assert all(torch.equal(after[k], b[k]) for k in b)
+    assert [p.data_ptr() for m in models for p in m.parameters()] == storage
+
+
+def test_validation_with_a_prompt_does_not_change_the_training(tiny_sd1, subject, tmp_path):
+    flags = ("--max_train_steps", "4", "--validation_steps", "2", "--checkpointing_steps", "0",
+             "--train_text_encoder", "--no-signals")  # fmt: skip
+    validated = train(tiny_sd1, tmp_path / "a", subject, *flags, "--validation_prompt", "a sks blob",
+                      "--num_validation_images", "1", "--validation_inference_steps", "2")  # fmt: skip
+    plain = train(tiny_sd1, tmp_path / "b", subject, *flags)
+    assert validated.validation_s > 0 and (tmp_path / "a" / "validation" / "step-000002.png").is_file()
+    a, b = read_tensors(validated.weights_path), read_tensors(plain.weights_path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

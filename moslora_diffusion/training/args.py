@@ -199,6 +199,11 @@ class TrainConfig:
     validation_steps: int = _f(100, "Validate every N steps (and at the end).")
     validation_inference_steps: int = _f(25, "Sampling steps of validation images.")
     validation_guidance_scale: float = _f(5.0, "Guidance scale of validation images.")
+    merged_validation: bool = _f(
+        True,
+        "Sample validation images (and scores) with the adapters merged into the weights: faster, the same "
+        "pictures up to rounding; the base weights are restored bit for bit after each validation.",
+    )
     # --- learning signals and the stop (training/signals.py, training/stopping.py)
     signals: bool = _f(
         True,

@@ -409,9 +409,15 @@ class Trainer:
                 self._measure_signals()
             if self._validating():
                 pipe = validation.build_pipeline(run.comps, unet, tes)
-                self._score(pipe)
-                if cfg.validation_prompt:
-                    self._sample(pipe)
+                merged = (
+                    validation.adapters_merged([unet, *tes])
+                    if cfg.merged_validation
+                    else contextlib.nullcontext()
+                )
+                with merged:
+                    self._score(pipe)
+                    if cfg.validation_prompt:
+                        self._sample(pipe)
 
     def _measure_signals(self, step: int | None = None) -> None:
         step = self.global_step if step is None else step

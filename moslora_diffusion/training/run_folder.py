@@ -61,6 +61,7 @@ NOT_FINGERPRINTED = frozenset(
         "validation_steps",
         "validation_inference_steps",
         "validation_guidance_scale",
+        "merged_validation",
         "export_kohya",
         "max_train_steps",
         "num_train_epochs",
