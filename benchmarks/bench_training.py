@@ -18,6 +18,7 @@ number of images (4) to time cached steps only. The three modes, all with square
 
     python benchmarks/bench_training.py                      # CPU: SD 1.5 architecture, 256 px, fp32
     python benchmarks/bench_training.py --device cuda        # SD 1.5 at 512 px and SDXL at 1024 px, bf16
+    python benchmarks/bench_training.py --mixed_precision no,bf16 --modes latents+text --threads 2   # fp32 vs bf16
     python benchmarks/bench_training.py --tiny --steps 1 --warmup 0 --no-docs   # smoke test
 
 Timing: the first step is never timed (no event marks its start); then `--warmup` steps are dropped and
@@ -42,7 +43,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_section, markdown_table  # noqa: E402
 
 ADAPTERS = ("lora", "moslora")
+PRECISIONS = {
+    "no": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+}  # --mixed_precision: the saved model's dtype
 CACHE_MODES: dict[str, list[str]] = {
     "latents+text": [],
     "text": ["--random_flip"],
@@ -65,10 +71,11 @@ N_IMAGES = 4
 class Model:
     arch: str  # "sd1" or "sdxl"
     resolution: int
+    precision: str = "no"  # the trainer's --mixed_precision
 
     @property
     def label(self) -> str:
-        return f"{self.arch} {self.resolution} px"
+        return f"{self.arch} {self.resolution} px" + (f", {self.precision}" if self.precision != "no" else "")
 
 
 @dataclass
@@ -331,6 +338,23 @@ def tables(results: list[Result], cuda: bool) -> tuple[str, str]:
                             _ratio(mem(a), mem(b)),
                         ]
                     )
+    for model in dict.fromkeys(r.model for r in results):
+        if model.precision == "no":
+            continue
+        plain = replace(model, precision="no")
+        for mode in CACHE_MODES:
+            for adapter in ADAPTERS:
+                if (model, mode, adapter) in by_key and (plain, mode, adapter) in by_key:
+                    a, b = by_key[(model, mode, adapter)], by_key[(plain, mode, adapter)]
+                    ratio_rows.append(
+                        [
+                            model.label,
+                            f"{model.precision} / fp32, caches {mode}, {adapter}",
+                            _ratio(a.median, b.median),
+                            _ratio(a.cpu_median, b.cpu_median),
+                            _ratio(mem(a), mem(b)),
+                        ]
+                    )
     ratios = markdown_table(
         [
             "model",
@@ -369,9 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--modes", default=",".join(CACHE_MODES), help="cache modes to run, comma-separated")
     ap.add_argument(
         "--mixed_precision",
-        choices=("no", "fp16", "bf16"),
         default=None,
-        help="trainer's --mixed_precision; default no (CPU), bf16 (CUDA)",
+        help="trainer's --mixed_precision, or several side by side (no,bf16); default no (CPU), bf16 (CUDA)",
     )
     ap.add_argument(
         "--threads",
@@ -390,7 +413,12 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or not modes:
         ap.error(f"--modes: unknown {unknown}; choose from {', '.join(CACHE_MODES)}")
     cuda = args.device.startswith("cuda")
-    mixed = args.mixed_precision or ("bf16" if cuda else "no")
+    precisions = [
+        p.strip() for p in (args.mixed_precision or ("bf16" if cuda else "no")).split(",") if p.strip()
+    ]
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        ap.error(f"--mixed_precision: choose from {', '.join(PRECISIONS)} (comma-separated)")
+    mixed = ", ".join(precisions)
     # One thread on CPU: its CPU time per step is then the work done, whatever else runs on the machine;
     # with two OpenMP threads, a descheduled thread makes the other spin, inflating CPU time as well.
     threads = args.threads or (2 if cuda else 1)
@@ -402,10 +430,12 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-training-"))
     results: list[Result] = []
     try:
-        for model in models_for(args.device, args.tiny):
-            model_dir = tmp / model.arch
+        for model in [
+            replace(m, precision=p) for p in precisions for m in models_for(args.device, args.tiny)
+        ]:
+            model_dir = tmp / f"{model.arch}-{model.precision}"
             t0 = time.perf_counter()
-            save_dtype = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}[mixed]
+            save_dtype = PRECISIONS[model.precision]
             _, build_rss = run_forked(build_model_dir, model, args.tiny, save_dtype, str(model_dir))
             print(
                 f"built {model.label} ({save_dtype}) in {time.perf_counter() - t0:.0f}s, peak RSS {build_rss:.0f} MiB"
@@ -424,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                         mode=mode,
                         steps=args.steps,
                         warmup=args.warmup,
-                        mixed_precision=mixed,
+                        mixed_precision=model.precision,
                         device=args.device,
                         threads=threads,
                     )
@@ -459,6 +489,7 @@ def main(argv: list[str] | None = None) -> None:
                 [
                     dict(
                         arch=r.model.arch,
+                        precision=r.model.precision,
                         resolution=r.model.resolution,
                         mode=r.mode,
                         adapter=r.adapter,

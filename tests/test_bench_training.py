@@ -88,3 +88,29 @@ def test_tiny_benchmark_table(tmp_path):
 
     # --no-docs leaves docs/benchmarks.md alone
     assert (DOCS.read_text() if DOCS.exists() else None) == docs_before
+
+
+def test_precisions_are_compared_side_by_side_from_the_same_medians():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_training import Model, Result, tables
+
+    def result(precision: str, adapter: str, seconds: float) -> Result:
+        return Result(
+            Model("sd1", 256, precision), "latents+text", adapter, [seconds], [seconds], 1000.0, None, 9.0
+        )
+
+    results = [result("no", "lora", 3.0), result("no", "moslora", 3.3), result("bf16", "lora", 1.5),
+               result("bf16", "moslora", 2.2)]  # fmt: skip
+    per_config, ratio_text = tables(results, cuda=False)
+    assert [r["model"] for r in table_rows(per_config, "model")] == ["sd1 256 px"] * 2 + [
+        "sd1 256 px, bf16"
+    ] * 2
+    ratios = {
+        (r["model"], r["comparison"]): float(r["s/step ratio"]) for r in table_rows(ratio_text, "model")
+    }
+    assert ratios == pytest.approx({
+        ("sd1 256 px", "moslora / lora, caches latents+text"): 1.1,
+        ("sd1 256 px, bf16", "moslora / lora, caches latents+text"): 2.2 / 1.5,
+        ("sd1 256 px, bf16", "bf16 / fp32, caches latents+text, lora"): 0.5,
+        ("sd1 256 px, bf16", "bf16 / fp32, caches latents+text, moslora"): 2.2 / 3.3,
+    }, abs=1e-3)  # fmt: skip
