@@ -312,49 +312,27 @@ def tables(results: list[Result], cuda: bool) -> tuple[str, str]:
 
     by_key = {(r.model, r.mode, r.adapter): r for r in results}
     ratio_rows = []
+
+    def compare(model: Model, what: str, a: Result, b: Result) -> None:
+        ratio_rows.append([model.label, what, _ratio(a.median, b.median), _ratio(a.cpu_median, b.cpu_median),
+                           _ratio(mem(a), mem(b))])  # fmt: skip
+
     for model in dict.fromkeys(r.model for r in results):
         modes = [m for m in CACHE_MODES if (model, m, "lora") in by_key]
         for mode in modes:
-            a, b = by_key[(model, mode, "moslora")], by_key[(model, mode, "lora")]
-            ratio_rows.append(
-                [
-                    model.label,
-                    f"moslora / lora, caches {mode}",
-                    _ratio(a.median, b.median),
-                    _ratio(a.cpu_median, b.cpu_median),
-                    _ratio(mem(a), mem(b)),
-                ]
-            )
+            compare(model, f"moslora / lora, caches {mode}", by_key[(model, mode, "moslora")],
+                    by_key[(model, mode, "lora")])  # fmt: skip
         if "latents+text" in modes:
             for mode in modes[1:]:
                 for adapter in ADAPTERS:
-                    a, b = by_key[(model, "latents+text", adapter)], by_key[(model, mode, adapter)]
-                    ratio_rows.append(
-                        [
-                            model.label,
-                            f"cached / uncached, latents+text / {mode}, {adapter}",
-                            _ratio(a.median, b.median),
-                            _ratio(a.cpu_median, b.cpu_median),
-                            _ratio(mem(a), mem(b)),
-                        ]
-                    )
-    for model in dict.fromkeys(r.model for r in results):
-        if model.precision == "no":
-            continue
+                    compare(model, f"cached / uncached, latents+text / {mode}, {adapter}",
+                            by_key[(model, "latents+text", adapter)], by_key[(model, mode, adapter)])  # fmt: skip
         plain = replace(model, precision="no")
         for mode in CACHE_MODES:
             for adapter in ADAPTERS:
-                if (model, mode, adapter) in by_key and (plain, mode, adapter) in by_key:
-                    a, b = by_key[(model, mode, adapter)], by_key[(plain, mode, adapter)]
-                    ratio_rows.append(
-                        [
-                            model.label,
-                            f"{model.precision} / fp32, caches {mode}, {adapter}",
-                            _ratio(a.median, b.median),
-                            _ratio(a.cpu_median, b.cpu_median),
-                            _ratio(mem(a), mem(b)),
-                        ]
-                    )
+                if model != plain and (model, mode, adapter) in by_key and (plain, mode, adapter) in by_key:
+                    compare(model, f"{model.precision} / fp32, caches {mode}, {adapter}",
+                            by_key[(model, mode, adapter)], by_key[(plain, mode, adapter)])  # fmt: skip
     ratios = markdown_table(
         [
             "model",
