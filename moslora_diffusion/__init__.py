@@ -27,7 +27,7 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-prepare_environment()  # before torch starts MKL and OpenMP: reproducible math, polite waiting
+prepare_environment()  # before torch starts MKL: reproducible math
 install_when_imported()
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MoSLoraError, RequestError
+from .process_env import prepare_entry_point
 from .quiet import quiet_entry_point
 
 
@@ -400,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prepare_entry_point()  # before any subcommand imports torch
     quiet_entry_point()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

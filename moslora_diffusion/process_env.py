@@ -1,24 +1,56 @@
-"""Process settings the package makes at import, before torch starts its math libraries (no torch import).
+"""Process settings made before torch starts its math libraries (this module never imports torch).
 
-``MKL_CBWR=AUTO``: MKL's reproducible mode, so that the same seed gives the same bytes
-(:mod:`moslora_diffusion.reproducible` checks it before training).
-A value the user set is kept. MKL reads it at its first call, so it acts on the entry points (training
-script, CLI, web UI) and on any code that imports ``moslora_diffusion`` before its first matrix product.
+At package import, for everyone: ``MKL_CBWR=AUTO``, MKL's reproducible mode, so that the same seed gives
+the same bytes (:mod:`moslora_diffusion.reproducible` checks it before training). MKL reads it at its first
+call, so it acts on the entry points and on any code that imports ``moslora_diffusion`` before its first
+matrix product.
 
-OpenMP's waiting (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) is left alone: `benchmarks/bench_contention.py`
-measured no setting that helps two trainings on the same cores without costing a lone one (docs/benchmarks.md).
+At our entry points only (training script, CLI, web UI): ``GOMP_SPINCOUNT=1000``, so that an OpenMP
+thread waiting at the end of a parallel region spins briefly (tens of microseconds) and then sleeps.
+libgomp's default spin (300,000 pauses: milliseconds) holds the core; with a second CPU-heavy process on
+the same cores (another training, the web UI generating, a test) the processes' spinning threads take the
+cores from each other's working ones and a training step can get 100× slower. ``OMP_WAIT_POLICY=PASSIVE``
+(no spin) fixes that too but costs a quarter of a toy step on a quiet machine, as every region then wakes
+its threads; the short spin costs nothing measurable there (`benchmarks/bench_contention.py`,
+docs/benchmarks.md). libgomp (torch's OpenMP on Linux) reads it when torch loads, so entry points call
+:func:`prepare_entry_point` before anything imports torch; other OpenMP runtimes ignore it.
+
+A value the user set for any of these is kept.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-__all__ = ["MKL_MODE_VARIABLE", "prepare_environment"]
+__all__ = [
+    "MKL_MODE_VARIABLE",
+    "OPENMP_SPIN",
+    "OPENMP_WAIT_VARIABLES",
+    "prepare_entry_point",
+    "prepare_environment",
+]
 
 MKL_MODE_VARIABLE = "MKL_CBWR"
 MKL_MODE = "AUTO"
+# Any of these set by the user means they chose how OpenMP threads wait (libgomp, LLVM / Intel OpenMP).
+OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+OPENMP_SPIN = ("GOMP_SPINCOUNT", "1000")
 
 
 def prepare_environment() -> None:
-    """Set the defaults above in ``os.environ`` where the user has not chosen."""
+    """Set the package-wide defaults above in ``os.environ`` where the user has not chosen."""
     os.environ.setdefault(MKL_MODE_VARIABLE, MKL_MODE)
+
+
+def prepare_entry_point() -> bool:
+    """Entry points: a short OpenMP spin where the user has not chosen how threads wait; True if set here.
+
+    Does nothing once torch is imported (libgomp has read its settings: the process is someone else's
+    program calling ours, e.g. a test, and its children keep its environment).
+    """
+    if any(name in os.environ for name in OPENMP_WAIT_VARIABLES) or "torch" in sys.modules:
+        return False
+    name, value = OPENMP_SPIN
+    os.environ[name] = value
+    return True

@@ -18,11 +18,15 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moslora_diffusion import toyworld
-from moslora_diffusion.errors import MoSLoraError
-from moslora_diffusion.quiet import quiet_entry_point
-from moslora_diffusion.toyworld.quality import scorer_for
-from moslora_diffusion.training import parse_args, run_training
+from moslora_diffusion.process_env import prepare_entry_point
+
+prepare_entry_point()  # before anything below loads torch
+
+from moslora_diffusion import toyworld  # noqa: E402
+from moslora_diffusion.errors import MoSLoraError  # noqa: E402
+from moslora_diffusion.quiet import quiet_entry_point  # noqa: E402
+from moslora_diffusion.toyworld.quality import scorer_for  # noqa: E402
+from moslora_diffusion.training import parse_args, run_training  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

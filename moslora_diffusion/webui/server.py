@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..process_env import prepare_entry_point
 from ..quiet import quiet_entry_point
 
 __all__ = ["build_parser", "default_base_model", "create_app", "launch", "main"]
@@ -169,6 +170,7 @@ def launch(demo, args: argparse.Namespace, engine, prevent_thread_lock: bool = F
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python app/app.py`` and ``moslora-diffusion app``."""
+    prepare_entry_point()  # before the app imports torch
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_entry_point()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
