@@ -3,14 +3,15 @@
 Each run is a DreamBooth training in a fresh process with the default thread count (all cores): the toy
 world (rank 8, no validation) or the SD 1.5 architecture (random weights, 256 px, rank 4, caches on).
 "Two at once" starts two such processes together. Settings: libgomp's default (300,000 spins before a
-waiting thread sleeps), shorter spins (``GOMP_SPINCOUNT``; the entry points set 1,000 where the user chose
+waiting thread sleeps), shorter spins (``GOMP_SPINCOUNT``; the entry points set 2,000 where the user chose
 nothing: :func:`moslora_diffusion.process_env.prepare_entry_point`) and ``OMP_WAIT_POLICY=PASSIVE``.
 The table shows each process's median step time (the first steps left out): alone, the best of the
 alternating rounds; two at once, every process of every round (min–max), and both against the default's
 time alone, which is what a user had before.
 
-    python benchmarks/bench_contention.py                      # toy and SD 1.5 architecture, 2 rounds
+    python benchmarks/bench_contention.py --settings default entry spin1000 passive   # toy and SD 1.5, 2 rounds
     python benchmarks/bench_contention.py --jobs toy --rounds 3 --no-docs
+    python benchmarks/bench_contention.py --settings default entry --alone-rounds 6 --rounds 0   # cost alone
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from _common import append_section, markdown_table  # noqa: E402
 from moslora_diffusion.process_env import OPENMP_SPIN, OPENMP_WAIT_VARIABLES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# key: (label, environment); the first is the reference of both ratios.
 SETTINGS = {
-    "libgomp's default (nothing set)": {},
-    "GOMP_SPINCOUNT=3000": {"GOMP_SPINCOUNT": "3000"},
-    f"{'='.join(OPENMP_SPIN)} (entry points' default)": dict([OPENMP_SPIN]),
-    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "default": ("libgomp's default (nothing set)", {}),
+    "spin3000": ("GOMP_SPINCOUNT=3000", {"GOMP_SPINCOUNT": "3000"}),
+    "entry": (f"{'='.join(OPENMP_SPIN)} (entry points' default)", dict([OPENMP_SPIN])),
+    "spin1000": ("GOMP_SPINCOUNT=1000", {"GOMP_SPINCOUNT": "1000"}),
+    "passive": ("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
 JOBS = {
     "toy": ("toy world, 32 px, rank 8, 50 steps", 50, 10),
@@ -89,52 +92,63 @@ def _prepare_sd1(tmp: str) -> list[str]:
     return [f"{tmp}/sd1", f"{tmp}/images"]
 
 
-def measure(job: str, rounds: int, tmp: str) -> list[list[str]]:
+def measure(job: str, settings: list[str], alone_rounds: int, rounds: int, tmp: str) -> list[list[str]]:
     """Rows of the table for one job: alone (alternating settings), then two at once."""
     data = _prepare_sd1(tmp) if job == "sd1" else []
-    alone: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    together: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    alone: dict[str, list[float]] = {key: [] for key in settings}
+    together: dict[str, list[float]] = {key: [] for key in settings}
+    for i in range(alone_rounds):
+        for key in settings[:: 1 if i % 2 == 0 else -1]:
+            alone[key] += _median_step([_start(job, SETTINGS[key][1], f"{tmp}/a", data)])
+            print(job, key, "alone", alone[key][-1], flush=True)
     for i in range(rounds):
-        for name in list(SETTINGS)[:: 1 if i % 2 == 0 else -1]:
-            alone[name] += _median_step([_start(job, SETTINGS[name], f"{tmp}/a", data)])
-            print(job, name, "alone", alone[name][-1], flush=True)
-    for i in range(rounds):
-        for name in list(SETTINGS)[:: 1 if i % 2 == 0 else -1]:
-            together[name] += _median_step(
-                [_start(job, SETTINGS[name], f"{tmp}/b{k}", data) for k in range(2)]
+        for key in settings[:: 1 if i % 2 == 0 else -1]:
+            together[key] += _median_step(
+                [_start(job, SETTINGS[key][1], f"{tmp}/b{k}", data) for k in range(2)]
             )
-            print(job, name, "two at once", together[name][-2:], flush=True)
-    default = min(alone[next(iter(SETTINGS))])
+            print(job, key, "two at once", together[key][-2:], flush=True)
+    default = min(alone[settings[0]])
+    default_median = sorted(alone[settings[0]])[len(alone[settings[0]]) // 2]
     rows = []
-    for name in SETTINGS:
-        quiet, busy = min(alone[name]), together[name]
-        rows.append([JOBS[job][0], name, f"{1000 * quiet:.0f}", f"{quiet / default:.2f}",
-                     f"{1000 * min(busy):.0f}–{1000 * max(busy):.0f}",
-                     f"{min(busy) / default:.1f}–{max(busy) / default:.1f}"])  # fmt: skip
+    for key in settings:
+        quiet, busy = min(alone[key]), together[key]
+        spread = "–".join(dict.fromkeys(f"{1000 * t:.0f}" for t in (min(busy), max(busy)))) if busy else "—"
+        ratio = "–".join(dict.fromkeys(f"{t / default:.1f}" for t in (min(busy), max(busy)))) if busy else "—"
+        median = sorted(alone[key])[len(alone[key]) // 2]
+        rows.append([JOBS[job][0], SETTINGS[key][0], f"{1000 * quiet:.0f}", f"{1000 * median:.0f}",
+                     f"{quiet / default:.2f} ({median / default_median:.2f})", spread, ratio])  # fmt: skip
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS))
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+                        help="the first is the reference of the ratios")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each kind, alternating settings")
+    parser.add_argument("--alone-rounds", type=int, help="rounds alone (default: --rounds); "
+                        "with --rounds 0 only the cost alone is measured")  # fmt: skip
     parser.add_argument(
         "--no-docs", action="store_true", help="print only; do not append to docs/benchmarks.md"
     )
     args = parser.parse_args(argv)
+    alone_rounds = args.rounds if args.alone_rounds is None else args.alone_rounds
+    if alone_rounds < 1:
+        parser.error("at least one round alone: the ratios need the time alone")
     rows = []
     for job in args.jobs:
         with tempfile.TemporaryDirectory(prefix="bench-contention-") as tmp:
-            rows += measure(job, args.rounds, tmp)
-    headers = ["job", "OpenMP waiting", "alone, ms/step", "alone / default alone",
-               "two at once, ms/step (each process)", "two at once / default alone"]  # fmt: skip
+            rows += measure(job, args.settings, alone_rounds, args.rounds, tmp)
+    headers = ["job", "OpenMP waiting", "alone, ms/step (best)", "alone, ms/step (median)",
+               "alone / reference: best (median)", "two at once, ms/step (each process)",
+               "two at once / reference's best alone"]  # fmt: skip
     table = markdown_table(headers, rows)
     print(table)
     if not args.no_docs:
         body = (f"DreamBooth training, default thread count ({os.cpu_count()} cores), each run a fresh process; "
-                f"alone: best of {args.rounds} alternating runs; two at once: every process of {args.rounds} "
-                "rounds (min–max). Both ratios are against libgomp's default alone: the step a user had on a "
-                f"quiet machine before.\n\n{table}")  # fmt: skip
+                f"alone: best and median of {alone_rounds} alternating runs; two at once: every process of "
+                f"{args.rounds} rounds (min–max). Both ratios are against the best time alone of "
+                f"{SETTINGS[args.settings[0]][0]}: the step a user had on a quiet machine before.\n\n{table}")  # fmt: skip
         append_section("Two trainings at once: OpenMP waiting", body)
 
 

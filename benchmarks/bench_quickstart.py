@@ -32,10 +32,12 @@ DEFAULT_SETTINGS = {"fixed 300 steps": [], "with --stop_when_learned": ["--stop_
 QUALITY = re.compile(r"step (\d+): subject fidelity (\d+)%, prompt fidelity (\d+)%, ordinary prompts (\d+)%")
 
 
-def run(seed: int, flags: list[str], folder: Path) -> dict[str, float]:
+def run(seed: int, flags: list[str], folder: Path, env: dict[str, str] | None = None) -> dict[str, float]:
     cmd = [sys.executable, "-m", "moslora_diffusion.cli", "quickstart", "--seed", str(seed), "--output_dir",
            str(folder), "--overwrite_output_dir", *flags]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", **_env()})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", **_env(), **(env or {})}
+    )
     text = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(text[-3000:])
@@ -64,12 +66,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--setting", action="append", default=[], metavar="LABEL=FLAGS",
                         help="a further setting to compare, e.g. 'validation every 100=--validation_steps 100'")  # fmt: skip
+    parser.add_argument("--env-setting", action="append", default=[], metavar="LABEL=NAME=VALUE[,NAME=VALUE]",
+                        help="a further setting made by environment variables, e.g. "
+                        "'libgomp default spin=GOMP_SPINCOUNT=300000'")  # fmt: skip
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     args = parser.parse_args()
     settings = dict(DEFAULT_SETTINGS)
+    envs: dict[str, dict[str, str]] = {}
     for item in args.setting:
         label, _, flags = item.partition("=")
         settings[label.strip()] = flags.split()
+    for item in args.env_setting:
+        label, _, assignments = item.partition("=")
+        settings[label.strip()] = []
+        envs[label.strip()] = dict(a.split("=", 1) for a in assignments.split(","))
     labels = list(settings)
     results: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory(prefix="bench-quickstart-") as tmp:
@@ -77,7 +87,7 @@ def main() -> None:
             for j in range(len(labels)):
                 label = labels[(i + j) % len(labels)]  # each seed starts with the next setting
                 results[label].append(
-                    run(seed, settings[label], Path(tmp) / f"s{seed}-{labels.index(label)}")
+                    run(seed, settings[label], Path(tmp) / f"s{seed}-{labels.index(label)}", envs.get(label))
                 )
                 print(seed, label, results[label][-1], flush=True)
     rows = []
@@ -87,7 +97,8 @@ def main() -> None:
         seconds = statistics.mean(x["seconds"] for x in r)
         validation = statistics.mean(x["validation"] for x in r)
         rows.append([
-            label + (f" (`{' '.join(settings[label])}`)" if settings[label] else ""),
+            label + (f" (`{' '.join(settings[label])}`)" if settings[label] else "")
+            + (f" (`{' '.join(f'{k}={v}' for k, v in envs[label].items())}`)" if label in envs else ""),
             f"{seconds:.1f}", f"{validation:.1f} ({100 * validation / seconds:.0f} %)", f"{seconds / base:.2f}",
             " ".join(str(x["steps"]) for x in r), " ".join(str(x["kept"]) for x in r),
             " ".join(f"{x['fidelity']:.0f}" for x in r), " ".join(f"{x['ordinary']:.0f}" for x in r),

@@ -5,15 +5,16 @@ the same bytes (:mod:`moslora_diffusion.reproducible` checks it before training)
 call, so it acts on the entry points and on any code that imports ``moslora_diffusion`` before its first
 matrix product.
 
-At our entry points only (training script, CLI, web UI): ``GOMP_SPINCOUNT=1000``, so that an OpenMP
+At our entry points only (training script, CLI, web UI): ``GOMP_SPINCOUNT=2000``, so that an OpenMP
 thread waiting at the end of a parallel region spins briefly (tens of microseconds) and then sleeps.
 libgomp's default spin (300,000 pauses: milliseconds) holds the core; with a second CPU-heavy process on
 the same cores (another training, the web UI generating, a test) the processes' spinning threads take the
 cores from each other's working ones and a training step can get 100× slower. ``OMP_WAIT_POLICY=PASSIVE``
-(no spin) fixes that too but costs a quarter of a toy step on a quiet machine, as every region then wakes
-its threads; the short spin costs nothing measurable there (`benchmarks/bench_contention.py`,
-docs/benchmarks.md). libgomp (torch's OpenMP on Linux) reads it when torch loads, so entry points call
-:func:`prepare_entry_point` before anything imports torch; other OpenMP runtimes ignore it.
+(no spin) and shorter spins fix that too but cost up to a quarter of a toy step on a quiet machine, as
+regions then wake sleeping threads; 2,000 costs nothing measurable there (`benchmarks/bench_contention.py`,
+`benchmarks/bench_quickstart.py`, docs/benchmarks.md). A pause takes fewer cycles on some CPUs, so the same
+count is a shorter spin there. libgomp (torch's OpenMP on Linux) reads it when torch loads, so entry points
+call :func:`prepare_entry_point` before anything imports torch; other OpenMP runtimes ignore it.
 
 A value the user set for any of these is kept.
 """
@@ -35,7 +36,7 @@ MKL_MODE_VARIABLE = "MKL_CBWR"
 MKL_MODE = "AUTO"
 # Any of these set by the user means they chose how OpenMP threads wait (libgomp, LLVM / Intel OpenMP).
 OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-OPENMP_SPIN = ("GOMP_SPINCOUNT", "1000")
+OPENMP_SPIN = ("GOMP_SPINCOUNT", "2000")
 
 
 def prepare_environment() -> None:
