@@ -5,9 +5,9 @@ world (rank 8, no validation) or the SD 1.5 architecture (random weights, 256 px
 "Two at once" starts two such processes together. Settings: libgomp's default (300,000 spins before a
 waiting thread sleeps), shorter spins (``GOMP_SPINCOUNT``; the entry points set 2,000 where the user chose
 nothing: :func:`moslora_diffusion.process_env.prepare_entry_point`) and ``OMP_WAIT_POLICY=PASSIVE``.
-The table shows each process's median step time (the first steps left out): alone, the best of the
-alternating rounds; two at once, every process of every round (min–max), and both against the default's
-time alone, which is what a user had before.
+The table shows each process's median step time (the first steps left out): alone, the best and the median
+of the alternating rounds; two at once, every process of every round (min–max); the ratios are against the
+first setting's time alone (libgomp's default by default: what a user had before).
 
     python benchmarks/bench_contention.py --settings default entry spin1000 passive   # toy and SD 1.5, 2 rounds
     python benchmarks/bench_contention.py --jobs toy --rounds 3 --no-docs
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,9 +40,10 @@ SETTINGS = {
     "spin1000": ("GOMP_SPINCOUNT=1000", {"GOMP_SPINCOUNT": "1000"}),
     "passive": ("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
+# key: (description, steps, first steps left out of the median)
 JOBS = {
-    "toy": ("toy world, 32 px, rank 8, 50 steps", 50, 10),
-    "sd1": ("SD 1.5 architecture, 256 px, rank 4, 7 steps", 7, 2),
+    "toy": ("toy world, 32 px, rank 8", 50, 10),
+    "sd1": ("SD 1.5 architecture, 256 px, rank 4", 7, 2),
 }
 # The child trains and prints its median step time; argv: output folder, job, steps, steps left out,
 # [model folder, image folder].
@@ -107,16 +109,17 @@ def measure(job: str, settings: list[str], alone_rounds: int, rounds: int, tmp: 
                 [_start(job, SETTINGS[key][1], f"{tmp}/b{k}", data) for k in range(2)]
             )
             print(job, key, "two at once", together[key][-2:], flush=True)
-    default = min(alone[settings[0]])
-    default_median = sorted(alone[settings[0]])[len(alone[settings[0]]) // 2]
+    reference = alone[settings[0]]
     rows = []
     for key in settings:
-        quiet, busy = min(alone[key]), together[key]
-        spread = "–".join(dict.fromkeys(f"{1000 * t:.0f}" for t in (min(busy), max(busy)))) if busy else "—"
-        ratio = "–".join(dict.fromkeys(f"{t / default:.1f}" for t in (min(busy), max(busy)))) if busy else "—"
-        median = sorted(alone[key])[len(alone[key]) // 2]
-        rows.append([JOBS[job][0], SETTINGS[key][0], f"{1000 * quiet:.0f}", f"{1000 * median:.0f}",
-                     f"{quiet / default:.2f} ({median / default_median:.2f})", spread, ratio])  # fmt: skip
+        quiet, busy = alone[key], together[key]
+        low_high = (min(busy), max(busy)) if busy else ()
+        spread = "–".join(dict.fromkeys(f"{1000 * t:.0f}" for t in low_high)) or "—"
+        ratio = "–".join(dict.fromkeys(f"{t / min(reference):.1f}" for t in low_high)) or "—"
+        cost = f"{min(quiet) / min(reference):.2f} ({statistics.median(quiet) / statistics.median(reference):.2f})"
+        description, steps, _ = JOBS[job]
+        rows.append([f"{description}, {steps} steps", SETTINGS[key][0], f"{1000 * min(quiet):.0f}",
+                     f"{1000 * statistics.median(quiet):.0f}", cost, spread, ratio])  # fmt: skip
     return rows
 
 

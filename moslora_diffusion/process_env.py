@@ -11,9 +11,9 @@ libgomp's default spin (300,000 pauses: milliseconds) holds the core; with a sec
 the same cores (another training, the web UI generating, a test) the processes' spinning threads take the
 cores from each other's working ones and a training step can get 100× slower. ``OMP_WAIT_POLICY=PASSIVE``
 (no spin) and shorter spins fix that too but cost up to a quarter of a toy step on a quiet machine, as
-regions then wake sleeping threads; 2,000 costs nothing measurable there (`benchmarks/bench_contention.py`,
-`benchmarks/bench_quickstart.py`, docs/benchmarks.md). A pause takes fewer cycles on some CPUs, so the same
-count is a shorter spin there. libgomp (torch's OpenMP on Linux) reads it when torch loads, so entry points
+regions then wake sleeping threads; 2,000 costs 4–6 % of a toy step and nothing measurable on the SD 1.5
+architecture (`benchmarks/bench_contention.py`, `benchmarks/bench_quickstart.py`, docs/benchmarks.md). A
+pause takes fewer cycles on some CPUs, so the same count is a shorter spin there. libgomp (torch's OpenMP on Linux) reads it when torch loads, so entry points
 call :func:`prepare_entry_point` before anything imports torch; other OpenMP runtimes ignore it.
 
 A value the user set for any of these is kept.
@@ -44,14 +44,13 @@ def prepare_environment() -> None:
     os.environ.setdefault(MKL_MODE_VARIABLE, MKL_MODE)
 
 
-def prepare_entry_point() -> bool:
-    """Entry points: a short OpenMP spin where the user has not chosen how threads wait; True if set here.
+def prepare_entry_point() -> None:
+    """Entry points: a short OpenMP spin where the user has not chosen how threads wait.
 
     Does nothing once torch is imported (libgomp has read its settings: the process is someone else's
     program calling ours, e.g. a test, and its children keep its environment).
     """
     if any(name in os.environ for name in OPENMP_WAIT_VARIABLES) or "torch" in sys.modules:
-        return False
+        return
     name, value = OPENMP_SPIN
     os.environ[name] = value
-    return True
