@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_section, markdown_table  # noqa: E402
 
 SUMMARY = re.compile(
-    r"^(finished|learnt): (\d+)/(\d+) steps in (\d+)s(?: \(validation (\d+)s\))?", re.MULTILINE
+    r"^(finished|learnt): (\d+)/(\d+) steps in (\d+)s(?: \(validation ([\d.]+)s\))?", re.MULTILINE
 )
 DEFAULT_SETTINGS = {"fixed 300 steps": [], "with --stop_when_learned": ["--stop_when_learned"]}
 QUALITY = re.compile(r"step (\d+): subject fidelity (\d+)%, prompt fidelity (\d+)%, ordinary prompts (\d+)%")

@@ -74,7 +74,7 @@ def run_quickstart(argv: Sequence[str] | None = None) -> Path:
     path = Path(result.output_dir) / GRID_NAME
     grid.save(path)
     print(
-        f"\nTrained in {time.time() - started:.0f}s (validation {result.validation_s:.0f}s). Adapter: {result.weights_path}"
+        f"\nTrained in {time.time() - started:.0f}s (validation {result.validation_s:.1f}s). Adapter: {result.weights_path}"
     )
     print(f"Comparison grid (rows: prompts; left: base model, right: with the adapter): {path}")
     print(f"Model card: {Path(result.output_dir) / 'README.md'}")

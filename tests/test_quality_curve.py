@@ -67,3 +67,51 @@ def test_toy_scorer_reads_the_base_model(tmp_path):
     assert set(scores) == {"subject fidelity", "prompt fidelity", "ordinary prompts"}
     assert scores["subject fidelity"] <= 0.25  # the base model has never seen the subject
     assert scores["ordinary prompts"] >= 0.5  # and draws ordinary held-out prompts well
+
+
+def test_a_scorer_with_a_request_shares_the_validation_call(tmp_path, monkeypatch):
+    """The scorer's panel and the validation prompt's images are drawn in one pipeline call per validation;
+    the scorer gets its own images, the grid the others."""
+    from diffusers import StableDiffusionPipeline
+
+    from moslora_diffusion.sampling import SampleRequest
+
+    model = save_tiny_pipeline("sd1", tmp_path / "sd1")
+    data = _subject(tmp_path / "data")
+    batches = []
+    real_call = StableDiffusionPipeline.__call__
+
+    def counting_call(self, *args, **kwargs):
+        batches.append(len(kwargs["prompt"]))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", counting_call)
+
+    class PanelLike:
+        request = SampleRequest(("a photo of a blob",) * 3, (7, 8, 9), 2, 5.0, 32, 32)
+        received: list = []
+
+        def score(self, images):
+            self.received.append(images)
+            return {"subject fidelity": 0.5}
+
+        def __call__(self, pipe):  # not used when the trainer can draw the request itself
+            raise AssertionError("the trainer should draw the request")
+
+    scorer = PanelLike()
+    argv = ["--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(data),
+            "--instance_prompt", "a sks blob", "--output_dir", str(tmp_path / "out"), "--resolution", "32",
+            "--seed", "0", "--max_train_steps", "4", "--validation_steps", "2", "--validation_prompt",
+            "a sks blob", "--num_validation_images", "2", "--validation_inference_steps", "2"]  # fmt: skip
+    result = run_training(parse_args(argv), scorer=scorer)
+    assert result.steps_done == 4
+    assert batches == [5, 5]  # steps 2 and 4: 3 panel images + 2 samples, one call each
+    assert [len(images) for images in scorer.received] == [3, 3]
+    assert all(im.size == (32, 32) for images in scorer.received for im in images)
+    assert (tmp_path / "out" / "validation" / "step-000004.png").is_file()
+    # a different sampler setting cannot share the call: two calls per validation
+    batches.clear()
+    scorer.received.clear()
+    run_training(parse_args([*argv, "--output_dir", str(tmp_path / "out2"), "--validation_inference_steps", "3"]),
+                 scorer=scorer)  # fmt: skip
+    assert sorted(batches) == [2, 2, 3, 3] and len(scorer.received) == 2

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from moslora_diffusion import sampling
 from moslora_diffusion.compat import adapter_layers
 from moslora_diffusion.training import TrainConfigError, parse_args, validate_config
 from moslora_diffusion.training import signals as sig
@@ -261,7 +262,8 @@ def test_validation_samples_with_merged_adapters_and_gives_every_base_weight_bac
     pipe = validation.build_pipeline(run.comps, run.unet, run.text_encoders)
 
     def sample():
-        return validation.generate_samples(pipe, "a sks blob", 2, 32, 4, 5.0, 0, torch.device("cpu"))
+        request = sampling.SampleRequest(("a sks blob",) * 2, (0, 1), 4, 5.0, 32, 32)
+        return sampling.draw(pipe, [request])[0]
 
     import numpy as np
 

@@ -47,29 +47,14 @@ def generate(
     progress: bool = False,
 ) -> list[Image.Image]:
     """One image per (prompt, seed) with the default sampler settings (overridable by ``settings``)."""
-    import torch
     from tqdm.auto import tqdm
 
-    from .models import default_sampler_settings
+    from ..sampling import draw
+    from .models import sample_request
 
-    if len(prompts) != len(seeds):
-        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    s = default_sampler_settings()
-    s.update(settings or {})
-    images: list[Image.Image] = []
-    starts = range(0, len(prompts), batch_size)
-    for i in tqdm(starts, desc="sampling", disable=not progress):
-        gens = [torch.Generator().manual_seed(int(x)) for x in seeds[i : i + batch_size]]
-        out = pipe(
-            prompt=list(prompts[i : i + batch_size]),
-            generator=gens,
-            num_inference_steps=s["num_inference_steps"],
-            guidance_scale=s["guidance_scale"],
-            height=s["height"],
-            width=s["width"],
-        )
-        images.extend(out.images)
-    return images
+    request = sample_request(prompts, seeds, settings)
+    with tqdm(total=len(prompts), desc="sampling", unit="image", disable=not progress) as bar:
+        return draw(pipe, [request], max_batch=batch_size, progress=bar.update)[0]
 
 
 def combo_caption(combo: tuple[str, ...]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .render import RESOLUTION
@@ -109,3 +110,15 @@ def default_sampler_settings() -> dict[str, Any]:
         "height": RESOLUTION,
         "width": RESOLUTION,
     }
+
+
+def sample_request(prompts: Sequence[str], seeds: Sequence[int], settings: dict[str, Any] | None = None):
+    """A :class:`~moslora_diffusion.sampling.SampleRequest` with the toy model's sampler settings (each
+    overridable by ``settings``)."""
+    from ..sampling import SampleRequest
+
+    s = default_sampler_settings() | (settings or {})
+    return SampleRequest(
+        tuple(prompts), tuple(int(x) for x in seeds),
+        s["num_inference_steps"], float(s["guidance_scale"]), s["height"], s["width"],
+    )  # fmt: skip

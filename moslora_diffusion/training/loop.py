@@ -21,6 +21,7 @@ import torch
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
+from .. import sampling
 from ..compat import reset_accelerate_state
 from ..errors import NonFiniteLossError
 from ..reproducible import require_reproducible_math
@@ -72,8 +73,10 @@ def run_training(
     `--validation_steps`, with or without a validation prompt) and at the end it gets a text-to-image
     pipeline around the models being trained and returns named scores in [0, 1]. They are sent as "scores"
     events, printed, kept in checkpoints (a resumed run continues the curve) and written to `quality.json` and
-    `quality_curve.png`. The toy world's scorer (`moslora_diffusion.toyworld.quality`) reports subject and
-    prompt fidelity; any other data set can bring its own.
+    `quality_curve.png`. A scorer that also has `request` (a `sampling.SampleRequest`) and `score(images)`
+    gets its images drawn in the same pipeline calls as the validation prompt's instead. The toy world's
+    scorer (`moslora_diffusion.toyworld.quality`) reports subject and prompt fidelity; any other data set can
+    bring its own.
     """
     validate_config(cfg)
     cfg = with_dataset_settings(cfg)  # a dataset file's resolution, batch size and buckets
@@ -414,10 +417,28 @@ class Trainer:
                     if cfg.merged_validation
                     else contextlib.nullcontext()
                 )
-                with merged:
-                    self._score(pipe)
-                    if cfg.validation_prompt:
-                        self._sample(pipe)
+                with merged, torch.no_grad(), self.accelerator.autocast():
+                    self._draw_and_score(pipe)
+
+    def _draw_and_score(self, pipe: Any) -> None:
+        """Draw the scorer's images and the validation prompt's in shared pipeline calls; score and show them."""
+        cfg = self.cfg
+        scoring = self.scorer is not None and not any(q["step"] == self.global_step for q in self.quality)
+        requests: dict[str, sampling.SampleRequest] = {}
+        if scoring and hasattr(self.scorer, "request"):
+            requests["score"] = self.scorer.request
+        if cfg.validation_prompt:
+            n = cfg.num_validation_images
+            requests["sample"] = sampling.SampleRequest(
+                (cfg.validation_prompt,) * n, tuple(self.run.seed + k for k in range(n)),
+                cfg.validation_inference_steps, cfg.validation_guidance_scale,
+                self.run.resolution, self.run.resolution,
+            )  # fmt: skip
+        drawn = dict(zip(requests, sampling.draw(pipe, list(requests.values()))))
+        if scoring:
+            self._record_scores(self.scorer.score(drawn["score"]) if "score" in drawn else self.scorer(pipe))
+        if "sample" in drawn:
+            self._show_samples(drawn["sample"])
 
     def _measure_signals(self, step: int | None = None) -> None:
         step = self.global_step if step is None else step
@@ -441,29 +462,15 @@ class Trainer:
             if self.learned:
                 tqdm.write(f"step {self.global_step}: subject learnt, stopping: {self.learned}")
 
-    def _score(self, pipe: Any) -> None:
-        if self.scorer is None or any(q["step"] == self.global_step for q in self.quality):
-            return
-        with torch.no_grad(), self.accelerator.autocast():
-            scores = {k: float(v) for k, v in self.scorer(pipe).items()}
+    def _record_scores(self, raw: dict[str, Any]) -> None:
+        scores = {k: float(v) for k, v in raw.items()}
         self.quality.append({"step": self.global_step, **scores})
         text = ", ".join(f"{k} {100 * v:.0f}%" for k, v in scores.items())
         tqdm.write(f"step {self.global_step}: {text}")
         self.emit(TrainEvent("scores", self.global_step, self.max_steps, scores=scores, message=text))
 
-    def _sample(self, pipe: Any) -> None:
-        cfg, run, accelerator = self.cfg, self.run, self.accelerator
-        with accelerator.autocast():
-            images = validation.generate_samples(
-                pipe,
-                cfg.validation_prompt,
-                cfg.num_validation_images,
-                run.resolution,
-                cfg.validation_inference_steps,
-                cfg.validation_guidance_scale,
-                run.seed,
-                accelerator.device,
-            )
+    def _show_samples(self, images: list[Any]) -> None:
+        cfg, accelerator = self.cfg, self.accelerator
         self.last_grid = validation.save_grid(images, self.out, self.global_step)
         if cfg.report_to == "tensorboard":
             import numpy as np
@@ -497,7 +504,7 @@ class Trainer:
         summary = (
             f"{ending}: {self.global_step}/{self.max_steps} steps "
             f"in {time.time() - started:.0f}s"
-            + (f" (validation {self.validation_s:.0f}s)" if self.validation_s else "")
+            + (f" (validation {self.validation_s:.1f}s)" if self.validation_s else "")
             + (
                 f", loss {final_loss:.4f} (mean of last {len(window)}: {sum(window) / len(window):.4f})"
                 if window

@@ -64,30 +64,6 @@ def build_pipeline(comps: Components, unet: torch.nn.Module, text_encoders: list
     return pipe
 
 
-@torch.no_grad()
-def generate_samples(
-    pipe: Any,
-    prompt: str,
-    num_images: int,
-    resolution: int,
-    num_inference_steps: int,
-    guidance_scale: float,
-    seed: int,
-    device: torch.device,
-) -> list[Image.Image]:
-    """`num_images` samples of `prompt`, the same seeds every time (so validations are comparable)."""
-    generator = torch.Generator(device=device.type if device.type != "mps" else "cpu").manual_seed(seed)
-    return pipe(
-        prompt,
-        num_images_per_prompt=num_images,
-        height=resolution,
-        width=resolution,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        generator=generator,
-    ).images
-
-
 def save_grid(images: list[Image.Image], output_dir: str | Path, step: int) -> Path:
     """Write `output_dir/validation/step-<step>.png` atomically and return its path."""
     folder = Path(output_dir) / VALIDATION_DIR

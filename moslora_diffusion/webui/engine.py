@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ..formats.inspect import describe_adapter_file, read_adapter_header
 from ..loading import check_file_fits, install_pipeline_methods
+from ..sampling import make_scheduler
 from .adapter_files import ADAPTER_SUFFIX, list_adapters, preview_path, safe_adapter_path
 from .pngmeta import format_adapters, format_parameters, save_png
 from .requests import (
@@ -400,12 +401,7 @@ class Engine:
 
     def _scheduler(self, name: str):
         if name not in self._schedulers:
-            import diffusers
-
-            cls_name, extra = SCHEDULERS[name]
-            self._schedulers[name] = getattr(diffusers, cls_name).from_config(
-                {**self._base_scheduler_config, **extra}
-            )
+            self._schedulers[name] = make_scheduler(name, self._base_scheduler_config)
         return self._schedulers[name]
 
     def _acquire(self) -> None:

@@ -1,4 +1,5 @@
-"""What a generation request may ask for: its fields, the bounds of every number, the samplers, and the check
+"""What a generation request may ask for: its fields, the bounds of every number, the samplers (the table
+lives in :mod:`moslora_diffusion.sampling`), and the check
 that turns a request into one the engine can run (``<lora:name:weight>`` tags taken out of the prompt)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RequestError
+from ..sampling import SCHEDULERS
 from .adapter_files import ADAPTER_SUFFIX
 
 __all__ = ["MAX_SEED", "MAX_ADAPTER_SLOTS", "STRENGTH_RANGE", "SCHEDULERS", "Limits", "GenerationRequest",
@@ -27,20 +29,6 @@ STRENGTH_RANGE = (-2.0, 2.0)
 
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # the largest image file accepted (training images, img2img start image)
-
-
-# UI name -> (diffusers scheduler class name, extra config)
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "DDIM": ("DDIMScheduler", {}),
-    "Euler": ("EulerDiscreteScheduler", {}),
-    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
-    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "DPM++ 2M Karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    "UniPC": ("UniPCMultistepScheduler", {}),
-}
 
 
 @dataclass(frozen=True)
