@@ -61,12 +61,20 @@ def test_toy_scorer_only_for_the_bundled_subject_on_the_bundled_model(tmp_path):
 
 
 def test_toy_scorer_reads_the_base_model(tmp_path):
+    from moslora_diffusion.sampling import draw
     from moslora_diffusion.toyworld.evaluate import load_toy_pipeline
 
-    scores = quality.validation_scorer(1, 1)(load_toy_pipeline())
+    pipe = load_toy_pipeline()
+    scorer = quality.validation_scorer(1, 1)
+    scores = scorer(pipe)
     assert set(scores) == {"subject fidelity", "prompt fidelity", "ordinary prompts"}
     assert scores["subject fidelity"] <= 0.25  # the base model has never seen the subject
     assert scores["ordinary prompts"] >= 0.5  # and draws ordinary held-out prompts well
+    # the two-phase form the trainer uses: its request's images, scored, give the same scores
+    assert len(scorer.request.prompts) == 4 + 12
+    assert scorer.score(draw(pipe, [scorer.request])[0]) == scores
+    with pytest.raises(ValueError, match="15 images for a panel of 16"):
+        scorer.score(draw(pipe, [scorer.request])[0][:15])
 
 
 def test_a_scorer_with_a_request_shares_the_validation_call(tmp_path, monkeypatch):
