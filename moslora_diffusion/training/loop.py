@@ -74,7 +74,8 @@ def run_training(
     pipeline around the models being trained and returns named scores in [0, 1]. They are sent as "scores"
     events, printed, kept in checkpoints (a resumed run continues the curve) and written to `quality.json` and
     `quality_curve.png`. A scorer that also has `request` (a `sampling.SampleRequest`) and `score(images)`
-    gets its images drawn in the same pipeline calls as the validation prompt's instead. The toy world's
+    gets its images drawn in the same pipeline calls as the validation prompt's instead (calls of up to 64
+    images: keep a request at a large resolution small on a GPU). The toy world's
     scorer (`moslora_diffusion.toyworld.quality`) reports subject and prompt fidelity; any other data set can
     bring its own.
     """
