@@ -3,7 +3,7 @@ pipeline calls.
 
 A training validation draws its sample prompt and, on toy runs, the scorer's panel; with the same sampler
 setting they go through the pipeline as one batch (one call of 24 images instead of 20 + 4: the quick
-start's validation takes 13 % less time; a small batch leaves the cores half idle). Every image gets its own CPU
+start's validation takes 13 % less time, as the toy UNet's time per image falls with the batch size). Every image gets its own CPU
 generator seeded with its seed, so an image does not depend on what it was batched with, nor on the device
 (up to float rounding).
 """

@@ -73,7 +73,7 @@ def test_toy_scorer_reads_the_base_model(tmp_path):
     # the two-phase form the trainer uses: its request's images, scored, give the same scores
     assert len(scorer.request.prompts) == 4 + 12
     assert scorer.score(draw(pipe, [scorer.request])[0]) == scores
-    with pytest.raises(ValueError, match="15 images for a panel of 16"):
+    with pytest.raises(ValueError, match="15 images for 16 prompts"):
         scorer.score(draw(pipe, [scorer.request])[0][:15])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..sampling import SampleRequest
 from .render import RESOLUTION
 from .tokenizer import MAX_LENGTH
 
@@ -112,11 +113,11 @@ def default_sampler_settings() -> dict[str, Any]:
     }
 
 
-def sample_request(prompts: Sequence[str], seeds: Sequence[int], settings: dict[str, Any] | None = None):
+def sample_request(
+    prompts: Sequence[str], seeds: Sequence[int], settings: dict[str, Any] | None = None
+) -> SampleRequest:
     """A :class:`~moslora_diffusion.sampling.SampleRequest` with the toy model's sampler settings (each
     overridable by ``settings``)."""
-    from ..sampling import SampleRequest
-
     s = default_sampler_settings() | (settings or {})
     return SampleRequest(
         tuple(prompts), tuple(int(x) for x in seeds),

@@ -32,22 +32,16 @@ class PanelScorer:
     own samples) and ``score(images)``; calling it with a pipeline draws the panel and scores it."""
 
     def __init__(self, panel: dict[str, list], subject: Any, settings: dict[str, Any] | None = None) -> None:
-        from .models import sample_request
+        from .scoring import families_request
 
         self.panel, self.subject = panel, subject
-        self.families = [fam for fam, items in panel.items() for _ in items]
-        items = [item for fam_items in panel.values() for item in fam_items]
-        self.request = sample_request([p for p, _, _ in items], [s for _, _, s in items], settings)
+        self.request = families_request(panel, settings)
 
     def score(self, images: Sequence[Any]) -> dict[str, float]:
         """Named scores in [0, 1] from the images of ``request`` (in its order)."""
-        from .scoring import score_images
+        from .scoring import score_images, split_families
 
-        if len(images) != len(self.families):
-            raise ValueError(f"{len(images)} images for a panel of {len(self.families)}")
-        by_family: dict[str, list] = {fam: [] for fam in self.panel}
-        for fam, image in zip(self.families, images):
-            by_family[fam].append(image)
+        by_family = split_families(self.panel, images)
         scores = score_images({**by_family, "class": []}, {**self.panel, "class": []}, self.subject)
         return {label: scores[key] for key, label in SCORE_NAMES.items()}
 

@@ -9,11 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..sampling import SampleRequest
 from .data import HELD_OUT_COMBOS
 from .render import COLORS, caption
 from .subject import Subject, get_subject
 
-__all__ = ["METRICS", "prompt_sets", "score_images", "generate_families"]
+__all__ = [
+    "METRICS",
+    "prompt_sets",
+    "score_images",
+    "families_request",
+    "split_families",
+    "generate_families",
+]
 
 METRICS = ("subject_fidelity", "prompt_fidelity", "prior_preservation", "base_drift_accuracy")
 
@@ -80,16 +88,28 @@ def score_images(
     }
 
 
+def families_request(sets: dict[str, list], settings: dict[str, Any] | None = None) -> SampleRequest:
+    """One :class:`~moslora_diffusion.sampling.SampleRequest` for every item of ``sets``, family after family,
+    each with its sampling seed; ``settings`` override the toy model's sampler settings."""
+    from .models import sample_request
+
+    items = [item for family in sets.values() for item in family]
+    return sample_request([p for p, _, _ in items], [s for _, _, s in items], settings)
+
+
+def split_families(sets: dict[str, list], images: Sequence[Any]) -> dict[str, list]:
+    """The images of :func:`families_request`, back in their families."""
+    if len(images) != sum(map(len, sets.values())):
+        raise ValueError(f"{len(images)} images for {sum(map(len, sets.values()))} prompts")
+    rest = iter(images)
+    return {fam: [next(rest) for _ in items] for fam, items in sets.items()}
+
+
 def generate_families(
     pipe: Any, sets: dict[str, list], settings: dict[str, Any] | None = None
 ) -> dict[str, list]:
-    """The images of every family of ``sets`` (one generate call, each with its sampling seed); ``settings``
+    """The images of every family of ``sets`` (one request, each with its sampling seed); ``settings``
     override the toy model's sampler settings (e.g. ``num_inference_steps``)."""
-    from .evaluate import generate
+    from ..sampling import draw
 
-    order = [(fam, item) for fam, items in sets.items() for item in items]
-    images = generate(pipe, [p for _, (p, _, _) in order], [s for _, (_, _, s) in order], settings)
-    out: dict[str, list] = {fam: [] for fam in sets}
-    for (fam, _), im in zip(order, images):
-        out[fam].append(im)
-    return out
+    return split_families(sets, draw(pipe, [families_request(sets, settings)])[0])
